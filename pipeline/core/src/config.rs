@@ -1,0 +1,199 @@
+//! Configuration: one TOML file into typed structs.
+//!
+//! Layers, later wins: the embedded `default.toml`, the user's file
+//! (`--config PATH`, else `kairos.toml` when present), then environment
+//! variables `KAIROS__SECTION__KEY`. Unknown keys are errors that name the key,
+//! so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The defaults, embedded so the binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Name of the config file picked up from the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "kairos.toml";
+
+/// Everything Kairos reads from configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the tables live.
+    pub storage: StorageConfig,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// HTTP intake.
+    pub ingest: IngestConfig,
+    /// Staging to Parquet publishing.
+    pub publish: PublishConfig,
+    /// messageId de-duplication.
+    pub dedupe: DedupeConfig,
+    /// Event naming.
+    pub events: EventsConfig,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Data root: a local directory or `s3://bucket/prefix`. Default `./kairos-data`.
+    pub data: String,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Bind address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Accepted write keys; empty means open on loopback only. Default empty.
+    pub write_keys: Vec<Secret>,
+    /// Largest request body after decompression, bytes. Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Largest single event, bytes. Default 32 KiB.
+    pub max_event_bytes: usize,
+    /// Group commit flushes at this many queued bytes. Default 8 MiB.
+    pub group_commit_max_bytes: usize,
+    /// Group commit flushes when the oldest request waited this long, ms. Default 2.
+    pub group_commit_max_delay_ms: u64,
+    /// Timestamps further in the future than this are rejected, hours. Default 24.
+    pub max_future_hours: u32,
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Publish staged events to Parquet every this many seconds. Default 60.
+    pub interval_secs: u64,
+    /// Target rows per Parquet row group. Default 131072.
+    pub row_group_rows: usize,
+}
+
+/// `[dedupe]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Window in hours of event time inside which a repeated messageId is dropped. Default 24.
+    pub window_hours: u32,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Event name as sent -> canonical type; merged over the built-in Segment spec mapping.
+    pub mapping: BTreeMap<String, String>,
+}
+
+/// A secret string whose `Debug` never prints the value.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} not found; pass an existing file to --config or omit it")]
+    Missing(String),
+    /// A key is unknown, of the wrong type, or the TOML does not parse.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+impl Config {
+    /// Loads defaults, then `path` (or `./kairos.toml` when `path` is `None`
+    /// and the file exists), then `KAIROS__*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.display().to_string())),
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        Self::from_figment(figment.merge(Env::prefixed("KAIROS__").split("__")))
+    }
+
+    /// Defaults plus a TOML string, no file or environment: for tests.
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_without_any_file() {
+        let c = Config::from_toml("").expect("defaults parse");
+        assert_eq!(c.storage.data, "./kairos-data");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.publish.interval_secs, 60);
+        assert!(c.ingest.write_keys.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let err = Config::from_toml("[ingest]\nmax_body_byts = 10\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("max_body_byts"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = Config::from_toml("[ingset]\nx = 1\n").unwrap_err();
+        assert!(err.to_string().contains("ingset"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let err = Config::from_toml("[publish]\ninterval_secs = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\n").expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KAIROS__SERVER__LISTEN", "127.0.0.1:9100");
+            jail.set_env("KAIROS__INGEST__WRITE_KEYS", "[\"k1\"]");
+            let c = Config::load(Some(&file)).expect("load");
+            assert_eq!(c.server.listen.port(), 9100);
+            assert_eq!(c.ingest.write_keys, vec![Secret("k1".into())]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,11 @@
+//! Kairos core: the types every stage shares.
+//!
+//! - [`config`]: the TOML configuration with env overrides.
+//! - [`event`]: the validated event model that ingest stages and storage publishes.
+//! - [`time`]: timestamp helpers (µs since the epoch, RFC 3339).
+
+pub mod config;
+pub mod event;
+pub mod time;
+
+pub use config::Config;

@@ -1,0 +1,50 @@
+//! Time helpers. Kairos keeps instants as `i64` microseconds since the Unix
+//! epoch, UTC, which is what Arrow's `Timestamp(Microsecond, "UTC")` stores.
+
+use chrono::{DateTime, Utc};
+
+/// Microseconds in one hour.
+pub const HOUR_US: i64 = 3_600_000_000;
+
+/// Now, in µs since the epoch.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// Parses an RFC 3339 / ISO 8601 timestamp with an offset into µs.
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+}
+
+/// `(date, hour)` of the UTC Hive partition an instant falls in, e.g. `("2026-11-26", 17)`.
+pub fn partition_of(us: i64) -> (String, u32) {
+    let t = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+    (t.format("%Y-%m-%d").to_string(), chrono::Timelike::hour(&t))
+}
+
+/// The hour bucket (hours since the epoch) an instant falls in.
+pub fn hour_bucket(us: i64) -> i64 {
+    us.div_euclid(HOUR_US)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339_us("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(parse_rfc3339_us("1970-01-01T01:00:01.5+01:00"), Some(1_500_000));
+        assert_eq!(parse_rfc3339_us("yesterday"), None);
+        assert_eq!(parse_rfc3339_us("2026-11-26 10:00:00"), None);
+    }
+
+    #[test]
+    fn partitions_are_utc_hours() {
+        let us = parse_rfc3339_us("2026-11-26T23:59:59.999+00:00").expect("valid");
+        assert_eq!(partition_of(us), ("2026-11-26".to_string(), 23));
+        let us = parse_rfc3339_us("2026-11-27T00:30:00+01:00").expect("valid");
+        assert_eq!(partition_of(us), ("2026-11-26".to_string(), 23));
+        assert_eq!(hour_bucket(-1), -1);
+    }
+}

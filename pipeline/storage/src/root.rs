@@ -1,0 +1,56 @@
+//! The data root: one object store holding every table, a local directory by
+//! default or `s3://bucket/prefix` for real deployments.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+
+use crate::{Result, StorageError};
+
+/// Where the tables live.
+#[derive(Debug, Clone)]
+pub struct DataRoot {
+    /// The store, rooted at the data root (paths are table-relative: `events/...`).
+    pub store: Arc<dyn ObjectStore>,
+    /// The local directory, when the root is one: staging then uses an fsync'd file log.
+    pub local_dir: Option<PathBuf>,
+    /// The root as the user gave it, for messages.
+    pub url: String,
+}
+
+impl DataRoot {
+    /// Opens `dir_or_url`: `s3://bucket[/prefix]` uses the standard `AWS_*`
+    /// environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_REGION`, ...);
+    /// anything else is a local directory, created if missing.
+    pub fn open(dir_or_url: &str) -> Result<DataRoot> {
+        if let Some(rest) = dir_or_url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StorageError::BadRoot(dir_or_url.to_string()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(StorageError::store(dir_or_url))?;
+            let prefix = prefix.trim_matches('/');
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            };
+            return Ok(DataRoot { store, local_dir: None, url: dir_or_url.to_string() });
+        }
+        if dir_or_url.contains("://") {
+            return Err(StorageError::BadRoot(dir_or_url.to_string()));
+        }
+        let dir = PathBuf::from(dir_or_url);
+        std::fs::create_dir_all(&dir).map_err(StorageError::io(dir.display()))?;
+        let dir = dir.canonicalize().map_err(StorageError::io(dir.display()))?;
+        let store = LocalFileSystem::new_with_prefix(&dir).map_err(StorageError::store(dir.display()))?;
+        Ok(DataRoot { store: Arc::new(store), local_dir: Some(dir), url: dir_or_url.to_string() })
+    }
+}
