@@ -1,0 +1,492 @@
+//! Segment calls: parse and validate each item on its own.
+//!
+//! The shapes are Segment's HTTP tracking API (`track`, `identify`, `alias`,
+//! `page`, `screen`, `group`, `batch`). Each item is checked alone, so one bad
+//! item never costs the good ones; its error names the 0-based index, the
+//! field and what was wrong.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use kairos_core::event::{Commerce, EventRecord, EventTypes, IdentityLink, ProfileUpdate, StagedItem};
+use kairos_core::time::{HOUR_US, parse_rfc3339_us};
+
+/// Why one item was refused.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemError {
+    /// 0-based position in the batch (or line in NDJSON).
+    pub index: usize,
+    /// The offending field, e.g. `timestamp` or `properties.price`.
+    pub field: String,
+    /// What was wrong and how to fix it.
+    pub reason: String,
+}
+
+/// Segment call types Kairos accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallType {
+    /// A named user action.
+    Track,
+    /// Traits of a user.
+    Identify,
+    /// Links a previous id to a user id.
+    Alias,
+    /// A web page view.
+    Page,
+    /// A mobile screen view.
+    Screen,
+    /// Membership of a group/account.
+    Group,
+}
+
+impl CallType {
+    /// From the `type` field or a path segment (`track`, `t`, ...).
+    pub fn parse(s: &str) -> Option<CallType> {
+        Some(match s {
+            "track" | "t" => CallType::Track,
+            "identify" | "i" => CallType::Identify,
+            "alias" | "a" => CallType::Alias,
+            "page" | "p" => CallType::Page,
+            "screen" | "s" => CallType::Screen,
+            "group" | "g" => CallType::Group,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CallType::Track => "track",
+            CallType::Identify => "identify",
+            CallType::Alias => "alias",
+            CallType::Page => "page",
+            CallType::Screen => "screen",
+            CallType::Group => "group",
+        }
+    }
+}
+
+/// A string id that SDKs may also send as a number.
+#[derive(Debug)]
+struct Id(String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            #[serde(borrow)]
+            S(Cow<'a, str>),
+            N(serde_json::Number),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::S(s)) => Ok(Id(s.into_owned())),
+            Ok(Raw::N(n)) => Ok(Id(n.to_string())),
+            Err(_) => Err(serde::de::Error::custom("expected a string or number")),
+        }
+    }
+}
+
+/// A number that may arrive as a numeric string (`"19.99"`).
+#[derive(Debug)]
+struct Num(f64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            F(f64),
+            #[serde(borrow)]
+            S(Cow<'a, str>),
+        }
+        let bad = || serde::de::Error::custom("expected a number");
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::F(f) => Ok(Num(f)),
+            Raw::S(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(Num).ok_or_else(bad),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCall<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "userId", default)]
+    user_id: Option<Id>,
+    #[serde(rename = "anonymousId", default)]
+    anonymous_id: Option<Id>,
+    #[serde(rename = "previousId", default)]
+    previous_id: Option<Id>,
+    #[serde(rename = "groupId", default)]
+    group_id: Option<Id>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "sentAt", borrow, default)]
+    sent_at: Option<Cow<'a, str>>,
+    #[serde(rename = "messageId", default)]
+    message_id: Option<Id>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawCommerce {
+    #[serde(default)]
+    product_id: Option<Id>,
+    #[serde(default)]
+    category: Option<Id>,
+    #[serde(default)]
+    price: Option<Num>,
+    #[serde(default)]
+    quantity: Option<Num>,
+    #[serde(default)]
+    revenue: Option<Num>,
+    #[serde(default)]
+    total: Option<Num>,
+    #[serde(default)]
+    currency: Option<Id>,
+    #[serde(default)]
+    order_id: Option<Id>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawContext<'a> {
+    #[serde(borrow, default)]
+    timezone: Option<Cow<'a, str>>,
+}
+
+/// Per-request facts every item shares.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The source (hash of the write key, or `open`).
+    pub source: &'a str,
+    /// Receive time, µs.
+    pub received_at_us: i64,
+    /// The batch-level `sentAt`, µs, used when an item has none.
+    pub batch_sent_at_us: Option<i64>,
+}
+
+/// Turns raw calls into staged items.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    types: EventTypes,
+    max_event_bytes: usize,
+    max_future_us: i64,
+}
+
+type ItemResult<T> = Result<T, (String, String)>;
+
+fn err<T>(field: &str, reason: impl Into<String>) -> ItemResult<T> {
+    Err((field.to_string(), reason.into()))
+}
+
+impl Normalizer {
+    /// A normalizer with the given event-name mapping and limits.
+    pub fn new(types: EventTypes, max_event_bytes: usize, max_future_hours: u32) -> Normalizer {
+        Normalizer { types, max_event_bytes, max_future_us: i64::from(max_future_hours) * HOUR_US }
+    }
+
+    /// Validates item `index`. `forced` is the call type given by the URL
+    /// path; otherwise the item's `type` field decides. Appends 1 or 2
+    /// staged items (identify with both ids also links them).
+    pub fn item(&self, raw: &RawValue, forced: Option<CallType>, index: usize, env: &Envelope, out: &mut Vec<StagedItem>) -> Result<(), ItemError> {
+        self.item_inner(raw, forced, env, out).map_err(|(field, reason)| ItemError { index, field, reason })
+    }
+
+    fn item_inner(&self, raw: &RawValue, forced: Option<CallType>, env: &Envelope, out: &mut Vec<StagedItem>) -> ItemResult<()> {
+        let text = raw.get();
+        if text.len() > self.max_event_bytes {
+            return err("", format!("event is {} bytes; the limit is {} (ingest.max_event_bytes)", text.len(), self.max_event_bytes));
+        }
+        if !text.starts_with('{') {
+            return err("", "each call must be a JSON object");
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let call: RawCall = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            (field, e.into_inner().to_string())
+        })?;
+        let kind = match forced {
+            Some(k) => k,
+            None => match call.kind.as_deref() {
+                Some(t) => CallType::parse(t).map_or_else(
+                    || err("type", format!("unknown call type {t:?}; use track, identify, alias, page, screen or group")),
+                    Ok,
+                )?,
+                None => return err("type", "missing; each batch item needs a type (track, identify, ...)"),
+            },
+        };
+        let non_empty = |id: Option<Id>| id.map(|i| i.0).filter(|s| !s.is_empty());
+        let user_id = non_empty(call.user_id);
+        let anonymous_id = non_empty(call.anonymous_id);
+
+        let sent_at = match call.sent_at.as_deref() {
+            Some(s) => Some(parse_rfc3339_us(s).map_or_else(|| err("sentAt", format!("{s:?} is not an RFC 3339 timestamp")), Ok)?),
+            None => env.batch_sent_at_us,
+        };
+        let timestamp = match call.timestamp.as_deref() {
+            None => env.received_at_us,
+            Some(s) => {
+                let ts = parse_rfc3339_us(s).map_or_else(
+                    || err("timestamp", format!("{s:?} is not an RFC 3339 timestamp such as 2026-11-26T10:00:00Z")),
+                    Ok,
+                )?;
+                // Segment's clock-skew correction: trust the device clock
+                // only for the gap between the event and its sending.
+                match sent_at {
+                    Some(sent) => env.received_at_us - (sent - ts),
+                    None => ts,
+                }
+            }
+        };
+        if timestamp > env.received_at_us + self.max_future_us {
+            return err("timestamp", format!("is more than {}h in the future (ingest.max_future_hours); check the sender's clock", self.max_future_us / HOUR_US));
+        }
+        if timestamp < 0 {
+            return err("timestamp", "is before 1970");
+        }
+        let event_id = match non_empty(call.message_id) {
+            Some(m) => m,
+            // No messageId: derive one from the call so an identical retry dedupes.
+            None => format!("kairos-{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes())),
+        };
+        let context = call.context.map(|c| c.get()).unwrap_or("{}");
+        let ctx: RawContext = object(context, "context")?;
+        let timezone = ctx.timezone.map(Cow::into_owned).filter(|s| !s.is_empty());
+
+        if kind == CallType::Alias {
+            let Some(user_id) = user_id else { return err("userId", "missing; alias needs userId and previousId") };
+            let Some(previous) = non_empty(call.previous_id) else { return err("previousId", "missing; alias needs userId and previousId") };
+            out.push(StagedItem::Identity(IdentityLink {
+                event_id,
+                source: env.source.to_string(),
+                anonymous_id: previous,
+                user_id,
+                call: "alias".into(),
+                timestamp_us: timestamp,
+                received_at_us: env.received_at_us,
+            }));
+            return Ok(());
+        }
+        let Some(customer_id) = user_id.clone().or_else(|| anonymous_id.clone()) else {
+            return err("userId", "missing; every call needs userId or anonymousId");
+        };
+
+        if kind == CallType::Identify {
+            let traits_text = call.traits.map(|t| t.get()).unwrap_or("{}");
+            let mut traits: std::collections::BTreeMap<String, serde_json::Value> = object(traits_text, "traits")?;
+            if let Some(tz) = &timezone {
+                traits.entry("timezone".into()).or_insert_with(|| serde_json::Value::String(tz.clone()));
+            }
+            if let (Some(user), Some(anon)) = (&user_id, &anonymous_id) {
+                out.push(StagedItem::Identity(IdentityLink {
+                    event_id: event_id.clone(),
+                    source: env.source.to_string(),
+                    anonymous_id: anon.clone(),
+                    user_id: user.clone(),
+                    call: "identify".into(),
+                    timestamp_us: timestamp,
+                    received_at_us: env.received_at_us,
+                }));
+            }
+            out.push(StagedItem::Profile(ProfileUpdate {
+                event_id,
+                source: env.source.to_string(),
+                customer_id,
+                timestamp_us: timestamp,
+                received_at_us: env.received_at_us,
+                traits,
+            }));
+            return Ok(());
+        }
+
+        let (event, event_type, properties) = match kind {
+            CallType::Track => {
+                let Some(name) = call.event.filter(|e| !e.trim().is_empty()) else {
+                    return err("event", "missing; track needs the event name, e.g. \"Order Completed\"");
+                };
+                let t = self.types.canonical(&name);
+                (name.into_owned(), t, call.properties.map(|p| p.get()).unwrap_or("{}").to_string())
+            }
+            CallType::Page | CallType::Screen => {
+                let name = call.name.map(Cow::into_owned).unwrap_or_else(|| kind.name().to_string());
+                let t = if kind == CallType::Page { "page_view" } else { "screen_view" };
+                (name, t.to_string(), call.properties.map(|p| p.get()).unwrap_or("{}").to_string())
+            }
+            CallType::Group => {
+                let Some(group) = non_empty(call.group_id) else { return err("groupId", "missing; group needs groupId") };
+                let traits = call.traits.map(|t| t.get()).unwrap_or("{}");
+                let _: serde_json::Map<String, serde_json::Value> = object(traits, "traits")?;
+                let props = serde_json::json!({ "group_id": group, "traits": serde_json::from_str::<serde_json::Value>(traits).unwrap_or_default() });
+                ("group".to_string(), "group".to_string(), props.to_string())
+            }
+            // Handled above; nothing more to stage.
+            CallType::Identify | CallType::Alias => return Ok(()),
+        };
+        let commerce = commerce(&properties)?;
+        out.push(StagedItem::Event(EventRecord {
+            event_id,
+            source: env.source.to_string(),
+            call: kind.name().to_string(),
+            event,
+            event_type,
+            customer_id,
+            user_id,
+            anonymous_id,
+            timestamp_us: timestamp,
+            received_at_us: env.received_at_us,
+            sent_at_us: sent_at,
+            commerce,
+            timezone,
+            properties,
+            context: context.to_string(),
+        }));
+        Ok(())
+    }
+}
+
+/// Parses `text` as a JSON object into `T`, naming `field` in errors.
+fn object<'a, T: Deserialize<'a>>(text: &'a str, field: &str) -> ItemResult<T> {
+    if text == "null" {
+        return serde_json::from_str("{}").map_err(|e| (field.to_string(), e.to_string()));
+    }
+    if !text.starts_with('{') {
+        return err(field, "must be a JSON object");
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." || inner.is_empty() { field.to_string() } else { format!("{field}.{inner}") };
+        (path, e.into_inner().to_string())
+    })
+}
+
+fn commerce(properties: &str) -> ItemResult<Commerce> {
+    let raw: RawCommerce = object(properties, "properties")?;
+    let quantity = match raw.quantity {
+        Some(Num(q)) if q.fract() == 0.0 && q.abs() < 1e15 => Some(q as i64),
+        Some(_) => return err("properties.quantity", "expected a whole number"),
+        None => None,
+    };
+    Ok(Commerce {
+        product_id: raw.product_id.map(|i| i.0),
+        category: raw.category.map(|i| i.0),
+        price: raw.price.map(|n| n.0),
+        quantity,
+        revenue: raw.revenue.or(raw.total).map(|n| n.0),
+        currency: raw.currency.map(|i| i.0),
+        order_id: raw.order_id.map(|i| i.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_790_000_000_000_000;
+
+    fn run(json: &str, forced: Option<CallType>) -> Result<Vec<StagedItem>, ItemError> {
+        let n = Normalizer::new(EventTypes::new(&Default::default()), 32 * 1024, 24);
+        let raw: &RawValue = serde_json::from_str(json).expect("valid json");
+        let env = Envelope { source: "src", received_at_us: NOW, batch_sent_at_us: None };
+        let mut out = Vec::new();
+        n.item(raw, forced, 3, &env, &mut out).map(|_| out)
+    }
+
+    fn event(json: &str) -> EventRecord {
+        match run(json, None).expect("valid").pop() {
+            Some(StagedItem::Event(e)) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn track_promotes_commerce_fields_and_maps_the_name() {
+        let e = event(r#"{"type":"track","userId":"u1","event":"Order Completed","messageId":"m1","timestamp":"2026-09-01T10:00:00Z",
+            "properties":{"order_id":"o-1","total":"30.5","revenue":25,"currency":"EUR","quantity":2,"extra":{"a":1}},"context":{"timezone":"Europe/Berlin"}}"#);
+        assert_eq!(e.event, "Order Completed");
+        assert_eq!(e.event_type, "purchase");
+        assert_eq!(e.commerce.revenue, Some(25.0), "revenue wins over total");
+        assert_eq!(e.commerce.order_id.as_deref(), Some("o-1"));
+        assert_eq!(e.commerce.quantity, Some(2));
+        assert_eq!(e.timezone.as_deref(), Some("Europe/Berlin"));
+        assert!(e.properties.contains("\"extra\""), "unpromoted properties are kept");
+        assert_eq!(e.customer_id, "u1");
+    }
+
+    #[test]
+    fn total_is_revenue_when_revenue_is_absent() {
+        let e = event(r#"{"type":"track","anonymousId":"a1","event":"Order Completed","properties":{"total":12}}"#);
+        assert_eq!(e.commerce.revenue, Some(12.0));
+        assert_eq!(e.customer_id, "a1");
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_with_sent_at() {
+        // Device clock is 1 hour fast: sent 10 s after the event, by its clock.
+        let e = event(r#"{"type":"track","userId":"u","event":"x","timestamp":"2026-09-01T11:00:00Z","sentAt":"2026-09-01T11:00:10Z"}"#);
+        assert_eq!(e.timestamp_us, NOW - 10_000_000);
+    }
+
+    #[test]
+    fn missing_timestamp_means_received_time() {
+        assert_eq!(event(r#"{"type":"page","userId":"u"}"#).timestamp_us, NOW);
+    }
+
+    #[test]
+    fn errors_name_index_and_field() {
+        let cases = [
+            (r#"{"type":"track","event":"x"}"#, "userId"),
+            (r#"{"type":"track","userId":"u"}"#, "event"),
+            (r#"{"type":"track","userId":"u","event":"x","timestamp":"yesterday"}"#, "timestamp"),
+            (r#"{"type":"track","userId":{"a":1},"event":"x"}"#, "userId"),
+            (r#"{"type":"track","userId":"u","event":"x","properties":[1]}"#, "properties"),
+            (r#"{"type":"track","userId":"u","event":"x","properties":{"price":"cheap"}}"#, "properties.price"),
+            (r#"{"type":"teleport","userId":"u"}"#, "type"),
+            (r#"{"type":"alias","userId":"u"}"#, "previousId"),
+            (r#"{"type":"track","userId":"u","event":"x","timestamp":"2099-01-01T00:00:00Z"}"#, "timestamp"),
+            (r#"{"type":"track","userId":"u","event":"x","context":"web"}"#, "context"),
+        ];
+        for (json, field) in cases {
+            let e = run(json, None).expect_err(json);
+            assert_eq!((e.index, e.field.as_str()), (3, field), "{json}: {}", e.reason);
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn identify_with_both_ids_links_them_and_takes_timezone_from_context() {
+        let items = run(r#"{"userId":"u1","anonymousId":"a1","traits":{"email":"x@example.com"},"context":{"timezone":"Asia/Tokyo"}}"#, Some(CallType::Identify)).expect("valid");
+        assert_eq!(items.len(), 2);
+        let StagedItem::Identity(link) = &items[0] else { panic!("link first") };
+        assert_eq!((link.anonymous_id.as_str(), link.user_id.as_str()), ("a1", "u1"));
+        let StagedItem::Profile(p) = &items[1] else { panic!("profile") };
+        assert_eq!(p.traits["timezone"], "Asia/Tokyo");
+        assert_eq!(p.customer_id, "u1");
+    }
+
+    #[test]
+    fn numeric_user_ids_are_strings_and_missing_message_id_is_stable() {
+        let a = event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
+        let b = event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
+        assert_eq!(a.customer_id, "42");
+        assert_eq!(a.event_id, b.event_id);
+        assert!(a.event_id.starts_with("kairos-"));
+    }
+
+    #[test]
+    fn oversized_event_is_refused() {
+        let big = format!(r#"{{"type":"track","userId":"u","event":"x","properties":{{"pad":"{}"}}}}"#, "x".repeat(40_000));
+        assert!(run(&big, None).expect_err("too big").reason.contains("max_event_bytes"));
+    }
+}

@@ -1,0 +1,87 @@
+//! Group commit: concurrent requests share one durable append.
+//!
+//! Handlers send their serialized items to one committer task. While an
+//! append (and its fsync or PUT) is in flight, new requests queue; the next
+//! append takes everything queued, up to `group_commit_max_bytes`, waiting
+//! at most `group_commit_max_delay_ms` for more. Every request in a commit is
+//! acknowledged only after the append returns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use kairos_storage::StagingLog;
+
+use crate::metrics::Metrics;
+
+/// The staging append failed; the client should retry (its messageIds make that safe).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("could not make the events durable: {0}; retry the request")]
+pub struct CommitError(pub String);
+
+struct Pending {
+    payload: Vec<u8>,
+    items: usize,
+    ack: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Handle to the committer task.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the committer over `log`.
+    pub fn start(log: Arc<Mutex<StagingLog>>, max_bytes: usize, max_delay: Duration, metrics: Arc<Metrics>) -> (Committer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(run(rx, log, max_bytes, max_delay, metrics));
+        (Committer { tx }, task)
+    }
+
+    /// Makes `payload` (newline-terminated JSON items) durable; returns when it is.
+    pub async fn commit(&self, payload: Vec<u8>, items: usize) -> Result<(), CommitError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Pending { payload, items, ack })
+            .await
+            .map_err(|_| CommitError("the server is shutting down".into()))?;
+        done.await.map_err(|_| CommitError("the committer stopped".into()))?
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Pending>, log: Arc<Mutex<StagingLog>>, max_bytes: usize, max_delay: Duration, metrics: Arc<Metrics>) {
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + max_delay;
+        let mut buf = first.payload;
+        let mut items = first.items;
+        let mut acks = vec![first.ack];
+        while buf.len() < max_bytes {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Empty) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some(p) = next else { break };
+            buf.extend_from_slice(&p.payload);
+            items += p.items;
+            acks.push(p.ack);
+        }
+        let started = Instant::now();
+        let result = log.lock().await.append(&buf).await;
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.commit_items.observe(items as f64);
+        let result = result.map_err(|e| {
+            metrics.store_error("stage");
+            tracing::error!(error = %e, items, "staging append failed; requests answered 503");
+            CommitError(e.to_string())
+        });
+        if result.is_ok() {
+            metrics.accepted.inc_by(items as u64);
+        }
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
