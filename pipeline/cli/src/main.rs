@@ -1,1 +1,165 @@
-fn main() {}
+//! `kairos`: the one binary. `main` parses, runs, and turns the result into
+//! an exit code; the work lives in the library crates.
+
+mod generate;
+mod import;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Kairos: event-driven marketing automation on SQL trigger rules.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Default: ./kairos.toml when present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: event intake, publishing, health and metrics.
+    Serve {
+        /// Data root: a directory or s3://bucket/prefix. Default ./kairos-data.
+        #[arg(long)]
+        data: Option<String>,
+        /// Address to listen on. Default 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Load files into the data root without a server.
+    Import {
+        /// What the file holds.
+        #[arg(value_enum)]
+        kind: import::ImportKind,
+        /// profiles: CSV, Parquet or NDJSON identify calls; events: NDJSON Segment calls.
+        file: PathBuf,
+        /// Data root. Default from config (./kairos-data).
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Write synthetic Segment-shaped profiles.ndjson and events.ndjson.
+    Generate {
+        /// The settings data-samples/ was made with.
+        #[arg(long)]
+        sample: bool,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Number of customers.
+        #[arg(long, default_value_t = 300)]
+        customers: usize,
+        /// Days of activity.
+        #[arg(long, default_value_t = 42)]
+        days: u32,
+        /// Output directory.
+        #[arg(long, default_value = "data-samples")]
+        out: PathBuf,
+    },
+    /// Replay history through the rules in event time (coming with the rules engine).
+    Replay,
+    /// Backtest rules over history (coming with the rules engine).
+    Backtest,
+    /// Validate or list rules (coming with the rules engine).
+    Rules,
+    /// Query every table with SQL (coming with the analyst tools).
+    Sql,
+    /// Analyse per-arm sufficient statistics (coming with the report service).
+    Stats,
+    /// Print an experiment report (coming with the report service).
+    Report,
+    /// Merge small files per closed hour (coming with the analyst tools).
+    Compact,
+    /// Load data-samples and serve the report pages (coming with the analyst tools).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = || kairos_core::Config::load(cli.config.as_deref());
+    match cli.command {
+        Command::Serve { data, listen } => {
+            let mut c = config()?;
+            c.storage.data = data.unwrap_or(c.storage.data);
+            c.server.listen = listen.unwrap_or(c.server.listen);
+            runtime()?.block_on(serve::serve(c))
+        }
+        Command::Import { kind, file, data } => {
+            let mut c = config()?;
+            c.storage.data = data.unwrap_or(c.storage.data);
+            runtime()?.block_on(import::import(c, kind, &file))
+        }
+        Command::Generate { sample, seed, customers, days, out } => generate_files(sample, seed, customers, days, &out),
+        other => anyhow::bail!(
+            "`kairos {}` is reserved and not built yet; this release has serve, import and generate",
+            reserved_name(&other)
+        ),
+    }
+}
+
+fn reserved_name(c: &Command) -> &'static str {
+    match c {
+        Command::Replay => "replay",
+        Command::Backtest => "backtest",
+        Command::Rules => "rules",
+        Command::Sql => "sql",
+        Command::Stats => "stats",
+        Command::Report => "report",
+        Command::Compact => "compact",
+        Command::Demo => "demo",
+        Command::Serve { .. } | Command::Import { .. } | Command::Generate { .. } => "?",
+    }
+}
+
+fn generate_files(sample: bool, seed: u64, customers: usize, days: u32, out: &std::path::Path) -> anyhow::Result<()> {
+    let opts = if sample {
+        generate::GenerateOptions::sample()
+    } else {
+        generate::GenerateOptions { seed, customers, days, ..generate::GenerateOptions::sample() }
+    };
+    std::fs::create_dir_all(out)?;
+    let mut profiles = std::fs::File::create(out.join("profiles.ndjson"))?;
+    let mut events = std::fs::File::create(out.join("events.ndjson"))?;
+    let s = generate::generate(&opts, &mut profiles, &mut events)?;
+    println!("wrote {} profiles and {} events to {}", s.profiles, s.events, out.display());
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -27,10 +27,14 @@ use crate::{Result, StorageError};
 /// The hash of one `(source, messageId)` pair.
 pub type IdKey = u128;
 
-/// Hashes a dedupe key. 128 bits make an accidental collision as unlikely
-/// as a disk error (below 1e-20 for a billion ids in one hour).
-pub fn id_key(source: &str, message_id: &str) -> IdKey {
+/// Hashes a dedupe key. The table is part of it because one identify
+/// call lands in both `profiles/` and `identities/` under one messageId.
+/// 128 bits make an accidental collision as unlikely as a disk error
+/// (below 1e-20 for a billion ids in one hour).
+pub fn id_key(table: &str, source: &str, message_id: &str) -> IdKey {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(table.as_bytes());
+    h.update(&[0]);
     h.update(source.as_bytes());
     h.update(&[0]);
     h.update(message_id.as_bytes());
@@ -76,7 +80,7 @@ impl DedupeIndex {
                     if self.hours.get(&h).is_some_and(|e| e.files.contains(&name)) {
                         continue;
                     }
-                    let ids = read_ids(root, &meta).await?;
+                    let ids = read_ids(root, table, &meta).await?;
                     let entry = self.hours.entry(h).or_default();
                     entry.ids.extend(ids);
                     entry.files.insert(name);
@@ -118,7 +122,7 @@ impl DedupeIndex {
     }
 }
 
-async fn read_ids(root: &DataRoot, meta: &object_store::ObjectMeta) -> Result<Vec<IdKey>> {
+async fn read_ids(root: &DataRoot, table: &str, meta: &object_store::ObjectMeta) -> Result<Vec<IdKey>> {
     let path = meta.location.to_string();
     let bytes = root.store.get(&meta.location).await.map_err(StorageError::store(&path))?;
     let bytes = bytes.bytes().await.map_err(StorageError::store(&path))?;
@@ -141,7 +145,7 @@ async fn read_ids(root: &DataRoot, meta: &object_store::ObjectMeta) -> Result<Ve
         };
         for i in 0..b.num_rows() {
             if ids.is_valid(i) {
-                out.push(id_key(sources.value(i), ids.value(i)));
+                out.push(id_key(table, sources.value(i), ids.value(i)));
             }
         }
     }
@@ -155,7 +159,7 @@ mod tests {
     #[test]
     fn same_id_in_same_or_neighbour_hour_is_a_duplicate() {
         let mut idx = DedupeIndex::new(24);
-        let k = id_key("src", "m1");
+        let k = id_key("events", "src", "m1");
         assert!(idx.insert(100, k));
         assert!(!idx.insert(100, k));
         assert!(!idx.insert(101, k), "skew correction can move a retry across the hour boundary");
@@ -164,8 +168,9 @@ mod tests {
 
     #[test]
     fn source_is_part_of_the_key() {
-        assert_ne!(id_key("a", "m1"), id_key("b", "m1"));
-        assert_ne!(id_key("a", "bm1"), id_key("ab", "m1"));
+        assert_ne!(id_key("events", "a", "m1"), id_key("events", "b", "m1"));
+        assert_ne!(id_key("events", "a", "bm1"), id_key("events", "ab", "m1"));
+        assert_ne!(id_key("profiles", "a", "m1"), id_key("identities", "a", "m1"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod root;
 pub mod staging;
 pub mod tables;
 
-pub use publish::{PublishStats, Publisher};
+pub use publish::{PublishStats, Publisher, PublisherOptions};
 pub use root::DataRoot;
 pub use staging::{StagingLog, WriterId};
 

@@ -34,7 +34,7 @@ use kairos_core::time::{HOUR_US, hour_bucket};
 use crate::dedupe::{DedupeIndex, id_key};
 use crate::profiles::ProfileState;
 use crate::root::DataRoot;
-use crate::staging::{Segment, StagingLog, WriterId, decode_frames, list_segments};
+use crate::staging::{Segment, StagingLog, WriterId, decode_frames, list_segments, remove_writer_dir, writer_is_live};
 use crate::tables::{self, ChangeRow, ProfileRow, partition_dir};
 use crate::{Result, StorageError};
 
@@ -42,7 +42,7 @@ use crate::{Result, StorageError};
 pub const PUBLISHING_DIR: &str = "_kairos/publishing";
 
 /// What one publish call did, for logs and metrics.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PublishStats {
     /// Staging segments consumed.
     pub segments: usize,
@@ -64,6 +64,8 @@ pub struct PublishStats {
     pub torn_bytes: usize,
     /// Interrupted publishes redone.
     pub redone: usize,
+    /// Age of the oldest segment taken: how long data waited to be published.
+    pub oldest_age: std::time::Duration,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,14 +135,33 @@ impl Publisher {
 
         let watermark = self.log.lock().await.rotate();
         let now = Utc::now();
-        let local = self.root.local_dir.is_some();
         let orphan_after = chrono::Duration::from_std(self.opts.orphan_after).unwrap_or(chrono::Duration::MAX);
-        let ready: Vec<Segment> = list_segments(&self.root)
-            .await?
-            .into_iter()
-            .filter(|s| !taken.contains(&s.path.to_string()))
-            .filter(|s| if s.writer == self.writer { s.seq < watermark } else { local || now - s.last_modified > orphan_after })
-            .collect();
+        let mut live: std::collections::HashMap<WriterId, bool> = std::collections::HashMap::new();
+        let mut dead = std::collections::BTreeSet::new();
+        let mut ready: Vec<Segment> = Vec::new();
+        for s in list_segments(&self.root).await? {
+            if taken.contains(&s.path.to_string()) {
+                continue;
+            }
+            let take = if s.writer == self.writer {
+                s.seq < watermark
+            } else {
+                // Another writer's segments: publish them only once it is
+                // gone (lock free on a local root; quiet for a while on an
+                // object store), so two processes never publish one segment.
+                let is_live = *live
+                    .entry(s.writer.clone())
+                    .or_insert_with(|| writer_is_live(&self.root, &s.writer).unwrap_or(now - s.last_modified <= orphan_after));
+                if !is_live {
+                    dead.insert(s.writer.clone());
+                }
+                !is_live
+            };
+            if take {
+                stats.oldest_age = stats.oldest_age.max((now - s.last_modified).to_std().unwrap_or_default());
+                ready.push(s);
+            }
+        }
 
         let mut chunk: Vec<String> = Vec::new();
         let mut chunk_bytes = 0u64;
@@ -155,6 +176,9 @@ impl Publisher {
         }
         if !chunk.is_empty() {
             self.start(chunk, &mut stats).await?;
+        }
+        for writer in dead {
+            remove_writer_dir(&self.root, &writer);
         }
         self.dedupe.evict();
         Ok(stats)
@@ -189,31 +213,15 @@ impl Publisher {
         let mut items = Vec::new();
         // Object-store staging holds one small object per group commit: fetch
         // them concurrently, in order.
-        let store = self.root.store.clone();
-        let mut fetches = futures::stream::iter(intent.segments.iter().map(|seg| {
-            let store = store.clone();
-            let path = ObjectPath::from(seg.as_str());
-            async move {
-                match store.get(&path).await {
-                    Ok(r) => r.bytes().await.map(Some),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-        }))
-        .buffered(16);
-        let mut segs = intent.segments.iter();
-        while let Some(fetched) = fetches.next().await {
-            let seg = segs.next().map(String::as_str).unwrap_or_default();
-            let bytes = match fetched.map_err(StorageError::store(seg))? {
-                Some(b) => b,
-                // Segments are deleted only after every file is written, so a
-                // missing one means this intent had finished its files.
-                None => {
-                    drop(fetches);
-                    return self.finish(intent).await;
-                }
-            };
+        let paths: Vec<ObjectPath> = intent.segments.iter().map(|s| ObjectPath::from(s.as_str())).collect();
+        let fetched: Vec<Option<Bytes>> = futures::stream::iter(paths.into_iter().map(|p| fetch(self.root.store.clone(), p)))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        for (seg, bytes) in intent.segments.iter().zip(fetched) {
+            // Segments are deleted only after every file is written, so a
+            // missing one means this intent had finished its files.
+            let Some(bytes) = bytes else { return self.finish(intent).await };
             let (frames, torn) = decode_frames(&bytes);
             stats.torn_bytes += torn;
             for frame in frames {
@@ -237,7 +245,12 @@ impl Publisher {
                 self.dedupe.refresh(&self.root, hour, &intent.publish_id).await?;
             }
             let (source, id) = item.dedupe_parts();
-            if !self.dedupe.insert(hour, id_key(source, id)) {
+            let table = match &item {
+                StagedItem::Event(_) => tables::EVENTS,
+                StagedItem::Profile(_) => tables::PROFILES,
+                StagedItem::Identity(_) => tables::IDENTITIES,
+            };
+            if !self.dedupe.insert(hour, id_key(table, source, id)) {
                 stats.duplicates += 1;
                 continue;
             }
@@ -349,6 +362,14 @@ impl Publisher {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::store(&path)(e)),
         }
+    }
+}
+
+async fn fetch(store: Arc<dyn object_store::ObjectStore>, path: ObjectPath) -> Result<Option<Bytes>> {
+    match store.get(&path).await {
+        Ok(r) => r.bytes().await.map(Some).map_err(StorageError::store(&path)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(StorageError::store(&path)(e)),
     }
 }
 

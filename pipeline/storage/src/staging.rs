@@ -68,12 +68,30 @@ pub struct StagingLog {
     next_seq: u64,
     /// Local mode: the open segment file, if one was started since the last rotate.
     open: Option<Arc<File>>,
+    /// Local mode: the writer's lock, held while the process lives so other
+    /// processes can tell a live writer from a crashed one.
+    _lock: Option<File>,
 }
 
+/// Name of the lock file in a local writer's staging folder.
+const LOCK_FILE: &str = "LOCK";
+
 impl StagingLog {
-    /// A log for `writer` under `root`.
-    pub fn new(root: DataRoot, writer: WriterId) -> StagingLog {
-        StagingLog { root, writer, next_seq: 0, open: None }
+    /// A log for `writer` under `root`; on a local root it takes the
+    /// writer's lock file.
+    pub fn open(root: DataRoot, writer: WriterId) -> Result<StagingLog> {
+        let lock = match &root.local_dir {
+            Some(dir) => {
+                let folder = dir.join(STAGING_DIR).join(&writer.0);
+                std::fs::create_dir_all(&folder).map_err(StorageError::io(folder.display()))?;
+                let path = folder.join(LOCK_FILE);
+                let file = File::create(&path).map_err(StorageError::io(path.display()))?;
+                file.try_lock().map_err(|e| StorageError::io(path.display())(std::io::Error::other(e.to_string())))?;
+                Some(file)
+            }
+            None => None,
+        };
+        Ok(StagingLog { root, writer, next_seq: 0, open: None, _lock: lock })
     }
 
     /// This log's writer id.
@@ -145,6 +163,24 @@ async fn create_segment_file(dir: PathBuf, rel: String) -> Result<Arc<File>> {
     .await
     .map_err(|e| StorageError::io(&rel)(std::io::Error::other(e)))?
     .map_err(StorageError::io(&rel))
+}
+
+/// On a local root: whether another process still holds `writer`'s lock.
+/// On an object store there is no lock; callers use segment age instead.
+pub fn writer_is_live(root: &DataRoot, writer: &WriterId) -> Option<bool> {
+    let dir = root.local_dir.as_ref()?;
+    let path = dir.join(STAGING_DIR).join(&writer.0).join(LOCK_FILE);
+    let Ok(file) = File::open(&path) else { return Some(false) };
+    Some(matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// Removes a dead local writer's folder once its segments are published.
+pub fn remove_writer_dir(root: &DataRoot, writer: &WriterId) {
+    if let Some(dir) = &root.local_dir {
+        let folder = dir.join(STAGING_DIR).join(&writer.0);
+        let _ = std::fs::remove_file(folder.join(LOCK_FILE));
+        let _ = std::fs::remove_dir(folder);
+    }
 }
 
 /// Encodes one frame: length, CRC32 of the payload, payload.
@@ -231,7 +267,9 @@ mod tests {
     async fn local_log_appends_rotates_and_lists() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
-        let mut log = StagingLog::new(root.clone(), WriterId("w1".into()));
+        let mut log = StagingLog::open(root.clone(), WriterId("w1".into())).expect("open");
+        assert_eq!(writer_is_live(&root, &WriterId("w1".into())), Some(true));
+        assert_eq!(writer_is_live(&root, &WriterId("gone".into())), Some(false));
         log.append(b"a").await.expect("append");
         log.append(b"b").await.expect("append");
         assert_eq!(log.rotate(), 1);

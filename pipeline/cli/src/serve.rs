@@ -1,0 +1,134 @@
+//! `kairos serve`: wires storage, ingest and publishing into one server.
+//!
+//! Start-up publishes whatever a previous run left staged (in the
+//! background: `/healthz` answers at once). SIGTERM or Ctrl-C stops
+//! accepting, lets in-flight requests finish and become durable, then
+//! publishes everything staged before exiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use tokio::sync::{Mutex, oneshot};
+use tower_http::trace::TraceLayer;
+
+use kairos_core::Config;
+use kairos_core::event::EventTypes;
+use kairos_ingest::{Committer, IngestState, Metrics, Normalizer};
+use kairos_storage::{DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let root = DataRoot::open(&config.storage.data).with_context(|| format!("opening data root {}", config.storage.data))?;
+    let writer = WriterId::fresh();
+    let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), writer.clone())?));
+    let metrics = Metrics::new();
+    let (committer, commit_task) = Committer::start(
+        log.clone(),
+        config.ingest.group_commit_max_bytes,
+        Duration::from_millis(config.ingest.group_commit_max_delay_ms),
+        metrics.clone(),
+    );
+    let publisher = Publisher::new(root.clone(), log, publisher_options(&config)).await;
+    let (stop_publisher, stopped) = oneshot::channel();
+    let interval = Duration::from_secs(config.publish.interval_secs.max(1));
+    let publish_task = tokio::spawn(publish_loop(publisher, interval, metrics.clone(), stopped));
+
+    if config.ingest.write_keys.is_empty() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "no ingest.write_keys configured: only loopback clients will be accepted");
+    }
+    let state = Arc::new(IngestState {
+        normalizer: Normalizer::new(EventTypes::new(&config.events.mapping), config.ingest.max_event_bytes, config.ingest.max_future_hours),
+        committer,
+        metrics: metrics.clone(),
+        write_keys: config.ingest.write_keys.iter().map(|k| k.0.clone()).collect(),
+        max_body_bytes: config.ingest.max_body_bytes,
+    });
+    let m = metrics.clone();
+    let app = Router::new()
+        .merge(kairos_ingest::router(state))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }))
+        .layer(TraceLayer::new_for_http());
+
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}; is another server using the port?"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, data = %root.url, writer = %writer.0, "kairos listening");
+    // Tests and scripts read this line to learn the port when asked for :0.
+    println!("listening on http://{local}");
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    // The router (and with it every committer handle) is gone: the
+    // committer drains what was queued, then the last publish runs.
+    commit_task.await.context("committer task")?;
+    let _ = stop_publisher.send(());
+    publish_task.await.context("publisher task")??;
+    kairos_storage::staging::remove_writer_dir(&root, &writer);
+    tracing::info!("stopped; everything staged is published");
+    Ok(())
+}
+
+fn publisher_options(config: &Config) -> PublisherOptions {
+    PublisherOptions {
+        row_group_rows: config.publish.row_group_rows,
+        dedupe_window_hours: config.dedupe.window_hours,
+        max_publish_bytes: 512 * 1024 * 1024,
+        orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
+    }
+}
+
+async fn publish_loop(mut publisher: Publisher, interval: Duration, metrics: Arc<Metrics>, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let started = std::time::Instant::now();
+        match publisher.publish().await {
+            Ok(s) if s.items > 0 || s.redone > 0 => {
+                metrics.published_rows.inc_by((s.events + s.profiles + s.changes + s.identities) as u64);
+                metrics.duplicates.inc_by(s.duplicates as u64);
+                metrics.publish_lag_seconds.set(s.oldest_age.as_secs_f64());
+                tracing::info!(segments = s.segments, items = s.items, events = s.events, profiles = s.profiles, changes = s.changes,
+                    identities = s.identities, duplicates = s.duplicates, files = s.files, redone = s.redone,
+                    ms = started.elapsed().as_millis() as u64, "published");
+            }
+            Ok(_) => {}
+            Err(e) if last => return Err(e).context("final publish failed; staged events are kept and publish on the next start"),
+            Err(e) => {
+                metrics.store_error("publish");
+                tracing::error!(error = %e, "publish failed; staged events are kept and retried next interval");
+            }
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing requests and publishing");
+}
