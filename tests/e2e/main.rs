@@ -1,1 +1,12 @@
+//! End-to-end tests: each starts the real `kairos` binary on a loopback port
+//! it picks and drives it over HTTP, then reads the published Parquet.
+//!
+//! Needs the binary built (`cargo build --bins`; `.ci/run` does it) and, for
+//! the S3 and reader tests, what `.ci/setup-test-env` installs
+//! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`).
 
+mod durability;
+mod ingest;
+mod readers;
+mod s3;
+mod support;

@@ -41,7 +41,10 @@ const FRAME_BYTES: usize = 4 << 20;
 pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Result<()> {
     let items = read_items(&config, kind, file)?;
     let root = DataRoot::open(&config.storage.data)?;
-    let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), WriterId::fresh())?));
+    let log = Arc::new(Mutex::new(StagingLog::open(
+        root.clone(),
+        WriterId::fresh(),
+    )?));
     let mut frame = Vec::new();
     for item in &items.staged {
         serde_json::to_writer(&mut frame, item)?;
@@ -60,7 +63,10 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
         // Never adopt a running server's segments from here.
         orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
     };
-    let stats = Publisher::new(root.clone(), log, opts).await.publish().await?;
+    let stats = Publisher::new(root.clone(), log, opts)
+        .await
+        .publish()
+        .await?;
     for e in items.errors.iter().take(20) {
         eprintln!("{}:{}: {}: {}", file.display(), e.0 + 1, e.1, e.2);
     }
@@ -69,7 +75,14 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
     }
     println!(
         "imported {} rows into {}: {} events, {} profile versions, {} trait changes, {} identity links, {} duplicates skipped, {} rejected",
-        items.rows, root.url, stats.events, stats.profiles, stats.changes, stats.identities, stats.duplicates, items.errors.len()
+        items.rows,
+        root.url,
+        stats.events,
+        stats.profiles,
+        stats.changes,
+        stats.identities,
+        stats.duplicates,
+        items.errors.len()
     );
     Ok(())
 }
@@ -82,20 +95,40 @@ struct Items {
 }
 
 fn read_items(config: &Config, kind: ImportKind, file: &Path) -> anyhow::Result<Items> {
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match (kind, ext.as_str()) {
         (_, "ndjson" | "jsonl" | "json") => ndjson(config, file),
         (ImportKind::Profiles, "csv") => profile_rows(file, csv_rows(file)?),
         (ImportKind::Profiles, "parquet") => profile_rows(file, parquet_rows(file)?),
-        _ => bail!("{}: unsupported file type; profiles take .csv, .parquet or .ndjson, events take .ndjson", file.display()),
+        _ => bail!(
+            "{}: unsupported file type; profiles take .csv, .parquet or .ndjson, events take .ndjson",
+            file.display()
+        ),
     }
 }
 
 fn ndjson(config: &Config, file: &Path) -> anyhow::Result<Items> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let normalizer = Normalizer::new(EventTypes::new(&config.events.mapping), config.ingest.max_event_bytes, config.ingest.max_future_hours);
-    let env = Envelope { source: IMPORT_SOURCE, received_at_us: now_us(), batch_sent_at_us: None };
-    let mut items = Items { rows: 0, staged: Vec::new(), errors: Vec::new() };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let normalizer = Normalizer::new(
+        EventTypes::new(&config.events.mapping),
+        config.ingest.max_event_bytes,
+        config.ingest.max_future_hours,
+    );
+    let env = Envelope {
+        source: IMPORT_SOURCE,
+        received_at_us: now_us(),
+        batch_sent_at_us: None,
+    };
+    let mut items = Items {
+        rows: 0,
+        staged: Vec::new(),
+        errors: Vec::new(),
+    };
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -107,7 +140,9 @@ fn ndjson(config: &Config, file: &Path) -> anyhow::Result<Items> {
                     items.errors.push((i, e.field, e.reason));
                 }
             }
-            Err(e) => items.errors.push((i, String::new(), format!("malformed JSON: {e}"))),
+            Err(e) => items
+                .errors
+                .push((i, String::new(), format!("malformed JSON: {e}"))),
         }
     }
     Ok(items)
@@ -117,7 +152,8 @@ fn ndjson(config: &Config, file: &Path) -> anyhow::Result<Items> {
 type Row = BTreeMap<String, Value>;
 
 fn csv_rows(file: &Path) -> anyhow::Result<Vec<Row>> {
-    let mut reader = csv::Reader::from_path(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut reader =
+        csv::Reader::from_path(file).with_context(|| format!("reading {}", file.display()))?;
     let headers = reader.headers()?.clone();
     let mut rows = Vec::new();
     for record in reader.records() {
@@ -150,7 +186,8 @@ fn csv_value(v: &str) -> Value {
 
 fn parquet_rows(file: &Path) -> anyhow::Result<Vec<Row>> {
     let f = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
     let mut rows = Vec::new();
     for batch in reader {
         rows.extend(batch_rows(&batch?)?);
@@ -172,7 +209,14 @@ fn batch_rows(batch: &RecordBatch) -> anyhow::Result<Vec<Row>> {
             let text = fmt.value(i).to_string();
             let value = match field.data_type() {
                 T::Boolean => Value::Bool(text == "true"),
-                T::Int8 | T::Int16 | T::Int32 | T::Int64 | T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64 => csv_value(&text),
+                T::Int8
+                | T::Int16
+                | T::Int32
+                | T::Int64
+                | T::UInt8
+                | T::UInt16
+                | T::UInt32
+                | T::UInt64 => csv_value(&text),
                 T::Float16 | T::Float32 | T::Float64 => csv_value(&text),
                 _ => Value::String(text),
             };
@@ -189,11 +233,24 @@ const TIME_COLUMNS: [&str; 2] = ["updated_at", "timestamp"];
 /// names (`consent.email`) become nested traits.
 fn profile_rows(file: &Path, rows: Vec<Row>) -> anyhow::Result<Items> {
     let now = now_us();
-    let mut items = Items { rows: rows.len(), staged: Vec::new(), errors: Vec::new() };
+    let mut items = Items {
+        rows: rows.len(),
+        staged: Vec::new(),
+        errors: Vec::new(),
+    };
     for (i, mut row) in rows.into_iter().enumerate() {
         let id = ID_COLUMNS.iter().find_map(|c| row.remove(*c));
-        let Some(customer_id) = id.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)) else {
-            items.errors.push((i, "customer_id".into(), format!("missing; {} needs a customer_id (or user_id) column", file.display())));
+        let Some(customer_id) =
+            id.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        else {
+            items.errors.push((
+                i,
+                "customer_id".into(),
+                format!(
+                    "missing; {} needs a customer_id (or user_id) column",
+                    file.display()
+                ),
+            ));
             continue;
         };
         let mut ts = now;
@@ -201,7 +258,11 @@ fn profile_rows(file: &Path, rows: Vec<Row>) -> anyhow::Result<Items> {
             match t.as_str().and_then(parse_rfc3339_us) {
                 Some(us) => ts = us,
                 None => {
-                    items.errors.push((i, "updated_at".into(), format!("{t} is not an RFC 3339 timestamp")));
+                    items.errors.push((
+                        i,
+                        "updated_at".into(),
+                        format!("{t} is not an RFC 3339 timestamp"),
+                    ));
                     continue;
                 }
             }
@@ -230,7 +291,9 @@ fn insert_dotted(into: &mut BTreeMap<String, Value>, key: &str, value: Value) {
             into.insert(key.to_string(), value);
         }
         Some((head, rest)) => {
-            let entry = into.entry(head.to_string()).or_insert_with(|| Value::Object(Default::default()));
+            let entry = into
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
             if !entry.is_object() {
                 *entry = Value::Object(Default::default());
             }
@@ -260,11 +323,26 @@ mod tests {
         let items = profile_rows(&path, csv_rows(&path).expect("csv")).expect("rows");
         assert_eq!(items.rows, 3);
         assert_eq!(items.staged.len(), 1);
-        assert_eq!(items.errors.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), vec![(1, "customer_id"), (2, "updated_at")]);
-        let StagedItem::Profile(p) = &items.staged[0] else { panic!("profile") };
+        assert_eq!(
+            items
+                .errors
+                .iter()
+                .map(|e| (e.0, e.1.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "customer_id"), (2, "updated_at")]
+        );
+        let StagedItem::Profile(p) = &items.staged[0] else {
+            panic!("profile")
+        };
         assert_eq!(p.customer_id, "c1");
         assert_eq!(p.traits["orders"], 3);
-        assert_eq!(p.traits["consent"], serde_json::json!({"email": true, "sms": false}));
-        assert_eq!(p.timestamp_us, parse_rfc3339_us("2026-01-01T00:00:00Z").expect("ts"));
+        assert_eq!(
+            p.traits["consent"],
+            serde_json::json!({"email": true, "sms": false})
+        );
+        assert_eq!(
+            p.timestamp_us,
+            parse_rfc3339_us("2026-01-01T00:00:00Z").expect("ts")
+        );
     }
 }

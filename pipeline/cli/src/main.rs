@@ -115,7 +115,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             c.storage.data = data.unwrap_or(c.storage.data);
             runtime()?.block_on(import::import(c, kind, &file))
         }
-        Command::Generate { sample, seed, customers, days, out } => generate_files(sample, seed, customers, days, &out),
+        Command::Generate {
+            sample,
+            seed,
+            customers,
+            days,
+            out,
+        } => generate_files(sample, seed, customers, days, &out),
         other => anyhow::bail!(
             "`kairos {}` is reserved and not built yet; this release has serve, import and generate",
             reserved_name(&other)
@@ -137,27 +143,48 @@ fn reserved_name(c: &Command) -> &'static str {
     }
 }
 
-fn generate_files(sample: bool, seed: u64, customers: usize, days: u32, out: &std::path::Path) -> anyhow::Result<()> {
+fn generate_files(
+    sample: bool,
+    seed: u64,
+    customers: usize,
+    days: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     let opts = if sample {
         generate::GenerateOptions::sample()
     } else {
-        generate::GenerateOptions { seed, customers, days, ..generate::GenerateOptions::sample() }
+        generate::GenerateOptions {
+            seed,
+            customers,
+            days,
+            ..generate::GenerateOptions::sample()
+        }
     };
     std::fs::create_dir_all(out)?;
     let mut profiles = std::fs::File::create(out.join("profiles.ndjson"))?;
     let mut events = std::fs::File::create(out.join("events.ndjson"))?;
     let s = generate::generate(&opts, &mut profiles, &mut events)?;
-    println!("wrote {} profiles and {} events to {}", s.profiles, s.events, out.display());
+    println!(
+        "wrote {} profiles and {} events to {}",
+        s.profiles,
+        s.events,
+        out.display()
+    );
     Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),

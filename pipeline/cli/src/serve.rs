@@ -22,7 +22,8 @@ use kairos_storage::{DataRoot, Publisher, PublisherOptions, StagingLog, WriterId
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
-    let root = DataRoot::open(&config.storage.data).with_context(|| format!("opening data root {}", config.storage.data))?;
+    let root = DataRoot::open(&config.storage.data)
+        .with_context(|| format!("opening data root {}", config.storage.data))?;
     let writer = WriterId::fresh();
     let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), writer.clone())?));
     let metrics = Metrics::new();
@@ -41,27 +42,47 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(%listen, "no ingest.write_keys configured: only loopback clients will be accepted");
     }
     let state = Arc::new(IngestState {
-        normalizer: Normalizer::new(EventTypes::new(&config.events.mapping), config.ingest.max_event_bytes, config.ingest.max_future_hours),
+        normalizer: Normalizer::new(
+            EventTypes::new(&config.events.mapping),
+            config.ingest.max_event_bytes,
+            config.ingest.max_future_hours,
+        ),
         committer,
         metrics: metrics.clone(),
-        write_keys: config.ingest.write_keys.iter().map(|k| k.0.clone()).collect(),
+        write_keys: config
+            .ingest
+            .write_keys
+            .iter()
+            .map(|k| k.0.clone())
+            .collect(),
         max_body_bytes: config.ingest.max_body_bytes,
     });
     let m = metrics.clone();
-    let app = Router::new()
-        .merge(kairos_ingest::router(state))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }))
-        .layer(TraceLayer::new_for_http());
+    let app =
+        Router::new()
+            .merge(kairos_ingest::router(state))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    ([("content-type", "text/plain; version=0.0.4")], m.render())
+                }),
+            )
+            .layer(TraceLayer::new_for_http());
 
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}; is another server using the port?"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}; is another server using the port?"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, data = %root.url, writer = %writer.0, "kairos listening");
     // Tests and scripts read this line to learn the port when asked for :0.
     println!("listening on http://{local}");
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
 
     // The router (and with it every committer handle) is gone: the
     // committer drains what was queued, then the last publish runs.
@@ -82,7 +103,12 @@ fn publisher_options(config: &Config) -> PublisherOptions {
     }
 }
 
-async fn publish_loop(mut publisher: Publisher, interval: Duration, metrics: Arc<Metrics>, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+async fn publish_loop(
+    mut publisher: Publisher,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -93,15 +119,31 @@ async fn publish_loop(mut publisher: Publisher, interval: Duration, metrics: Arc
         let started = std::time::Instant::now();
         match publisher.publish().await {
             Ok(s) if s.items > 0 || s.redone > 0 => {
-                metrics.published_rows.inc_by((s.events + s.profiles + s.changes + s.identities) as u64);
+                metrics
+                    .published_rows
+                    .inc_by((s.events + s.profiles + s.changes + s.identities) as u64);
                 metrics.duplicates.inc_by(s.duplicates as u64);
                 metrics.publish_lag_seconds.set(s.oldest_age.as_secs_f64());
-                tracing::info!(segments = s.segments, items = s.items, events = s.events, profiles = s.profiles, changes = s.changes,
-                    identities = s.identities, duplicates = s.duplicates, files = s.files, redone = s.redone,
-                    ms = started.elapsed().as_millis() as u64, "published");
+                tracing::info!(
+                    segments = s.segments,
+                    items = s.items,
+                    events = s.events,
+                    profiles = s.profiles,
+                    changes = s.changes,
+                    identities = s.identities,
+                    duplicates = s.duplicates,
+                    files = s.files,
+                    redone = s.redone,
+                    ms = started.elapsed().as_millis() as u64,
+                    "published"
+                );
             }
             Ok(_) => {}
-            Err(e) if last => return Err(e).context("final publish failed; staged events are kept and publish on the next start"),
+            Err(e) if last => {
+                return Err(e).context(
+                    "final publish failed; staged events are kept and publish on the next start",
+                );
+            }
             Err(e) => {
                 metrics.store_error("publish");
                 tracing::error!(error = %e, "publish failed; staged events are kept and retried next interval");

@@ -280,7 +280,11 @@ mod tests {
             timestamp_us: 1_700_000_000_000_000,
             received_at_us: 1_700_000_000_100_000,
             sent_at_us: None,
-            commerce: Commerce { revenue: Some(12.5), order_id: Some("o1".into()), ..Default::default() },
+            commerce: Commerce {
+                revenue: Some(12.5),
+                order_id: Some("o1".into()),
+                ..Default::default()
+            },
             timezone: Some("Europe/Berlin".into()),
             properties: "{\"revenue\":12.5}".into(),
             context: "{}".into(),

@@ -13,7 +13,9 @@ pub fn now_us() -> i64 {
 
 /// Parses an RFC 3339 / ISO 8601 timestamp with an offset into µs.
 pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// `(date, hour)` of the UTC Hive partition an instant falls in, e.g. `("2026-11-26", 17)`.
@@ -34,7 +36,10 @@ mod tests {
     #[test]
     fn parses_offsets_and_fractions() {
         assert_eq!(parse_rfc3339_us("1970-01-01T00:00:01Z"), Some(1_000_000));
-        assert_eq!(parse_rfc3339_us("1970-01-01T01:00:01.5+01:00"), Some(1_500_000));
+        assert_eq!(
+            parse_rfc3339_us("1970-01-01T01:00:01.5+01:00"),
+            Some(1_500_000)
+        );
         assert_eq!(parse_rfc3339_us("yesterday"), None);
         assert_eq!(parse_rfc3339_us("2026-11-26 10:00:00"), None);
     }

@@ -10,7 +10,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use kairos_core::event::{Commerce, EventRecord, EventTypes, IdentityLink, ProfileUpdate, StagedItem};
+use kairos_core::event::{
+    Commerce, EventRecord, EventTypes, IdentityLink, ProfileUpdate, StagedItem,
+};
 use kairos_core::time::{HOUR_US, parse_rfc3339_us};
 
 /// Why one item was refused.
@@ -104,7 +106,13 @@ impl<'de> Deserialize<'de> for Num {
         let bad = || serde::de::Error::custom("expected a number");
         match Raw::deserialize(d).map_err(|_| bad())? {
             Raw::F(f) => Ok(Num(f)),
-            Raw::S(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(Num).ok_or_else(bad),
+            Raw::S(s) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Num)
+                .ok_or_else(bad),
         }
     }
 }
@@ -193,20 +201,49 @@ fn err<T>(field: &str, reason: impl Into<String>) -> ItemResult<T> {
 impl Normalizer {
     /// A normalizer with the given event-name mapping and limits.
     pub fn new(types: EventTypes, max_event_bytes: usize, max_future_hours: u32) -> Normalizer {
-        Normalizer { types, max_event_bytes, max_future_us: i64::from(max_future_hours) * HOUR_US }
+        Normalizer {
+            types,
+            max_event_bytes,
+            max_future_us: i64::from(max_future_hours) * HOUR_US,
+        }
     }
 
     /// Validates item `index`. `forced` is the call type given by the URL
     /// path; otherwise the item's `type` field decides. Appends 1 or 2
     /// staged items (identify with both ids also links them).
-    pub fn item(&self, raw: &RawValue, forced: Option<CallType>, index: usize, env: &Envelope, out: &mut Vec<StagedItem>) -> Result<(), ItemError> {
-        self.item_inner(raw, forced, env, out).map_err(|(field, reason)| ItemError { index, field, reason })
+    pub fn item(
+        &self,
+        raw: &RawValue,
+        forced: Option<CallType>,
+        index: usize,
+        env: &Envelope,
+        out: &mut Vec<StagedItem>,
+    ) -> Result<(), ItemError> {
+        self.item_inner(raw, forced, env, out)
+            .map_err(|(field, reason)| ItemError {
+                index,
+                field,
+                reason,
+            })
     }
 
-    fn item_inner(&self, raw: &RawValue, forced: Option<CallType>, env: &Envelope, out: &mut Vec<StagedItem>) -> ItemResult<()> {
+    fn item_inner(
+        &self,
+        raw: &RawValue,
+        forced: Option<CallType>,
+        env: &Envelope,
+        out: &mut Vec<StagedItem>,
+    ) -> ItemResult<()> {
         let text = raw.get();
         if text.len() > self.max_event_bytes {
-            return err("", format!("event is {} bytes; the limit is {} (ingest.max_event_bytes)", text.len(), self.max_event_bytes));
+            return err(
+                "",
+                format!(
+                    "event is {} bytes; the limit is {} (ingest.max_event_bytes)",
+                    text.len(),
+                    self.max_event_bytes
+                ),
+            );
         }
         if !text.starts_with('{') {
             return err("", "each call must be a JSON object");
@@ -231,14 +268,24 @@ impl Normalizer {
         let anonymous_id = non_empty(call.anonymous_id);
 
         let sent_at = match call.sent_at.as_deref() {
-            Some(s) => Some(parse_rfc3339_us(s).map_or_else(|| err("sentAt", format!("{s:?} is not an RFC 3339 timestamp")), Ok)?),
+            Some(s) => Some(parse_rfc3339_us(s).map_or_else(
+                || err("sentAt", format!("{s:?} is not an RFC 3339 timestamp")),
+                Ok,
+            )?),
             None => env.batch_sent_at_us,
         };
         let timestamp = match call.timestamp.as_deref() {
             None => env.received_at_us,
             Some(s) => {
                 let ts = parse_rfc3339_us(s).map_or_else(
-                    || err("timestamp", format!("{s:?} is not an RFC 3339 timestamp such as 2026-11-26T10:00:00Z")),
+                    || {
+                        err(
+                            "timestamp",
+                            format!(
+                                "{s:?} is not an RFC 3339 timestamp such as 2026-11-26T10:00:00Z"
+                            ),
+                        )
+                    },
                     Ok,
                 )?;
                 // Segment's clock-skew correction: trust the device clock
@@ -250,7 +297,13 @@ impl Normalizer {
             }
         };
         if timestamp > env.received_at_us + self.max_future_us {
-            return err("timestamp", format!("is more than {}h in the future (ingest.max_future_hours); check the sender's clock", self.max_future_us / HOUR_US));
+            return err(
+                "timestamp",
+                format!(
+                    "is more than {}h in the future (ingest.max_future_hours); check the sender's clock",
+                    self.max_future_us / HOUR_US
+                ),
+            );
         }
         if timestamp < 0 {
             return err("timestamp", "is before 1970");
@@ -258,15 +311,22 @@ impl Normalizer {
         let event_id = match non_empty(call.message_id) {
             Some(m) => m,
             // No messageId: derive one from the call so an identical retry dedupes.
-            None => format!("kairos-{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes())),
+            None => format!(
+                "kairos-{:032x}",
+                xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+            ),
         };
         let context = call.context.map(|c| c.get()).unwrap_or("{}");
         let ctx: RawContext = object(context, "context")?;
         let timezone = ctx.timezone.map(Cow::into_owned).filter(|s| !s.is_empty());
 
         if kind == CallType::Alias {
-            let Some(user_id) = user_id else { return err("userId", "missing; alias needs userId and previousId") };
-            let Some(previous) = non_empty(call.previous_id) else { return err("previousId", "missing; alias needs userId and previousId") };
+            let Some(user_id) = user_id else {
+                return err("userId", "missing; alias needs userId and previousId");
+            };
+            let Some(previous) = non_empty(call.previous_id) else {
+                return err("previousId", "missing; alias needs userId and previousId");
+            };
             out.push(StagedItem::Identity(IdentityLink {
                 event_id,
                 source: env.source.to_string(),
@@ -284,9 +344,12 @@ impl Normalizer {
 
         if kind == CallType::Identify {
             let traits_text = call.traits.map(|t| t.get()).unwrap_or("{}");
-            let mut traits: std::collections::BTreeMap<String, serde_json::Value> = object(traits_text, "traits")?;
+            let mut traits: std::collections::BTreeMap<String, serde_json::Value> =
+                object(traits_text, "traits")?;
             if let Some(tz) = &timezone {
-                traits.entry("timezone".into()).or_insert_with(|| serde_json::Value::String(tz.clone()));
+                traits
+                    .entry("timezone".into())
+                    .or_insert_with(|| serde_json::Value::String(tz.clone()));
             }
             if let (Some(user), Some(anon)) = (&user_id, &anonymous_id) {
                 out.push(StagedItem::Identity(IdentityLink {
@@ -313,18 +376,38 @@ impl Normalizer {
         let (event, event_type, properties) = match kind {
             CallType::Track => {
                 let Some(name) = call.event.filter(|e| !e.trim().is_empty()) else {
-                    return err("event", "missing; track needs the event name, e.g. \"Order Completed\"");
+                    return err(
+                        "event",
+                        "missing; track needs the event name, e.g. \"Order Completed\"",
+                    );
                 };
                 let t = self.types.canonical(&name);
-                (name.into_owned(), t, call.properties.map(|p| p.get()).unwrap_or("{}").to_string())
+                (
+                    name.into_owned(),
+                    t,
+                    call.properties.map(|p| p.get()).unwrap_or("{}").to_string(),
+                )
             }
             CallType::Page | CallType::Screen => {
-                let name = call.name.map(Cow::into_owned).unwrap_or_else(|| kind.name().to_string());
-                let t = if kind == CallType::Page { "page_view" } else { "screen_view" };
-                (name, t.to_string(), call.properties.map(|p| p.get()).unwrap_or("{}").to_string())
+                let name = call
+                    .name
+                    .map(Cow::into_owned)
+                    .unwrap_or_else(|| kind.name().to_string());
+                let t = if kind == CallType::Page {
+                    "page_view"
+                } else {
+                    "screen_view"
+                };
+                (
+                    name,
+                    t.to_string(),
+                    call.properties.map(|p| p.get()).unwrap_or("{}").to_string(),
+                )
             }
             CallType::Group => {
-                let Some(group) = non_empty(call.group_id) else { return err("groupId", "missing; group needs groupId") };
+                let Some(group) = non_empty(call.group_id) else {
+                    return err("groupId", "missing; group needs groupId");
+                };
                 let traits = call.traits.map(|t| t.get()).unwrap_or("{}");
                 let _: serde_json::Map<String, serde_json::Value> = object(traits, "traits")?;
                 let props = serde_json::json!({ "group_id": group, "traits": serde_json::from_str::<serde_json::Value>(traits).unwrap_or_default() });
@@ -366,7 +449,11 @@ fn object<'a, T: Deserialize<'a>>(text: &'a str, field: &str) -> ItemResult<T> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." || inner.is_empty() { field.to_string() } else { format!("{field}.{inner}") };
+        let path = if inner == "." || inner.is_empty() {
+            field.to_string()
+        } else {
+            format!("{field}.{inner}")
+        };
         (path, e.into_inner().to_string())
     })
 }
@@ -398,7 +485,11 @@ mod tests {
     fn run(json: &str, forced: Option<CallType>) -> Result<Vec<StagedItem>, ItemError> {
         let n = Normalizer::new(EventTypes::new(&Default::default()), 32 * 1024, 24);
         let raw: &RawValue = serde_json::from_str(json).expect("valid json");
-        let env = Envelope { source: "src", received_at_us: NOW, batch_sent_at_us: None };
+        let env = Envelope {
+            source: "src",
+            received_at_us: NOW,
+            batch_sent_at_us: None,
+        };
         let mut out = Vec::new();
         n.item(raw, forced, 3, &env, &mut out).map(|_| out)
     }
@@ -412,21 +503,28 @@ mod tests {
 
     #[test]
     fn track_promotes_commerce_fields_and_maps_the_name() {
-        let e = event(r#"{"type":"track","userId":"u1","event":"Order Completed","messageId":"m1","timestamp":"2026-09-01T10:00:00Z",
-            "properties":{"order_id":"o-1","total":"30.5","revenue":25,"currency":"EUR","quantity":2,"extra":{"a":1}},"context":{"timezone":"Europe/Berlin"}}"#);
+        let e = event(
+            r#"{"type":"track","userId":"u1","event":"Order Completed","messageId":"m1","timestamp":"2026-09-01T10:00:00Z",
+            "properties":{"order_id":"o-1","total":"30.5","revenue":25,"currency":"EUR","quantity":2,"extra":{"a":1}},"context":{"timezone":"Europe/Berlin"}}"#,
+        );
         assert_eq!(e.event, "Order Completed");
         assert_eq!(e.event_type, "purchase");
         assert_eq!(e.commerce.revenue, Some(25.0), "revenue wins over total");
         assert_eq!(e.commerce.order_id.as_deref(), Some("o-1"));
         assert_eq!(e.commerce.quantity, Some(2));
         assert_eq!(e.timezone.as_deref(), Some("Europe/Berlin"));
-        assert!(e.properties.contains("\"extra\""), "unpromoted properties are kept");
+        assert!(
+            e.properties.contains("\"extra\""),
+            "unpromoted properties are kept"
+        );
         assert_eq!(e.customer_id, "u1");
     }
 
     #[test]
     fn total_is_revenue_when_revenue_is_absent() {
-        let e = event(r#"{"type":"track","anonymousId":"a1","event":"Order Completed","properties":{"total":12}}"#);
+        let e = event(
+            r#"{"type":"track","anonymousId":"a1","event":"Order Completed","properties":{"total":12}}"#,
+        );
         assert_eq!(e.commerce.revenue, Some(12.0));
         assert_eq!(e.customer_id, "a1");
     }
@@ -434,7 +532,9 @@ mod tests {
     #[test]
     fn clock_skew_is_corrected_with_sent_at() {
         // Device clock is 1 hour fast: sent 10 s after the event, by its clock.
-        let e = event(r#"{"type":"track","userId":"u","event":"x","timestamp":"2026-09-01T11:00:00Z","sentAt":"2026-09-01T11:00:10Z"}"#);
+        let e = event(
+            r#"{"type":"track","userId":"u","event":"x","timestamp":"2026-09-01T11:00:00Z","sentAt":"2026-09-01T11:00:10Z"}"#,
+        );
         assert_eq!(e.timestamp_us, NOW - 10_000_000);
     }
 
@@ -448,18 +548,38 @@ mod tests {
         let cases = [
             (r#"{"type":"track","event":"x"}"#, "userId"),
             (r#"{"type":"track","userId":"u"}"#, "event"),
-            (r#"{"type":"track","userId":"u","event":"x","timestamp":"yesterday"}"#, "timestamp"),
+            (
+                r#"{"type":"track","userId":"u","event":"x","timestamp":"yesterday"}"#,
+                "timestamp",
+            ),
             (r#"{"type":"track","userId":{"a":1},"event":"x"}"#, "userId"),
-            (r#"{"type":"track","userId":"u","event":"x","properties":[1]}"#, "properties"),
-            (r#"{"type":"track","userId":"u","event":"x","properties":{"price":"cheap"}}"#, "properties.price"),
+            (
+                r#"{"type":"track","userId":"u","event":"x","properties":[1]}"#,
+                "properties",
+            ),
+            (
+                r#"{"type":"track","userId":"u","event":"x","properties":{"price":"cheap"}}"#,
+                "properties.price",
+            ),
             (r#"{"type":"teleport","userId":"u"}"#, "type"),
             (r#"{"type":"alias","userId":"u"}"#, "previousId"),
-            (r#"{"type":"track","userId":"u","event":"x","timestamp":"2099-01-01T00:00:00Z"}"#, "timestamp"),
-            (r#"{"type":"track","userId":"u","event":"x","context":"web"}"#, "context"),
+            (
+                r#"{"type":"track","userId":"u","event":"x","timestamp":"2099-01-01T00:00:00Z"}"#,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"track","userId":"u","event":"x","context":"web"}"#,
+                "context",
+            ),
         ];
         for (json, field) in cases {
             let e = run(json, None).expect_err(json);
-            assert_eq!((e.index, e.field.as_str()), (3, field), "{json}: {}", e.reason);
+            assert_eq!(
+                (e.index, e.field.as_str()),
+                (3, field),
+                "{json}: {}",
+                e.reason
+            );
             assert!(!e.reason.is_empty());
         }
     }
@@ -468,17 +588,26 @@ mod tests {
     fn identify_with_both_ids_links_them_and_takes_timezone_from_context() {
         let items = run(r#"{"userId":"u1","anonymousId":"a1","traits":{"email":"x@example.com"},"context":{"timezone":"Asia/Tokyo"}}"#, Some(CallType::Identify)).expect("valid");
         assert_eq!(items.len(), 2);
-        let StagedItem::Identity(link) = &items[0] else { panic!("link first") };
-        assert_eq!((link.anonymous_id.as_str(), link.user_id.as_str()), ("a1", "u1"));
-        let StagedItem::Profile(p) = &items[1] else { panic!("profile") };
+        let StagedItem::Identity(link) = &items[0] else {
+            panic!("link first")
+        };
+        assert_eq!(
+            (link.anonymous_id.as_str(), link.user_id.as_str()),
+            ("a1", "u1")
+        );
+        let StagedItem::Profile(p) = &items[1] else {
+            panic!("profile")
+        };
         assert_eq!(p.traits["timezone"], "Asia/Tokyo");
         assert_eq!(p.customer_id, "u1");
     }
 
     #[test]
     fn numeric_user_ids_are_strings_and_missing_message_id_is_stable() {
-        let a = event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
-        let b = event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
+        let a =
+            event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
+        let b =
+            event(r#"{"type":"track","userId":42,"event":"x","timestamp":"2026-09-01T10:00:00Z"}"#);
         assert_eq!(a.customer_id, "42");
         assert_eq!(a.event_id, b.event_id);
         assert!(a.event_id.starts_with("kairos-"));
@@ -486,7 +615,15 @@ mod tests {
 
     #[test]
     fn oversized_event_is_refused() {
-        let big = format!(r#"{{"type":"track","userId":"u","event":"x","properties":{{"pad":"{}"}}}}"#, "x".repeat(40_000));
-        assert!(run(&big, None).expect_err("too big").reason.contains("max_event_bytes"));
+        let big = format!(
+            r#"{{"type":"track","userId":"u","event":"x","properties":{{"pad":"{}"}}}}"#,
+            "x".repeat(40_000)
+        );
+        assert!(
+            run(&big, None)
+                .expect_err("too big")
+                .reason
+                .contains("max_event_bytes")
+        );
     }
 }

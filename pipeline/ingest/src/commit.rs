@@ -34,7 +34,12 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer over `log`.
-    pub fn start(log: Arc<Mutex<StagingLog>>, max_bytes: usize, max_delay: Duration, metrics: Arc<Metrics>) -> (Committer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        log: Arc<Mutex<StagingLog>>,
+        max_bytes: usize,
+        max_delay: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(run(rx, log, max_bytes, max_delay, metrics));
         (Committer { tx }, task)
@@ -44,14 +49,25 @@ impl Committer {
     pub async fn commit(&self, payload: Vec<u8>, items: usize) -> Result<(), CommitError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Pending { payload, items, ack })
+            .send(Pending {
+                payload,
+                items,
+                ack,
+            })
             .await
             .map_err(|_| CommitError("the server is shutting down".into()))?;
-        done.await.map_err(|_| CommitError("the committer stopped".into()))?
+        done.await
+            .map_err(|_| CommitError("the committer stopped".into()))?
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Pending>, log: Arc<Mutex<StagingLog>>, max_bytes: usize, max_delay: Duration, metrics: Arc<Metrics>) {
+async fn run(
+    mut rx: mpsc::Receiver<Pending>,
+    log: Arc<Mutex<StagingLog>>,
+    max_bytes: usize,
+    max_delay: Duration,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + max_delay;
         let mut buf = first.payload;
@@ -60,7 +76,12 @@ async fn run(mut rx: mpsc::Receiver<Pending>, log: Arc<Mutex<StagingLog>>, max_b
         while buf.len() < max_bytes {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
-                Err(mpsc::error::TryRecvError::Empty) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             let Some(p) = next else { break };
@@ -70,7 +91,9 @@ async fn run(mut rx: mpsc::Receiver<Pending>, log: Arc<Mutex<StagingLog>>, max_b
         }
         let started = Instant::now();
         let result = log.lock().await.append(&buf).await;
-        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.commit_items.observe(items as f64);
         let result = result.map_err(|e| {
             metrics.store_error("stage");

@@ -50,7 +50,11 @@ pub struct IngestState {
 
 /// The `/v1/*` routes, with CORS answered for browsers.
 pub fn router(state: Arc<IngestState>) -> Router {
-    let cors = CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any).max_age(std::time::Duration::from_secs(3600));
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .max_age(std::time::Duration::from_secs(3600));
     Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/b", post(batch))
@@ -70,13 +74,21 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, reason, message: message.into() }
+        ApiError {
+            status,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"success": false, "error": self.message}))).into_response()
+        (
+            self.status,
+            axum::Json(json!({"success": false, "error": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -86,7 +98,11 @@ enum Shape {
     Ndjson,
 }
 
-async fn single(State(s): State<Arc<IngestState>>, Path(call): Path<String>, req: Request) -> Response {
+async fn single(
+    State(s): State<Arc<IngestState>>,
+    Path(call): Path<String>,
+    req: Request,
+) -> Response {
     match CallType::parse(&call) {
         Some(kind) => handle(s, Shape::One(kind), req).await,
         None => ApiError::new(StatusCode::NOT_FOUND, "unknown_path", format!("unknown call /v1/{call}; use track, identify, alias, page, screen, group, batch or import")).into_response(),
@@ -129,7 +145,10 @@ struct KeyOnly {
 
 async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response, ApiError> {
     let received_at_us = now_us();
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let headers = req.headers().clone();
     let body = read_body(req.into_body(), &headers, s.max_body_bytes).await?;
 
@@ -141,7 +160,9 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     let forced = match shape {
         Shape::One(kind) => {
             let raw: &RawValue = parse_json(&body)?;
-            body_key = serde_json::from_str::<KeyOnly>(raw.get()).ok().and_then(|k| k.write_key);
+            body_key = serde_json::from_str::<KeyOnly>(raw.get())
+                .ok()
+                .and_then(|k| k.write_key);
             raws.push(raw);
             Some(kind)
         }
@@ -154,7 +175,13 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
         }
         Shape::Ndjson => {
             body_key = None;
-            let text = std::str::from_utf8(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("body is not UTF-8: {e}")))?;
+            let text = std::str::from_utf8(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("body is not UTF-8: {e}"),
+                )
+            })?;
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
@@ -164,7 +191,11 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
                         raws.push(r);
                         line_of.push(i);
                     }
-                    Err(e) => errors.push(ItemError { index: i, field: String::new(), reason: format!("malformed JSON: {e}") }),
+                    Err(e) => errors.push(ItemError {
+                        index: i,
+                        field: String::new(),
+                        reason: format!("malformed JSON: {e}"),
+                    }),
                 }
             }
             None
@@ -172,10 +203,18 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     };
     let source = authorize(s, &headers, body_key.as_deref(), peer)?;
     if raws.is_empty() && errors.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty", "no calls in the request"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty",
+            "no calls in the request",
+        ));
     }
 
-    let env = Envelope { source: &source, received_at_us, batch_sent_at_us };
+    let env = Envelope {
+        source: &source,
+        received_at_us,
+        batch_sent_at_us,
+    };
     let mut staged: Vec<StagedItem> = Vec::with_capacity(raws.len());
     let mut good = 0usize;
     for (i, raw) in raws.iter().enumerate() {
@@ -187,36 +226,78 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     }
     errors.sort_by_key(|e| e.index);
     for e in &errors {
-        s.metrics.reject(if e.field.is_empty() { "invalid" } else { e.field.split('.').next().unwrap_or("invalid") }, 1);
+        s.metrics.reject(
+            if e.field.is_empty() {
+                "invalid"
+            } else {
+                e.field.split('.').next().unwrap_or("invalid")
+            },
+            1,
+        );
     }
     if good == 0 {
-        return Ok((StatusCode::BAD_REQUEST, axum::Json(json!({"success": false, "accepted": 0, "errors": errors}))).into_response());
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"success": false, "accepted": 0, "errors": errors})),
+        )
+            .into_response());
     }
 
     let mut payload = Vec::with_capacity(body.len() + staged.len() * 64);
     for item in &staged {
-        serde_json::to_writer(&mut payload, item).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        serde_json::to_writer(&mut payload, item).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
         payload.push(b'\n');
     }
     s.committer
         .commit(payload, staged.len())
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "staging_failed", e.to_string()))?;
-    let body = if errors.is_empty() { json!({"success": true, "accepted": good}) } else { json!({"success": true, "accepted": good, "errors": errors}) };
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "staging_failed",
+                e.to_string(),
+            )
+        })?;
+    let body = if errors.is_empty() {
+        json!({"success": true, "accepted": good})
+    } else {
+        json!({"success": true, "accepted": good, "errors": errors})
+    };
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let what = if e.is_data() { "wrong shape" } else { "malformed JSON" };
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("{what}: {e}"))
+        let what = if e.is_data() {
+            "wrong shape"
+        } else {
+            "malformed JSON"
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("{what}: {e}"),
+        )
     })
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {limit} bytes (ingest.max_body_bytes); split it into smaller batches"));
+    let too_big = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "body exceeds {limit} bytes (ingest.max_body_bytes); split it into smaller batches"
+            ),
+        )
+    };
     let raw = to_bytes(body, limit).await.map_err(|_| too_big())?;
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
     match encoding.trim().to_ascii_lowercase().as_str() {
         "identity" | "" => Ok(raw.to_vec()),
         "gzip" | "x-gzip" => {
@@ -225,27 +306,50 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
             flate2::read::MultiGzDecoder::new(&raw[..])
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_gzip", format!("body is not valid gzip: {e}")))?;
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_gzip",
+                        format!("body is not valid gzip: {e}"),
+                    )
+                })?;
             if out.len() > limit {
                 return Err(too_big());
             }
             Ok(out)
         }
-        other => Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_encoding", format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"))),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_encoding",
+            format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
     }
 }
 
 /// Checks the write key; returns the source name recorded with each event.
-fn authorize(s: &IngestState, headers: &HeaderMap, body_key: Option<&str>, peer: Option<SocketAddr>) -> Result<String, ApiError> {
-    let header_key = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        if let Some(b) = v.strip_prefix("Basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
-            let text = String::from_utf8(decoded).ok()?;
-            Some(text.split_once(':').map_or(text.clone(), |(user, _)| user.to_string()))
-        } else {
-            v.strip_prefix("Bearer ").map(|k| k.trim().to_string())
-        }
-    });
+fn authorize(
+    s: &IngestState,
+    headers: &HeaderMap,
+    body_key: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<String, ApiError> {
+    let header_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            if let Some(b) = v.strip_prefix("Basic ") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()?;
+                let text = String::from_utf8(decoded).ok()?;
+                Some(
+                    text.split_once(':')
+                        .map_or(text.clone(), |(user, _)| user.to_string()),
+                )
+            } else {
+                v.strip_prefix("Bearer ").map(|k| k.trim().to_string())
+            }
+        });
     let key = header_key.as_deref().or(body_key);
     if s.write_keys.is_empty() {
         return match peer {
@@ -259,7 +363,11 @@ fn authorize(s: &IngestState, headers: &HeaderMap, body_key: Option<&str>, peer:
     }
     match key {
         Some(k) if s.write_keys.iter().any(|w| w == k) => Ok(source_of(k)),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown write key")),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown write key",
+        )),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -270,5 +378,8 @@ fn authorize(s: &IngestState, headers: &HeaderMap, body_key: Option<&str>, peer:
 
 /// A stable, non-secret name for a write key.
 pub fn source_of(key: &str) -> String {
-    format!("key-{:012x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 16)
+    format!(
+        "key-{:012x}",
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 16
+    )
 }

@@ -57,14 +57,46 @@ impl Metrics {
         let published_rows = Counter::default();
         let duplicates = Counter::default();
         let store_errors = Family::<Op, Counter>::default();
-        registry.register("ingest_events_accepted", "Events durable and acknowledged", accepted.clone());
-        registry.register("ingest_events_rejected", "Items or requests rejected, by reason", rejected.clone());
-        registry.register("group_commit_items", "Items per group commit", commit_items.clone());
-        registry.register("group_commit_seconds", "Seconds per group commit (append and fsync, or PUT)", commit_seconds.clone());
-        registry.register("publish_lag_seconds", "Age of the oldest staged data when the last publish took it", publish_lag_seconds.clone());
-        registry.register("published_rows", "Rows published to Parquet tables", published_rows.clone());
-        registry.register("publish_duplicates", "Repeated messageIds dropped at publish", duplicates.clone());
-        registry.register("object_store_errors", "Object store errors by operation", store_errors.clone());
+        registry.register(
+            "ingest_events_accepted",
+            "Events durable and acknowledged",
+            accepted.clone(),
+        );
+        registry.register(
+            "ingest_events_rejected",
+            "Items or requests rejected, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "group_commit_items",
+            "Items per group commit",
+            commit_items.clone(),
+        );
+        registry.register(
+            "group_commit_seconds",
+            "Seconds per group commit (append and fsync, or PUT)",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "publish_lag_seconds",
+            "Age of the oldest staged data when the last publish took it",
+            publish_lag_seconds.clone(),
+        );
+        registry.register(
+            "published_rows",
+            "Rows published to Parquet tables",
+            published_rows.clone(),
+        );
+        registry.register(
+            "publish_duplicates",
+            "Repeated messageIds dropped at publish",
+            duplicates.clone(),
+        );
+        registry.register(
+            "object_store_errors",
+            "Object store errors by operation",
+            store_errors.clone(),
+        );
         Arc::new(Metrics {
             registry,
             accepted,
@@ -80,12 +112,18 @@ impl Metrics {
 
     /// Counts a rejection.
     pub fn reject(&self, reason: &str, n: u64) {
-        self.rejected.get_or_create(&Reason { reason: reason.to_string() }).inc_by(n);
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Counts an object-store error.
     pub fn store_error(&self, op: &str) {
-        self.store_errors.get_or_create(&Op { op: op.to_string() }).inc();
+        self.store_errors
+            .get_or_create(&Op { op: op.to_string() })
+            .inc();
     }
 
     /// Prometheus text exposition.

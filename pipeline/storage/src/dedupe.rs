@@ -60,7 +60,11 @@ const DEDUPED_TABLES: [&str; 3] = [tables::EVENTS, tables::PROFILES, tables::IDE
 impl DedupeIndex {
     /// An empty index keeping `window_hours` of hours in memory.
     pub fn new(window_hours: u32) -> DedupeIndex {
-        DedupeIndex { window_hours: i64::from(window_hours.max(1)), hours: HashMap::new(), newest: i64::MIN }
+        DedupeIndex {
+            window_hours: i64::from(window_hours.max(1)),
+            hours: HashMap::new(),
+            newest: i64::MIN,
+        }
     }
 
     /// Loads ids from files of `hour` (and its neighbours) that the index has
@@ -70,7 +74,12 @@ impl DedupeIndex {
         for h in hour - 1..=hour + 1 {
             for table in DEDUPED_TABLES {
                 let dir = ObjectPath::from(partition_dir(table, h * kairos_core::time::HOUR_US));
-                let metas: Vec<_> = root.store.list(Some(&dir)).try_collect().await.map_err(StorageError::store(&dir))?;
+                let metas: Vec<_> = root
+                    .store
+                    .list(Some(&dir))
+                    .try_collect()
+                    .await
+                    .map_err(StorageError::store(&dir))?;
                 for meta in metas {
                     let name = meta.location.to_string();
                     let file_name = meta.location.filename().unwrap_or_default();
@@ -122,26 +131,43 @@ impl DedupeIndex {
     }
 }
 
-async fn read_ids(root: &DataRoot, table: &str, meta: &object_store::ObjectMeta) -> Result<Vec<IdKey>> {
+async fn read_ids(
+    root: &DataRoot,
+    table: &str,
+    meta: &object_store::ObjectMeta,
+) -> Result<Vec<IdKey>> {
     let path = meta.location.to_string();
-    let bytes = root.store.get(&meta.location).await.map_err(StorageError::store(&path))?;
+    let bytes = root
+        .store
+        .get(&meta.location)
+        .await
+        .map_err(StorageError::store(&path))?;
     let bytes = bytes.bytes().await.map_err(StorageError::store(&path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(StorageError::parquet(&path))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(StorageError::parquet(&path))?;
     let schema = builder.parquet_schema();
     let cols: Vec<usize> = ["event_id", "source"]
         .iter()
         .filter_map(|c| schema.columns().iter().position(|d| d.name() == *c))
         .collect();
     let mask = ProjectionMask::leaves(schema, cols);
-    let reader = builder.with_projection(mask).build().map_err(StorageError::parquet(&path))?;
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(StorageError::parquet(&path))?;
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
     for b in batches {
         let (Some(ids), Some(sources)) = (
-            b.column_by_name("event_id").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-            b.column_by_name("source").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+            b.column_by_name("event_id")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+            b.column_by_name("source")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
         ) else {
-            return Err(StorageError::Corrupt { path, reason: "missing event_id or source column".into() });
+            return Err(StorageError::Corrupt {
+                path,
+                reason: "missing event_id or source column".into(),
+            });
         };
         for i in 0..b.num_rows() {
             if ids.is_valid(i) {
@@ -162,15 +188,24 @@ mod tests {
         let k = id_key("events", "src", "m1");
         assert!(idx.insert(100, k));
         assert!(!idx.insert(100, k));
-        assert!(!idx.insert(101, k), "skew correction can move a retry across the hour boundary");
-        assert!(idx.insert(103, k), "far apart in event time is a different event");
+        assert!(
+            !idx.insert(101, k),
+            "skew correction can move a retry across the hour boundary"
+        );
+        assert!(
+            idx.insert(103, k),
+            "far apart in event time is a different event"
+        );
     }
 
     #[test]
     fn source_is_part_of_the_key() {
         assert_ne!(id_key("events", "a", "m1"), id_key("events", "b", "m1"));
         assert_ne!(id_key("events", "a", "bm1"), id_key("events", "ab", "m1"));
-        assert_ne!(id_key("profiles", "a", "m1"), id_key("identities", "a", "m1"));
+        assert_ne!(
+            id_key("profiles", "a", "m1"),
+            id_key("identities", "a", "m1")
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub use staging::{StagingLog, WriterId};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The object store refused or failed an operation.
-    #[error("object store error at {path}: {source}; check the data root is reachable and writable")]
+    #[error(
+        "object store error at {path}: {source}; check the data root is reachable and writable"
+    )]
     ObjectStore {
         /// The object path involved.
         path: String,
@@ -79,7 +81,9 @@ impl StorageError {
         let path = path.to_string();
         move |source| StorageError::Io { path, source }
     }
-    pub(crate) fn parquet(path: impl ToString) -> impl FnOnce(parquet::errors::ParquetError) -> StorageError {
+    pub(crate) fn parquet(
+        path: impl ToString,
+    ) -> impl FnOnce(parquet::errors::ParquetError) -> StorageError {
         let path = path.to_string();
         move |source| StorageError::Parquet { path, source }
     }

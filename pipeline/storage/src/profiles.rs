@@ -34,28 +34,48 @@ impl ProfileState {
     /// whose name starts with one of `skip_prefixes` (publishes being redone).
     pub async fn load(root: &DataRoot, skip_prefixes: &[String]) -> Result<ProfileState> {
         let dir = ObjectPath::from(PROFILES);
-        let metas: Vec<_> = root.store.list(Some(&dir)).try_collect().await.map_err(StorageError::store(&dir))?;
+        let metas: Vec<_> = root
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(StorageError::store(&dir))?;
         let mut state = ProfileState::default();
         for meta in metas {
             let name = meta.location.filename().unwrap_or_default();
-            if !name.ends_with(".parquet") || skip_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            if !name.ends_with(".parquet")
+                || skip_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            {
                 continue;
             }
             let path = meta.location.to_string();
-            let bytes = root.store.get(&meta.location).await.map_err(StorageError::store(&path))?;
+            let bytes = root
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(StorageError::store(&path))?;
             let bytes = bytes.bytes().await.map_err(StorageError::store(&path))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .and_then(|b| b.build())
                 .map_err(StorageError::parquet(&path))?;
             let batches = reader.collect::<Result<Vec<_>, _>>()?;
             for b in batches {
-                let corrupt = || StorageError::Corrupt { path: path.clone(), reason: "unexpected profiles schema".into() };
-                let ids = b.column_by_name("customer_id").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(corrupt)?;
+                let corrupt = || StorageError::Corrupt {
+                    path: path.clone(),
+                    reason: "unexpected profiles schema".into(),
+                };
+                let ids = b
+                    .column_by_name("customer_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(corrupt)?;
                 let at = b
                     .column_by_name("updated_at")
                     .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
                     .ok_or_else(corrupt)?;
-                let traits = b.column_by_name("traits").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(corrupt)?;
+                let traits = b
+                    .column_by_name("traits")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(corrupt)?;
                 for i in 0..b.num_rows() {
                     let ts = at.value(i);
                     let newer = state.latest.get(ids.value(i)).is_none_or(|(t, _)| ts >= *t);
@@ -87,7 +107,10 @@ impl ProfileState {
     /// Applies one identify; returns the new snapshot and the changes, or
     /// `None` when nothing changed.
     pub fn apply(&mut self, u: &ProfileUpdate) -> Option<(ProfileRow, Vec<ChangeRow>)> {
-        let (updated_at, traits) = self.latest.entry(u.customer_id.clone()).or_insert_with(|| (i64::MIN, Map::new()));
+        let (updated_at, traits) = self
+            .latest
+            .entry(u.customer_id.clone())
+            .or_insert_with(|| (i64::MIN, Map::new()));
         let late = u.timestamp_us < *updated_at;
         let mut changes = Vec::new();
         for (k, v) in &u.traits {
@@ -159,7 +182,12 @@ mod tests {
     #[test]
     fn first_identify_records_every_trait_as_new() {
         let mut s = ProfileState::default();
-        let (row, changes) = s.apply(&update(1, json!({"email":"a@example.com","loyalty_tier":"silver"}))).expect("changed");
+        let (row, changes) = s
+            .apply(&update(
+                1,
+                json!({"email":"a@example.com","loyalty_tier":"silver"}),
+            ))
+            .expect("changed");
         assert_eq!(row.traits["email"], "a@example.com");
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(|c| c.old_value.is_none()));
@@ -168,9 +196,17 @@ mod tests {
     #[test]
     fn tier_upgrade_is_one_change_with_old_and_new() {
         let mut s = ProfileState::default();
-        s.apply(&update(1, json!({"email":"a@example.com","loyalty_tier":"silver"})));
-        let (row, changes) = s.apply(&update(2, json!({"loyalty_tier":"gold"}))).expect("changed");
-        assert_eq!(row.traits["email"], "a@example.com", "unsent traits are kept");
+        s.apply(&update(
+            1,
+            json!({"email":"a@example.com","loyalty_tier":"silver"}),
+        ));
+        let (row, changes) = s
+            .apply(&update(2, json!({"loyalty_tier":"gold"})))
+            .expect("changed");
+        assert_eq!(
+            row.traits["email"], "a@example.com",
+            "unsent traits are kept"
+        );
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].name, "loyalty_tier");
         assert_eq!(changes[0].old_value.as_deref(), Some("\"silver\""));
@@ -181,14 +217,19 @@ mod tests {
     fn same_values_change_nothing() {
         let mut s = ProfileState::default();
         s.apply(&update(1, json!({"loyalty_tier":"silver"})));
-        assert!(s.apply(&update(2, json!({"loyalty_tier":"silver"}))).is_none());
+        assert!(
+            s.apply(&update(2, json!({"loyalty_tier":"silver"})))
+                .is_none()
+        );
     }
 
     #[test]
     fn nested_objects_merge_key_by_key() {
         let mut s = ProfileState::default();
         s.apply(&update(1, json!({"consent":{"email":true,"sms":true}})));
-        let (row, changes) = s.apply(&update(2, json!({"consent":{"sms":false}}))).expect("changed");
+        let (row, changes) = s
+            .apply(&update(2, json!({"consent":{"sms":false}})))
+            .expect("changed");
         assert_eq!(row.traits["consent"], json!({"email":true,"sms":false}));
         assert_eq!(changes[0].name, "consent.sms");
     }
@@ -197,7 +238,9 @@ mod tests {
     fn late_identify_never_overwrites_newer_values() {
         let mut s = ProfileState::default();
         s.apply(&update(10, json!({"loyalty_tier":"gold"})));
-        let (row, changes) = s.apply(&update(5, json!({"loyalty_tier":"silver","city":"Oslo"}))).expect("fills city");
+        let (row, changes) = s
+            .apply(&update(5, json!({"loyalty_tier":"silver","city":"Oslo"})))
+            .expect("fills city");
         assert_eq!(row.traits["loyalty_tier"], "gold");
         assert_eq!(row.traits["city"], "Oslo");
         assert_eq!(row.updated_at_us, 10);

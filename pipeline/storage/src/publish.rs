@@ -34,7 +34,9 @@ use kairos_core::time::{HOUR_US, hour_bucket};
 use crate::dedupe::{DedupeIndex, id_key};
 use crate::profiles::ProfileState;
 use crate::root::DataRoot;
-use crate::staging::{Segment, StagingLog, WriterId, decode_frames, list_segments, remove_writer_dir, writer_is_live};
+use crate::staging::{
+    Segment, StagingLog, WriterId, decode_frames, list_segments, remove_writer_dir, writer_is_live,
+};
 use crate::tables::{self, ChangeRow, ProfileRow, partition_dir};
 use crate::{Result, StorageError};
 
@@ -101,10 +103,22 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher for the segments `log` writes.
-    pub async fn new(root: DataRoot, log: Arc<Mutex<StagingLog>>, opts: PublisherOptions) -> Publisher {
+    pub async fn new(
+        root: DataRoot,
+        log: Arc<Mutex<StagingLog>>,
+        opts: PublisherOptions,
+    ) -> Publisher {
         let writer = log.lock().await.writer().clone();
         let dedupe = DedupeIndex::new(opts.dedupe_window_hours);
-        Publisher { root, log, writer, opts, dedupe, profiles: None, counter: 0 }
+        Publisher {
+            root,
+            log,
+            writer,
+            opts,
+            dedupe,
+            profiles: None,
+            counter: 0,
+        }
     }
 
     /// Publishes everything sealed so far. After an error the in-memory
@@ -135,7 +149,8 @@ impl Publisher {
 
         let watermark = self.log.lock().await.rotate();
         let now = Utc::now();
-        let orphan_after = chrono::Duration::from_std(self.opts.orphan_after).unwrap_or(chrono::Duration::MAX);
+        let orphan_after =
+            chrono::Duration::from_std(self.opts.orphan_after).unwrap_or(chrono::Duration::MAX);
         let mut live: std::collections::HashMap<WriterId, bool> = std::collections::HashMap::new();
         let mut dead = std::collections::BTreeSet::new();
         let mut ready: Vec<Segment> = Vec::new();
@@ -149,16 +164,19 @@ impl Publisher {
                 // Another writer's segments: publish them only once it is
                 // gone (lock free on a local root; quiet for a while on an
                 // object store), so two processes never publish one segment.
-                let is_live = *live
-                    .entry(s.writer.clone())
-                    .or_insert_with(|| writer_is_live(&self.root, &s.writer).unwrap_or(now - s.last_modified <= orphan_after));
+                let is_live = *live.entry(s.writer.clone()).or_insert_with(|| {
+                    writer_is_live(&self.root, &s.writer)
+                        .unwrap_or(now - s.last_modified <= orphan_after)
+                });
                 if !is_live {
                     dead.insert(s.writer.clone());
                 }
                 !is_live
             };
             if take {
-                stats.oldest_age = stats.oldest_age.max((now - s.last_modified).to_std().unwrap_or_default());
+                stats.oldest_age = stats
+                    .oldest_age
+                    .max((now - s.last_modified).to_std().unwrap_or_default());
                 ready.push(s);
             }
         }
@@ -186,22 +204,46 @@ impl Publisher {
 
     async fn start(&mut self, segments: Vec<String>, stats: &mut PublishStats) -> Result<()> {
         self.counter += 1;
-        let intent = Intent { publish_id: format!("{}-{:06}", self.writer.0, self.counter), segments };
+        let intent = Intent {
+            publish_id: format!("{}-{:06}", self.writer.0, self.counter),
+            segments,
+        };
         let path = intent_path(&intent.publish_id);
         let body = serde_json::to_vec(&intent).unwrap_or_default();
-        self.root.store.put(&path, Bytes::from(body).into()).await.map_err(StorageError::store(&path))?;
+        self.root
+            .store
+            .put(&path, Bytes::from(body).into())
+            .await
+            .map_err(StorageError::store(&path))?;
         self.run(&intent, stats).await
     }
 
     async fn pending_intents(&self) -> Result<Vec<Intent>> {
         let dir = ObjectPath::from(PUBLISHING_DIR);
-        let metas: Vec<_> = self.root.store.list(Some(&dir)).try_collect().await.map_err(StorageError::store(&dir))?;
+        let metas: Vec<_> = self
+            .root
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(StorageError::store(&dir))?;
         let mut out = Vec::new();
         for m in metas {
-            let bytes = self.root.store.get(&m.location).await.map_err(StorageError::store(&m.location))?;
-            let bytes = bytes.bytes().await.map_err(StorageError::store(&m.location))?;
-            let intent: Intent = serde_json::from_slice(&bytes)
-                .map_err(|e| StorageError::Corrupt { path: m.location.to_string(), reason: e.to_string() })?;
+            let bytes = self
+                .root
+                .store
+                .get(&m.location)
+                .await
+                .map_err(StorageError::store(&m.location))?;
+            let bytes = bytes
+                .bytes()
+                .await
+                .map_err(StorageError::store(&m.location))?;
+            let intent: Intent =
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                    path: m.location.to_string(),
+                    reason: e.to_string(),
+                })?;
             out.push(intent);
         }
         out.sort_by(|a, b| a.publish_id.cmp(&b.publish_id));
@@ -213,21 +255,31 @@ impl Publisher {
         let mut items = Vec::new();
         // Object-store staging holds one small object per group commit: fetch
         // them concurrently, in order.
-        let paths: Vec<ObjectPath> = intent.segments.iter().map(|s| ObjectPath::from(s.as_str())).collect();
-        let fetched: Vec<Option<Bytes>> = futures::stream::iter(paths.into_iter().map(|p| fetch(self.root.store.clone(), p)))
-            .buffered(16)
-            .try_collect()
-            .await?;
+        let paths: Vec<ObjectPath> = intent
+            .segments
+            .iter()
+            .map(|s| ObjectPath::from(s.as_str()))
+            .collect();
+        let fetched: Vec<Option<Bytes>> =
+            futures::stream::iter(paths.into_iter().map(|p| fetch(self.root.store.clone(), p)))
+                .buffered(16)
+                .try_collect()
+                .await?;
         for (seg, bytes) in intent.segments.iter().zip(fetched) {
             // Segments are deleted only after every file is written, so a
             // missing one means this intent had finished its files.
-            let Some(bytes) = bytes else { return self.finish(intent).await };
+            let Some(bytes) = bytes else {
+                return self.finish(intent).await;
+            };
             let (frames, torn) = decode_frames(&bytes);
             stats.torn_bytes += torn;
             for frame in frames {
                 for line in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let item: StagedItem = serde_json::from_slice(line)
-                        .map_err(|e| StorageError::Corrupt { path: seg.to_string(), reason: e.to_string() })?;
+                    let item: StagedItem =
+                        serde_json::from_slice(line).map_err(|e| StorageError::Corrupt {
+                            path: seg.to_string(),
+                            reason: e.to_string(),
+                        })?;
                     items.push(item);
                 }
             }
@@ -242,7 +294,9 @@ impl Publisher {
         for item in items {
             let hour = hour_bucket(item.timestamp_us());
             if refreshed.insert(hour) {
-                self.dedupe.refresh(&self.root, hour, &intent.publish_id).await?;
+                self.dedupe
+                    .refresh(&self.root, hour, &intent.publish_id)
+                    .await?;
             }
             let (source, id) = item.dedupe_parts();
             let table = match &item {
@@ -276,52 +330,104 @@ impl Publisher {
         let id = &intent.publish_id;
         let rg = self.opts.row_group_rows;
         for (hour, mut rows) in events {
-            rows.sort_by(|a, b| (&a.customer_id, a.timestamp_us).cmp(&(&b.customer_id, b.timestamp_us)));
+            rows.sort_by(|a, b| {
+                (&a.customer_id, a.timestamp_us).cmp(&(&b.customer_id, b.timestamp_us))
+            });
             stats.events += rows.len();
             let file = self
-                .write(tables::EVENTS, hour, id, move |rows: &[EventRecord], path: &str| {
-                    let refs: Vec<&EventRecord> = rows.iter().collect();
-                    let batch = tables::events_batch(&refs)?;
-                    let props = tables::writer_properties(&tables::EVENTS_SCHEMA, "customer_id", &["customer_id", "event_id"], rg);
-                    tables::encode_parquet(&batch, props, path)
-                }, rows)
+                .write(
+                    tables::EVENTS,
+                    hour,
+                    id,
+                    move |rows: &[EventRecord], path: &str| {
+                        let refs: Vec<&EventRecord> = rows.iter().collect();
+                        let batch = tables::events_batch(&refs)?;
+                        let props = tables::writer_properties(
+                            &tables::EVENTS_SCHEMA,
+                            "customer_id",
+                            &["customer_id", "event_id"],
+                            rg,
+                        );
+                        tables::encode_parquet(&batch, props, path)
+                    },
+                    rows,
+                )
                 .await?;
             stats.files += 1;
             self.dedupe.mark_file(hour, file);
         }
         for (hour, mut rows) in profile_rows {
-            rows.sort_by(|a, b| (&a.customer_id, a.updated_at_us).cmp(&(&b.customer_id, b.updated_at_us)));
+            rows.sort_by(|a, b| {
+                (&a.customer_id, a.updated_at_us).cmp(&(&b.customer_id, b.updated_at_us))
+            });
             stats.profiles += rows.len();
             let file = self
-                .write(tables::PROFILES, hour, id, move |rows: &[ProfileRow], path: &str| {
-                    let refs: Vec<&ProfileRow> = rows.iter().collect();
-                    let props = tables::writer_properties(&tables::PROFILES_SCHEMA, "customer_id", &["customer_id"], rg);
-                    tables::encode_parquet(&tables::profiles_batch(&refs)?, props, path)
-                }, rows)
+                .write(
+                    tables::PROFILES,
+                    hour,
+                    id,
+                    move |rows: &[ProfileRow], path: &str| {
+                        let refs: Vec<&ProfileRow> = rows.iter().collect();
+                        let props = tables::writer_properties(
+                            &tables::PROFILES_SCHEMA,
+                            "customer_id",
+                            &["customer_id"],
+                            rg,
+                        );
+                        tables::encode_parquet(&tables::profiles_batch(&refs)?, props, path)
+                    },
+                    rows,
+                )
                 .await?;
             stats.files += 1;
             self.dedupe.mark_file(hour, file);
         }
         for (hour, mut rows) in change_rows {
-            rows.sort_by(|a, b| (&a.customer_id, a.changed_at_us).cmp(&(&b.customer_id, b.changed_at_us)));
+            rows.sort_by(|a, b| {
+                (&a.customer_id, a.changed_at_us).cmp(&(&b.customer_id, b.changed_at_us))
+            });
             stats.changes += rows.len();
-            self.write(tables::PROFILE_CHANGES, hour, id, move |rows: &[ChangeRow], path: &str| {
-                let refs: Vec<&ChangeRow> = rows.iter().collect();
-                let props = tables::writer_properties(&tables::PROFILE_CHANGES_SCHEMA, "customer_id", &["customer_id"], rg);
-                tables::encode_parquet(&tables::changes_batch(&refs)?, props, path)
-            }, rows)
+            self.write(
+                tables::PROFILE_CHANGES,
+                hour,
+                id,
+                move |rows: &[ChangeRow], path: &str| {
+                    let refs: Vec<&ChangeRow> = rows.iter().collect();
+                    let props = tables::writer_properties(
+                        &tables::PROFILE_CHANGES_SCHEMA,
+                        "customer_id",
+                        &["customer_id"],
+                        rg,
+                    );
+                    tables::encode_parquet(&tables::changes_batch(&refs)?, props, path)
+                },
+                rows,
+            )
             .await?;
             stats.files += 1;
         }
         for (hour, mut rows) in identities {
-            rows.sort_by(|a, b| (&a.anonymous_id, a.timestamp_us).cmp(&(&b.anonymous_id, b.timestamp_us)));
+            rows.sort_by(|a, b| {
+                (&a.anonymous_id, a.timestamp_us).cmp(&(&b.anonymous_id, b.timestamp_us))
+            });
             stats.identities += rows.len();
             let file = self
-                .write(tables::IDENTITIES, hour, id, move |rows: &[IdentityLink], path: &str| {
-                    let refs: Vec<&IdentityLink> = rows.iter().collect();
-                    let props = tables::writer_properties(&tables::IDENTITIES_SCHEMA, "anonymous_id", &["anonymous_id", "user_id"], rg);
-                    tables::encode_parquet(&tables::identities_batch(&refs)?, props, path)
-                }, rows)
+                .write(
+                    tables::IDENTITIES,
+                    hour,
+                    id,
+                    move |rows: &[IdentityLink], path: &str| {
+                        let refs: Vec<&IdentityLink> = rows.iter().collect();
+                        let props = tables::writer_properties(
+                            &tables::IDENTITIES_SCHEMA,
+                            "anonymous_id",
+                            &["anonymous_id", "user_id"],
+                            rg,
+                        );
+                        tables::encode_parquet(&tables::identities_batch(&refs)?, props, path)
+                    },
+                    rows,
+                )
                 .await?;
             stats.files += 1;
             self.dedupe.mark_file(hour, file);
@@ -330,12 +436,22 @@ impl Publisher {
     }
 
     /// Encodes rows off the async runtime and PUTs the file; returns its path.
-    async fn write<R, F>(&self, table: &str, hour: i64, publish_id: &str, encode: F, rows: Vec<R>) -> Result<String>
+    async fn write<R, F>(
+        &self,
+        table: &str,
+        hour: i64,
+        publish_id: &str,
+        encode: F,
+        rows: Vec<R>,
+    ) -> Result<String>
     where
         R: Send + 'static,
         F: FnOnce(&[R], &str) -> Result<Vec<u8>> + Send + 'static,
     {
-        let path = format!("{}/{publish_id}.parquet", partition_dir(table, hour * HOUR_US));
+        let path = format!(
+            "{}/{publish_id}.parquet",
+            partition_dir(table, hour * HOUR_US)
+        );
         let p = path.clone();
         let bytes = tokio::task::spawn_blocking(move || encode(&rows, &p))
             .await
@@ -365,9 +481,16 @@ impl Publisher {
     }
 }
 
-async fn fetch(store: Arc<dyn object_store::ObjectStore>, path: ObjectPath) -> Result<Option<Bytes>> {
+async fn fetch(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: ObjectPath,
+) -> Result<Option<Bytes>> {
     match store.get(&path).await {
-        Ok(r) => r.bytes().await.map(Some).map_err(StorageError::store(&path)),
+        Ok(r) => r
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(StorageError::store(&path)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(StorageError::store(&path)(e)),
     }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
-use object_store::ObjectStore;
 
 use crate::{Result, StorageError};
 
@@ -42,15 +42,26 @@ impl DataRoot {
             } else {
                 Arc::new(PrefixStore::new(s3, prefix))
             };
-            return Ok(DataRoot { store, local_dir: None, url: dir_or_url.to_string() });
+            return Ok(DataRoot {
+                store,
+                local_dir: None,
+                url: dir_or_url.to_string(),
+            });
         }
         if dir_or_url.contains("://") {
             return Err(StorageError::BadRoot(dir_or_url.to_string()));
         }
         let dir = PathBuf::from(dir_or_url);
         std::fs::create_dir_all(&dir).map_err(StorageError::io(dir.display()))?;
-        let dir = dir.canonicalize().map_err(StorageError::io(dir.display()))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(StorageError::store(dir.display()))?;
-        Ok(DataRoot { store: Arc::new(store), local_dir: Some(dir), url: dir_or_url.to_string() })
+        let dir = dir
+            .canonicalize()
+            .map_err(StorageError::io(dir.display()))?;
+        let store =
+            LocalFileSystem::new_with_prefix(&dir).map_err(StorageError::store(dir.display()))?;
+        Ok(DataRoot {
+            store: Arc::new(store),
+            local_dir: Some(dir),
+            url: dir_or_url.to_string(),
+        })
     }
 }

@@ -42,7 +42,11 @@ pub struct WriterId(pub String);
 impl WriterId {
     /// A fresh id for this process: `<utc start>-<pid>`.
     pub fn fresh() -> WriterId {
-        WriterId(format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%6f"), std::process::id()))
+        WriterId(format!(
+            "{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%S%6f"),
+            std::process::id()
+        ))
     }
 }
 
@@ -86,12 +90,20 @@ impl StagingLog {
                 std::fs::create_dir_all(&folder).map_err(StorageError::io(folder.display()))?;
                 let path = folder.join(LOCK_FILE);
                 let file = File::create(&path).map_err(StorageError::io(path.display()))?;
-                file.try_lock().map_err(|e| StorageError::io(path.display())(std::io::Error::other(e.to_string())))?;
+                file.try_lock().map_err(|e| {
+                    StorageError::io(path.display())(std::io::Error::other(e.to_string()))
+                })?;
                 Some(file)
             }
             None => None,
         };
-        Ok(StagingLog { root, writer, next_seq: 0, open: None, _lock: lock })
+        Ok(StagingLog {
+            root,
+            writer,
+            next_seq: 0,
+            open: None,
+            _lock: lock,
+        })
     }
 
     /// This log's writer id.
@@ -154,7 +166,10 @@ async fn create_segment_file(dir: PathBuf, rel: String) -> Result<Arc<File>> {
     tokio::task::spawn_blocking(move || -> std::io::Result<Arc<File>> {
         let parent = path.parent().map(PathBuf::from).unwrap_or_default();
         std::fs::create_dir_all(&parent)?;
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
         // The new directory entry must survive a crash too, or an fsync'd
         // frame could vanish with its file name.
         File::open(&parent)?.sync_all()?;
@@ -170,8 +185,13 @@ async fn create_segment_file(dir: PathBuf, rel: String) -> Result<Arc<File>> {
 pub fn writer_is_live(root: &DataRoot, writer: &WriterId) -> Option<bool> {
     let dir = root.local_dir.as_ref()?;
     let path = dir.join(STAGING_DIR).join(&writer.0).join(LOCK_FILE);
-    let Ok(file) = File::open(&path) else { return Some(false) };
-    Some(matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    let Ok(file) = File::open(&path) else {
+        return Some(false);
+    };
+    Some(matches!(
+        file.try_lock(),
+        Err(std::fs::TryLockError::WouldBlock)
+    ))
 }
 
 /// Removes a dead local writer's folder once its segments are published.
@@ -198,10 +218,13 @@ pub fn decode_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut frames = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
         let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
         let start = at + FRAME_HEADER;
-        let Some(payload) = bytes.get(start..start + len) else { break };
+        let Some(payload) = bytes.get(start..start + len) else {
+            break;
+        };
         if crc32fast::hash(payload) != crc {
             break;
         }
@@ -228,7 +251,13 @@ pub async fn list_segments(root: &DataRoot) -> Result<Vec<Segment>> {
             let writer = parts.next()?.as_ref().to_string();
             let file = parts.next()?;
             let seq = file.as_ref().strip_suffix(".log")?.parse().ok()?;
-            Some(Segment { path: m.location, writer: WriterId(writer), seq, last_modified: m.last_modified, size: m.size })
+            Some(Segment {
+                path: m.location,
+                writer: WriterId(writer),
+                seq,
+                last_modified: m.last_modified,
+                size: m.size,
+            })
         })
         .collect();
     out.sort_by(|a, b| (&a.writer, a.seq).cmp(&(&b.writer, b.seq)));
@@ -276,7 +305,8 @@ mod tests {
         log.append(b"c").await.expect("append");
         let segs = list_segments(&root).await.expect("list");
         assert_eq!(segs.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![0, 1]);
-        let bytes = std::fs::read(dir.path().join("_staging/w1/0000000000000000.log")).expect("read");
+        let bytes =
+            std::fs::read(dir.path().join("_staging/w1/0000000000000000.log")).expect("read");
         let (frames, ignored) = decode_frames(&bytes);
         assert_eq!((frames, ignored), (vec![&b"a"[..], &b"b"[..]], 0));
     }

@@ -9,12 +9,14 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use kairos_core::event::{EventRecord, IdentityLink};
@@ -86,7 +88,14 @@ pub static PROFILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// Traits promoted to their own `profiles/` columns (also kept in `traits`).
-pub const PROMOTED_TRAITS: [&str; 6] = ["email", "phone", "first_name", "timezone", "loyalty_tier", "preferred_channel"];
+pub const PROMOTED_TRAITS: [&str; 6] = [
+    "email",
+    "phone",
+    "first_name",
+    "timezone",
+    "loyalty_tier",
+    "preferred_channel",
+];
 
 /// `profile_changes/` schema.
 pub static PROFILE_CHANGES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -221,7 +230,10 @@ pub fn profiles_batch(rows: &[&ProfileRow]) -> Result<RecordBatch> {
     for name in PROMOTED_TRAITS {
         cols.push(strings(r.iter().map(|p| trait_str(p, name))));
     }
-    let traits: Vec<String> = r.iter().map(|p| serde_json::Value::Object(p.traits.clone()).to_string()).collect();
+    let traits: Vec<String> = r
+        .iter()
+        .map(|p| serde_json::Value::Object(p.traits.clone()).to_string())
+        .collect();
     cols.push(strings(traits.iter().map(|t| Some(t.as_str()))));
     Ok(RecordBatch::try_new(PROFILES_SCHEMA.clone(), cols)?)
 }
@@ -256,27 +268,47 @@ pub fn identities_batch(rows: &[&IdentityLink]) -> Result<RecordBatch> {
 
 /// Writer settings: zstd, page statistics, bloom filters on the id columns,
 /// and the sort order recorded so engines can use it.
-pub fn writer_properties(schema: &Schema, sort_column: &str, bloom_columns: &[&str], row_group_rows: usize) -> WriterProperties {
+pub fn writer_properties(
+    schema: &Schema,
+    sort_column: &str,
+    bloom_columns: &[&str],
+    row_group_rows: usize,
+) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_created_by(format!("kairos {} (schema v{SCHEMA_VERSION})", env!("CARGO_PKG_VERSION")));
+        .set_created_by(format!(
+            "kairos {} (schema v{SCHEMA_VERSION})",
+            env!("CARGO_PKG_VERSION")
+        ));
     if let Ok(idx) = schema.index_of(sort_column) {
-        b = b.set_sorting_columns(Some(vec![SortingColumn { column_idx: idx as i32, descending: false, nulls_first: false }]));
+        b = b.set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: idx as i32,
+            descending: false,
+            nulls_first: false,
+        }]));
     }
     for col in bloom_columns {
         let path = ColumnPath::from(*col);
-        b = b.set_column_bloom_filter_enabled(path.clone(), true).set_column_bloom_filter_fpp(path, 0.01);
+        b = b
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path, 0.01);
     }
     b.build()
 }
 
 /// Encodes one batch as a complete Parquet file in memory.
-pub fn encode_parquet(batch: &RecordBatch, props: WriterProperties, path_for_errors: &str) -> Result<Vec<u8>> {
+pub fn encode_parquet(
+    batch: &RecordBatch,
+    props: WriterProperties,
+    path_for_errors: &str,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 4096);
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).map_err(StorageError::parquet(path_for_errors))?;
-    w.write(batch).map_err(StorageError::parquet(path_for_errors))?;
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
+        .map_err(StorageError::parquet(path_for_errors))?;
+    w.write(batch)
+        .map_err(StorageError::parquet(path_for_errors))?;
     w.close().map_err(StorageError::parquet(path_for_errors))?;
     Ok(buf)
 }

@@ -1,0 +1,264 @@
+//! Starting and stopping a real server, and reading its tables.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The kairos binary: `KAIROS_BIN`, else the workspace's debug build.
+pub fn kairos_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KAIROS_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/kairos");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bins` first or set KAIROS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `kairos serve`, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The data root argument.
+    pub data: String,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts `kairos serve --data DATA --listen 127.0.0.1:0` with `toml` as its config.
+    pub fn start(data: &str, toml: &str) -> Server {
+        Server::start_with_env(data, toml, Vec::new())
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(data: &str, toml: &str, env: Vec<(String, String)>) -> Server {
+        let config = std::env::temp_dir().join(format!(
+            "kairos-test-{}-{}.toml",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::write(&config, toml).expect("write config");
+        let mut s = Server {
+            child: None,
+            base: String::new(),
+            data: data.to_string(),
+            config,
+            env,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(kairos_bin());
+        cmd.args([
+            "serve",
+            "--data",
+            &self.data,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&self.config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kairos");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        self.base = base;
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = probe::healthy(&format!("{}/healthz", self.base));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not healthy within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM and wait: a clean stop publishes everything staged.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "kairos exited with {status}");
+        }
+    }
+
+    /// SIGKILL: no chance to publish or flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same data root and config (a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Tiny blocking helper so `wait_healthy` needs no runtime.
+mod probe {
+    pub fn healthy(url: &str) -> bool {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return false;
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Ok(mut s) = std::net::TcpStream::connect(host) else {
+            return false;
+        };
+        use std::io::{Read, Write};
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+/// Every batch of every `*.parquet` under `dir/table/` (recursively).
+pub fn read_table(dir: &Path, table: &str) -> Vec<RecordBatch> {
+    let mut files = Vec::new();
+    collect(&dir.join(table), &mut files);
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let file = std::fs::File::open(&f).expect("open parquet");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        for b in reader {
+            out.push(b.expect("batch"));
+        }
+    }
+    out
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+}
+
+/// Values of a string column across batches.
+pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
+    use arrow::array::{Array, StringArray};
+    let mut out = Vec::new();
+    for b in batches {
+        let col = b
+            .column_by_name(column)
+            .unwrap_or_else(|| panic!("no column {column}"));
+        let col = col
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap_or_else(|| panic!("{column} is not Utf8"));
+        for i in 0..col.len() {
+            out.push(col.is_valid(i).then(|| col.value(i).to_string()));
+        }
+    }
+    out
+}
+
+/// Row count across batches.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// A config with a long publish interval, so only a stop publishes.
+pub const QUIET: &str = "[publish]\ninterval_secs = 3600\n";
+
+/// An external test dependency, or a clear failure saying how to get it.
+pub fn external(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("KAIROS_SKIP_EXTERNAL").is_ok() => {
+            eprintln!("skipping: {var} unset and KAIROS_SKIP_EXTERNAL set");
+            None
+        }
+        _ => panic!(
+            "{var} is not set: run `.ci/run` (or `source ~/.cache/kairos/test-env.sh` after `.ci/setup-test-env`), or set KAIROS_SKIP_EXTERNAL=1 to skip"
+        ),
+    }
+}
+
+/// A Segment track call with a fixed messageId.
+pub fn track(user: &str, message_id: &str, event: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "track", "userId": user, "event": event, "messageId": message_id,
+        "timestamp": "2026-11-20T10:15:00Z",
+        "properties": {"product_id": "sku-1", "price": 19.5, "revenue": 39.0, "currency": "EUR", "order_id": format!("o-{message_id}"), "quantity": 2},
+        "context": {"timezone": "Europe/Berlin", "library": {"name": "analytics-node", "version": "6.0.0"}}
+    })
+}
