@@ -538,3 +538,67 @@ async fn metrics_count_accepted_and_rejected() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn backpressure_answers_429_with_retry_after_when_publishing_lags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!("{QUIET}[ingest]\nmax_staged_bytes = 1\n"),
+    );
+    let first = client()
+        .post(server.url("/v1/track"))
+        .json(&track("u1", "bp-1", "x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        first.status(),
+        200,
+        "below the limit before anything is staged"
+    );
+    // The start-up publish may still take the first request's segment; from
+    // then on nothing publishes (hourly interval), so the backlog must refuse.
+    let mut second = None;
+    for i in 2..6 {
+        let r = client()
+            .post(server.url("/v1/track"))
+            .json(&track("u1", &format!("bp-{i}"), "x"))
+            .send()
+            .await
+            .expect("send");
+        if r.status() != 200 {
+            second = Some(r);
+            break;
+        }
+    }
+    let second = second.expect("a request was refused once the backlog passed the limit");
+    assert_eq!(second.status(), 429);
+    assert_eq!(
+        second
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        second
+            .text()
+            .await
+            .expect("text")
+            .contains("max_staged_bytes")
+    );
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("kairos_staged_bytes "), "{text}");
+    assert!(
+        !text.contains("kairos_staged_bytes 0\n"),
+        "the backlog is visible: {text}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod generate;
 mod import;
+mod loadgen;
 mod serve;
 
 use std::net::SocketAddr;
@@ -71,6 +72,14 @@ enum Command {
         #[arg(long, default_value = "data-samples")]
         out: PathBuf,
     },
+    /// Load generator for benchmarks: Segment-shaped gzip batches against a server.
+    Loadgen {
+        #[command(flatten)]
+        args: loadgen::LoadgenArgs,
+        /// Instead of sending, count the events published under this data root.
+        #[arg(long)]
+        verify: Option<PathBuf>,
+    },
     /// Replay history through the rules in event time (coming with the rules engine).
     Replay,
     /// Backtest rules over history (coming with the rules engine).
@@ -122,6 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             days,
             out,
         } => generate_files(sample, seed, customers, days, &out),
+        Command::Loadgen {
+            verify: Some(dir), ..
+        } => loadgen::verify(&dir),
+        Command::Loadgen { args, verify: None } => runtime()?.block_on(loadgen::run(args)),
         other => anyhow::bail!(
             "`kairos {}` is reserved and not built yet; this release has serve, import and generate",
             reserved_name(&other)
@@ -139,7 +152,10 @@ fn reserved_name(c: &Command) -> &'static str {
         Command::Report => "report",
         Command::Compact => "compact",
         Command::Demo => "demo",
-        Command::Serve { .. } | Command::Import { .. } | Command::Generate { .. } => "?",
+        Command::Serve { .. }
+        | Command::Import { .. }
+        | Command::Generate { .. }
+        | Command::Loadgen { .. } => "?",
     }
 }
 

@@ -25,7 +25,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let root = DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
     let writer = WriterId::fresh();
-    let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), writer.clone())?));
+    let log = StagingLog::open(root.clone(), writer.clone())?;
+    let backlog = log.backlog();
+    let log = Arc::new(Mutex::new(log));
     let metrics = Metrics::new();
     let (committer, commit_task) = Committer::start(
         log.clone(),
@@ -56,19 +58,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map(|k| k.0.clone())
             .collect(),
         max_body_bytes: config.ingest.max_body_bytes,
+        backlog: backlog.clone(),
+        max_staged_bytes: config.ingest.max_staged_bytes,
     });
     let m = metrics.clone();
-    let app =
-        Router::new()
-            .merge(kairos_ingest::router(state))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/metrics",
-                get(move || async move {
-                    ([("content-type", "text/plain; version=0.0.4")], m.render())
-                }),
-            )
-            .layer(TraceLayer::new_for_http());
+    let app = Router::new()
+        .merge(kairos_ingest::router(state))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                m.staged_bytes
+                    .set(backlog.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                ([("content-type", "text/plain; version=0.0.4")], m.render())
+            }),
+        )
+        .layer(TraceLayer::new_for_http());
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -98,7 +103,7 @@ fn publisher_options(config: &Config) -> PublisherOptions {
     PublisherOptions {
         row_group_rows: config.publish.row_group_rows,
         dedupe_window_hours: config.dedupe.window_hours,
-        max_publish_bytes: 512 * 1024 * 1024,
+        max_publish_bytes: 256 << 20,
         orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
     }
 }

@@ -67,6 +67,8 @@ pub struct IngestConfig {
     pub group_commit_max_bytes: usize,
     /// Group commit flushes when the oldest request waited this long, ms. Default 2.
     pub group_commit_max_delay_ms: u64,
+    /// Above this many staged-but-unpublished bytes, answer 429. Default 2 GiB.
+    pub max_staged_bytes: u64,
     /// Timestamps further in the future than this are rejected, hours. Default 24.
     pub max_future_hours: u32,
 }

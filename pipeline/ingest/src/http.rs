@@ -14,6 +14,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -46,6 +47,10 @@ pub struct IngestState {
     pub write_keys: Vec<String>,
     /// Largest body after decompression, bytes.
     pub max_body_bytes: usize,
+    /// Staged-but-unpublished bytes (from the staging log).
+    pub backlog: Arc<AtomicU64>,
+    /// Above this backlog, answer 429.
+    pub max_staged_bytes: u64,
 }
 
 /// The `/v1/*` routes, with CORS answered for browsers.
@@ -243,6 +248,17 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
             .into_response());
     }
 
+    let backlog = s.backlog.load(Ordering::Relaxed);
+    if backlog > s.max_staged_bytes {
+        s.metrics.reject("backpressure", good as u64);
+        let body = json!({"success": false, "error": format!("publishing is behind ({backlog} bytes staged, limit ingest.max_staged_bytes = {}); retry after a second", s.max_staged_bytes)});
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(body),
+        )
+            .into_response());
+    }
     let mut payload = Vec::with_capacity(body.len() + staged.len() * 64);
     for item in &staged {
         serde_json::to_writer(&mut payload, item).map_err(|e| {

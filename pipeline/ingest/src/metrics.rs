@@ -37,6 +37,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Age in seconds of the oldest staged data when the last publish took it.
     pub publish_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Bytes staged and not yet published.
+    pub staged_bytes: Gauge,
     /// Rows published, all tables.
     pub published_rows: Counter,
     /// Duplicates dropped at publish.
@@ -54,6 +56,7 @@ impl Metrics {
         let commit_items = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let publish_lag_seconds = Gauge::default();
+        let staged_bytes = Gauge::default();
         let published_rows = Counter::default();
         let duplicates = Counter::default();
         let store_errors = Family::<Op, Counter>::default();
@@ -83,6 +86,11 @@ impl Metrics {
             publish_lag_seconds.clone(),
         );
         registry.register(
+            "staged_bytes",
+            "Bytes staged and not yet published",
+            staged_bytes.clone(),
+        );
+        registry.register(
             "published_rows",
             "Rows published to Parquet tables",
             published_rows.clone(),
@@ -104,6 +112,7 @@ impl Metrics {
             commit_items,
             commit_seconds,
             publish_lag_seconds,
+            staged_bytes,
             published_rows,
             duplicates,
             store_errors,

@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -28,6 +29,10 @@ use object_store::path::Path as ObjectPath;
 
 use crate::root::DataRoot;
 use crate::{Result, StorageError};
+
+/// A local segment is sealed once it holds this many bytes, so publishes
+/// take bounded chunks and a busy server's staging never becomes one huge file.
+pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// The folder under the data root holding staged, not yet published frames.
 pub const STAGING_DIR: &str = "_staging";
@@ -72,6 +77,11 @@ pub struct StagingLog {
     next_seq: u64,
     /// Local mode: the open segment file, if one was started since the last rotate.
     open: Option<Arc<File>>,
+    /// Bytes in the open segment.
+    open_bytes: u64,
+    /// Bytes this writer staged that are not published yet (shared with the
+    /// publisher, which subtracts, and ingest, which refuses work above a limit).
+    backlog: Arc<AtomicU64>,
     /// Local mode: the writer's lock, held while the process lives so other
     /// processes can tell a live writer from a crashed one.
     _lock: Option<File>,
@@ -102,8 +112,15 @@ impl StagingLog {
             writer,
             next_seq: 0,
             open: None,
+            open_bytes: 0,
+            backlog: Arc::new(AtomicU64::new(0)),
             _lock: lock,
         })
+    }
+
+    /// Staged-but-unpublished bytes of this writer, live.
+    pub fn backlog(&self) -> Arc<AtomicU64> {
+        self.backlog.clone()
     }
 
     /// This log's writer id.
@@ -118,6 +135,7 @@ impl StagingLog {
     /// Appends `payload` as one frame and returns once it is durable.
     pub async fn append(&mut self, payload: &[u8]) -> Result<()> {
         let frame = encode_frame(payload);
+        let frame_len = frame.len() as u64;
         match self.root.local_dir.clone() {
             Some(dir) => {
                 let file = match &self.open {
@@ -131,13 +149,20 @@ impl StagingLog {
                     }
                 };
                 let path = self.segment_path(self.next_seq - 1).to_string();
+                let len = frame.len() as u64;
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     (&*file).write_all(&frame)?;
                     file.sync_data()
                 })
                 .await
                 .map_err(|e| StorageError::io(&path)(std::io::Error::other(e)))?
-                .map_err(StorageError::io(&path))
+                .map_err(StorageError::io(&path))?;
+                self.open_bytes += len;
+                self.backlog.fetch_add(len, Ordering::Relaxed);
+                if self.open_bytes >= MAX_SEGMENT_BYTES {
+                    self.rotate();
+                }
+                Ok(())
             }
             None => {
                 let path = self.segment_path(self.next_seq);
@@ -147,6 +172,7 @@ impl StagingLog {
                     .put(&path, Bytes::from(frame).into())
                     .await
                     .map_err(StorageError::store(&path))?;
+                self.backlog.fetch_add(frame_len, Ordering::Relaxed);
                 Ok(())
             }
         }
@@ -157,6 +183,7 @@ impl StagingLog {
     /// `seq` below it are sealed.
     pub fn rotate(&mut self) -> u64 {
         self.open = None;
+        self.open_bytes = 0;
         self.next_seq
     }
 }

@@ -266,6 +266,9 @@ pub fn identities_batch(rows: &[&IdentityLink]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(IDENTITIES_SCHEMA.clone(), cols)?)
 }
 
+/// Columns written without dictionary encoding.
+const NO_DICTIONARY: [&str; 5] = ["event_id", "properties", "context", "traits", "order_id"];
+
 /// Writer settings: zstd, page statistics, bloom filters on the id columns,
 /// and the sort order recorded so engines can use it.
 pub fn writer_properties(
@@ -275,7 +278,7 @@ pub fn writer_properties(
     row_group_rows: usize,
 ) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_created_by(format!(
@@ -288,6 +291,13 @@ pub fn writer_properties(
             descending: false,
             nulls_first: false,
         }]));
+    }
+    // Unique or free-text columns never fit a dictionary; trying costs a
+    // third of the encode time before the writer falls back.
+    for col in NO_DICTIONARY {
+        if schema.index_of(col).is_ok() {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
+        }
     }
     for col in bloom_columns {
         let path = ColumnPath::from(*col);
