@@ -6,6 +6,7 @@
 //! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`).
 
 mod durability;
+mod import;
 mod ingest;
 mod readers;
 mod s3;

@@ -44,6 +44,7 @@ pub struct LoadgenArgs {
 struct Outcome {
     acked: u64,
     failed: u64,
+    throttled: u64,
     latencies_us: Vec<u64>,
     bytes: u64,
 }
@@ -65,12 +66,14 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     let mut acked = 0;
     let mut failed = 0;
+    let mut throttled = 0;
     let mut bytes = 0;
     let mut lat = Vec::new();
     for t in tasks {
         let o = t.await??;
         acked += o.acked;
         failed += o.failed;
+        throttled += o.throttled;
         bytes += o.bytes;
         lat.extend(o.latencies_us);
     }
@@ -83,7 +86,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             / 1000.0
     };
     println!(
-        "events acked: {acked} in {secs:.1} s = {:.0} events/s ({} requests, {failed} failed, {:.1} MB gzip sent)\nack latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        "events acked: {acked} in {secs:.1} s = {:.0} events/s ({} requests acked, {throttled} throttled (429), {failed} failed, {:.1} MB gzip sent)\nack latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
         acked as f64 / secs,
         lat.len(),
         bytes as f64 / 1e6,
@@ -104,6 +107,7 @@ async fn connection(
     let mut out = Outcome {
         acked: 0,
         failed: 0,
+        throttled: 0,
         latencies_us: Vec::new(),
         bytes: 0,
     };
@@ -133,6 +137,17 @@ async fn connection(
             Ok(r) if r.status().is_success() => {
                 out.latencies_us.push(t.elapsed().as_micros() as u64);
                 out.acked += args.batch as u64;
+            }
+            // Backpressure: wait as told, like Segment's SDKs, and count it.
+            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                out.throttled += 1;
+                let secs = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
             }
             Ok(r) => {
                 out.failed += 1;

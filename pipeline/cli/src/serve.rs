@@ -38,7 +38,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let publisher = Publisher::new(root.clone(), log, publisher_options(&config)).await;
     let (stop_publisher, stopped) = oneshot::channel();
     let interval = Duration::from_secs(config.publish.interval_secs.max(1));
-    let publish_task = tokio::spawn(publish_loop(publisher, interval, metrics.clone(), stopped));
+    let publish_task = tokio::spawn(publish_loop(
+        publisher,
+        interval,
+        backlog.clone(),
+        metrics.clone(),
+        stopped,
+    ));
 
     if config.ingest.write_keys.is_empty() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "no ingest.write_keys configured: only loopback clients will be accepted");
@@ -108,19 +114,33 @@ fn publisher_options(config: &Config) -> PublisherOptions {
     }
 }
 
+/// Staged bytes that trigger a publish before the interval is up.
+const EARLY_PUBLISH_BYTES: u64 = 256 << 20;
+
 async fn publish_loop(
     mut publisher: Publisher,
     interval: Duration,
+    backlog: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(interval);
+    // Publish every `interval`, or sooner once EARLY_PUBLISH_BYTES are
+    // staged: under heavy load that keeps files large and the backlog far
+    // below ingest.max_staged_bytes, so backpressure is the exception.
+    let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_publish: Option<std::time::Instant> = None;
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
             _ = &mut stop => true,
         };
+        let due = last_publish.is_none_or(|t| t.elapsed() >= interval)
+            || backlog.load(std::sync::atomic::Ordering::Relaxed) >= EARLY_PUBLISH_BYTES;
+        if !due && !last {
+            continue;
+        }
+        last_publish = Some(std::time::Instant::now());
         let started = std::time::Instant::now();
         match publisher.publish().await {
             Ok(s) if s.items > 0 || s.redone > 0 => {
