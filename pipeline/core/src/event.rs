@@ -76,9 +76,45 @@ pub struct EventRecord {
     /// `context.timezone` (IANA).
     pub timezone: Option<String>,
     /// `properties` as JSON text (`{}` when absent).
-    pub properties: String,
+    pub properties: Json,
     /// `context` as JSON text (`{}` when absent).
-    pub context: String,
+    pub context: Json,
+}
+
+/// A JSON value kept as its validated text. It is embedded in the staging
+/// log as raw JSON, not as an escaped string, so staging and publishing
+/// never escape and unescape the (large) `properties` and `context`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Json(Box<serde_json::value::RawValue>);
+
+impl Json {
+    /// A copy of already-validated raw JSON.
+    pub fn from_raw(raw: &serde_json::value::RawValue) -> Json {
+        Json(raw.to_owned())
+    }
+
+    /// Validates `text` as JSON.
+    pub fn parse(text: String) -> Result<Json, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Json)
+    }
+
+    /// `{}`.
+    pub fn empty_object() -> Json {
+        Json::parse("{}".to_string())
+            .unwrap_or_else(|_| Json(serde_json::value::RawValue::NULL.to_owned()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// The Segment e-commerce spec fields promoted to typed columns.
@@ -288,8 +324,8 @@ mod tests {
                 ..Default::default()
             },
             timezone: Some("Europe/Berlin".into()),
-            properties: "{\"revenue\":12.5}".into(),
-            context: "{}".into(),
+            properties: Json::parse("{\"revenue\":12.5}".into()).expect("json"),
+            context: Json::empty_object(),
         });
         let text = serde_json::to_string(&item).expect("serialize");
         let back: StagedItem = serde_json::from_str(&text).expect("deserialize");

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use kairos_core::event::{
-    Commerce, EventRecord, EventTypes, IdentityLink, ProfileUpdate, StagedItem,
+    Commerce, EventRecord, EventTypes, IdentityLink, Json, ProfileUpdate, StagedItem,
 };
 use kairos_core::time::{HOUR_US, parse_rfc3339_us};
 
@@ -385,7 +385,9 @@ impl Normalizer {
                 (
                     name.into_owned(),
                     t,
-                    call.properties.map(|p| p.get()).unwrap_or("{}").to_string(),
+                    call.properties
+                        .filter(|p| p.get() != "null")
+                        .map_or_else(Json::empty_object, Json::from_raw),
                 )
             }
             CallType::Page | CallType::Screen => {
@@ -401,7 +403,9 @@ impl Normalizer {
                 (
                     name,
                     t.to_string(),
-                    call.properties.map(|p| p.get()).unwrap_or("{}").to_string(),
+                    call.properties
+                        .filter(|p| p.get() != "null")
+                        .map_or_else(Json::empty_object, Json::from_raw),
                 )
             }
             CallType::Group => {
@@ -411,12 +415,14 @@ impl Normalizer {
                 let traits = call.traits.map(|t| t.get()).unwrap_or("{}");
                 let _: serde_json::Map<String, serde_json::Value> = object(traits, "traits")?;
                 let props = serde_json::json!({ "group_id": group, "traits": serde_json::from_str::<serde_json::Value>(traits).unwrap_or_default() });
-                ("group".to_string(), "group".to_string(), props.to_string())
+                let props = Json::parse(props.to_string())
+                    .map_err(|e| ("traits".to_string(), e.to_string()))?;
+                ("group".to_string(), "group".to_string(), props)
             }
             // Handled above; nothing more to stage.
             CallType::Identify | CallType::Alias => return Ok(()),
         };
-        let commerce = commerce(&properties)?;
+        let commerce = commerce(properties.as_str())?;
         out.push(StagedItem::Event(EventRecord {
             event_id,
             source: env.source.to_string(),
@@ -432,7 +438,10 @@ impl Normalizer {
             commerce,
             timezone,
             properties,
-            context: context.to_string(),
+            context: call
+                .context
+                .filter(|c| c.get() != "null")
+                .map_or_else(Json::empty_object, Json::from_raw),
         }));
         Ok(())
     }
@@ -514,7 +523,7 @@ mod tests {
         assert_eq!(e.commerce.quantity, Some(2));
         assert_eq!(e.timezone.as_deref(), Some("Europe/Berlin"));
         assert!(
-            e.properties.contains("\"extra\""),
+            e.properties.as_str().contains("\"extra\""),
             "unpromoted properties are kept"
         );
         assert_eq!(e.customer_id, "u1");

@@ -557,8 +557,8 @@ mod tests {
                 ..Default::default()
             },
             timezone: None,
-            properties: "{}".into(),
-            context: "{}".into(),
+            properties: kairos_core::event::Json::empty_object(),
+            context: kairos_core::event::Json::empty_object(),
         })
     }
 
