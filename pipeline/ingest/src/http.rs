@@ -206,7 +206,7 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
             None
         }
     };
-    let source = authorize(s, &headers, body_key.as_deref(), peer)?;
+    let source = authorize(&s.write_keys, &headers, body_key.as_deref(), peer)?;
     if raws.is_empty() && errors.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -344,7 +344,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
 
 /// Checks the write key; returns the source name recorded with each event.
 fn authorize(
-    s: &IngestState,
+    write_keys: &[String],
     headers: &HeaderMap,
     body_key: Option<&str>,
     peer: Option<SocketAddr>,
@@ -367,7 +367,7 @@ fn authorize(
             }
         });
     let key = header_key.as_deref().or(body_key);
-    if s.write_keys.is_empty() {
+    if write_keys.is_empty() {
         return match peer {
             Some(p) if !p.ip().is_loopback() => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -378,7 +378,7 @@ fn authorize(
         };
     }
     match key {
-        Some(k) if s.write_keys.iter().any(|w| w == k) => Ok(source_of(k)),
+        Some(k) if write_keys.iter().any(|w| w == k) => Ok(source_of(k)),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -398,4 +398,51 @@ pub fn source_of(key: &str) -> String {
         "key-{:012x}",
         xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 16
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().expect("ip"), 5000))
+    }
+
+    #[test]
+    fn without_keys_only_loopback_may_send() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            authorize(&[], &h, None, peer("127.0.0.1"))
+                .expect("loopback")
+                .as_str(),
+            "open"
+        );
+        assert_eq!(
+            authorize(&[], &h, None, peer("::1"))
+                .expect("loopback v6")
+                .as_str(),
+            "open"
+        );
+        let err = authorize(&[], &h, None, peer("192.0.2.7")).expect_err("remote refused");
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        assert!(err.message.contains("ingest.write_keys"));
+    }
+
+    #[test]
+    fn basic_bearer_and_body_keys() {
+        let keys = vec!["k1".to_string()];
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic azE6".parse().expect("header")); // "k1:"
+        let src = authorize(&keys, &h, None, peer("192.0.2.7")).expect("basic");
+        assert_eq!(src, source_of("k1"));
+        assert!(!src.contains("k1"), "the source never reveals the key");
+        h.insert(header::AUTHORIZATION, "Bearer k1".parse().expect("header"));
+        assert!(authorize(&keys, &h, None, peer("192.0.2.7")).is_ok());
+        assert!(authorize(&keys, &HeaderMap::new(), Some("k1"), peer("192.0.2.7")).is_ok());
+        assert!(
+            authorize(&keys, &HeaderMap::new(), Some("k2"), peer("127.0.0.1")).is_err(),
+            "keys apply on loopback too"
+        );
+        assert!(authorize(&keys, &HeaderMap::new(), None, peer("127.0.0.1")).is_err());
+    }
 }

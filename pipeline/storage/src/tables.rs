@@ -153,6 +153,82 @@ pub struct ChangeRow {
     pub event_id: String,
 }
 
+/// A row type of one table: where it goes, how it sorts, how it encodes.
+pub trait TableRow: Send + Sync + 'static {
+    /// Table folder under the data root.
+    const TABLE: &'static str;
+    /// Column the files are sorted by.
+    const SORT_COLUMN: &'static str;
+    /// Columns with bloom filters.
+    const BLOOM_COLUMNS: &'static [&'static str];
+    /// The table's schema.
+    fn schema() -> SchemaRef;
+    /// Sort key: the sort column's value, then time.
+    fn sort_key(&self) -> (&str, i64);
+    /// Builds a batch from rows in the given order.
+    fn batch(rows: &[&Self]) -> Result<RecordBatch>;
+}
+
+impl TableRow for EventRecord {
+    const TABLE: &'static str = EVENTS;
+    const SORT_COLUMN: &'static str = "customer_id";
+    const BLOOM_COLUMNS: &'static [&'static str] = &["customer_id", "event_id"];
+    fn schema() -> SchemaRef {
+        EVENTS_SCHEMA.clone()
+    }
+    fn sort_key(&self) -> (&str, i64) {
+        (&self.customer_id, self.timestamp_us)
+    }
+    fn batch(rows: &[&Self]) -> Result<RecordBatch> {
+        events_batch(rows)
+    }
+}
+
+impl TableRow for ProfileRow {
+    const TABLE: &'static str = PROFILES;
+    const SORT_COLUMN: &'static str = "customer_id";
+    const BLOOM_COLUMNS: &'static [&'static str] = &["customer_id"];
+    fn schema() -> SchemaRef {
+        PROFILES_SCHEMA.clone()
+    }
+    fn sort_key(&self) -> (&str, i64) {
+        (&self.customer_id, self.updated_at_us)
+    }
+    fn batch(rows: &[&Self]) -> Result<RecordBatch> {
+        profiles_batch(rows)
+    }
+}
+
+impl TableRow for ChangeRow {
+    const TABLE: &'static str = PROFILE_CHANGES;
+    const SORT_COLUMN: &'static str = "customer_id";
+    const BLOOM_COLUMNS: &'static [&'static str] = &["customer_id"];
+    fn schema() -> SchemaRef {
+        PROFILE_CHANGES_SCHEMA.clone()
+    }
+    fn sort_key(&self) -> (&str, i64) {
+        (&self.customer_id, self.changed_at_us)
+    }
+    fn batch(rows: &[&Self]) -> Result<RecordBatch> {
+        changes_batch(rows)
+    }
+}
+
+impl TableRow for IdentityLink {
+    const TABLE: &'static str = IDENTITIES;
+    const SORT_COLUMN: &'static str = "anonymous_id";
+    const BLOOM_COLUMNS: &'static [&'static str] = &["anonymous_id", "user_id"];
+    fn schema() -> SchemaRef {
+        IDENTITIES_SCHEMA.clone()
+    }
+    fn sort_key(&self) -> (&str, i64) {
+        (&self.anonymous_id, self.timestamp_us)
+    }
+    fn batch(rows: &[&Self]) -> Result<RecordBatch> {
+        identities_batch(rows)
+    }
+}
+
 fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     let mut b = StringBuilder::new();
     for v in values {
