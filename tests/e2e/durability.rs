@@ -108,3 +108,43 @@ async fn kill_9_right_after_acks_loses_nothing_and_duplicates_nothing() {
     assert_eq!(unique, acked, "every acknowledged event, and only those");
     assert_eq!(acked.len(), 40 * 25 * 20);
 }
+
+#[tokio::test]
+async fn two_ingest_processes_on_one_root_store_a_shared_message_id_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_str().expect("utf8");
+    let mut a = Server::start(root, QUIET);
+    let mut b = Server::start(root, QUIET);
+    let c = reqwest::Client::new();
+    // A client retried against another instance behind a load balancer.
+    for s in [&a, &b] {
+        let batch = json!({"batch": [track("u1", "lb-1", "Order Completed")]});
+        assert_eq!(
+            c.post(s.url("/v1/batch"))
+                .json(&batch)
+                .send()
+                .await
+                .expect("send")
+                .status(),
+            200
+        );
+    }
+    let own = json!({"batch": [track("u2", "lb-2", "Order Completed")]});
+    assert_eq!(
+        c.post(b.url("/v1/batch"))
+            .json(&own)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    a.stop();
+    b.stop();
+    let mut ids: Vec<_> = strings(&read_table(dir.path(), "events"), "event_id")
+        .into_iter()
+        .flatten()
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["lb-1", "lb-2"]);
+}
