@@ -4,24 +4,15 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::support::{QUIET, Server, read_table, rows, strings, track};
+use crate::support::{QUIET, Server, post, read_table, rows, strings, track};
 
 #[tokio::test]
 async fn same_message_id_is_stored_once_across_requests_and_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(dir.path().to_str().expect("utf8"), QUIET);
-    let c = reqwest::Client::new();
     let batch = json!({"batch": [track("u1", "dup-1", "Order Completed"), track("u2", "dup-2", "Order Completed")]});
     for _ in 0..3 {
-        assert_eq!(
-            c.post(server.url("/v1/batch"))
-                .json(&batch)
-                .send()
-                .await
-                .expect("send")
-                .status(),
-            200
-        );
+        assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
     }
     server.stop();
     assert_eq!(rows(&read_table(dir.path(), "events")), 2);
@@ -29,15 +20,7 @@ async fn same_message_id_is_stored_once_across_requests_and_restarts() {
     // After a restart the ids come from the published files.
     server.restart();
     let again = json!({"batch": [track("u1", "dup-1", "Order Completed"), track("u3", "dup-3", "Order Completed")]});
-    assert_eq!(
-        c.post(server.url("/v1/batch"))
-            .json(&again)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(post(&server, "/v1/batch", &again).await.status(), 200);
     server.stop();
     let events = read_table(dir.path(), "events");
     let mut ids: Vec<_> = strings(&events, "event_id").into_iter().flatten().collect();
@@ -89,11 +72,8 @@ async fn kill_9_right_after_acks_loses_nothing_and_duplicates_nothing() {
         .map(|i| track("cust-0", &format!("k9-0-0-{i}"), "Product Viewed"))
         .collect();
     assert_eq!(
-        c.post(server.url("/v1/batch"))
-            .json(&json!({"batch": retry}))
-            .send()
+        post(&server, "/v1/batch", &json!({"batch": retry}))
             .await
-            .expect("send")
             .status(),
         200
     );
@@ -115,30 +95,13 @@ async fn two_ingest_processes_on_one_root_store_a_shared_message_id_once() {
     let root = dir.path().to_str().expect("utf8");
     let mut a = Server::start(root, QUIET);
     let mut b = Server::start(root, QUIET);
-    let c = reqwest::Client::new();
     // A client retried against another instance behind a load balancer.
     for s in [&a, &b] {
         let batch = json!({"batch": [track("u1", "lb-1", "Order Completed")]});
-        assert_eq!(
-            c.post(s.url("/v1/batch"))
-                .json(&batch)
-                .send()
-                .await
-                .expect("send")
-                .status(),
-            200
-        );
+        assert_eq!(post(&s, "/v1/batch", &batch).await.status(), 200);
     }
     let own = json!({"batch": [track("u2", "lb-2", "Order Completed")]});
-    assert_eq!(
-        c.post(b.url("/v1/batch"))
-            .json(&own)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(post(&b, "/v1/batch", &own).await.status(), 200);
     a.stop();
     b.stop();
     let mut ids: Vec<_> = strings(&read_table(dir.path(), "events"), "event_id")

@@ -6,7 +6,7 @@ use arrow::array::{Array, Float64Array, Int64Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use serde_json::{Value, json};
 
-use crate::support::{QUIET, Server, read_table, rows, strings, track};
+use crate::support::{QUIET, Server, post, read_table, rows, strings, track};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -29,12 +29,7 @@ async fn batch_keeps_good_items_and_names_each_bad_one() {
         {"type": "track", "userId": "u3", "event": "x", "properties": {"price": {"amount": 3}}},
         {"type": "page", "anonymousId": "a9", "name": "Home", "messageId": "m-4"},
     ]});
-    let r = client()
-        .post(server.url("/v1/batch"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let r = post(&server, "/v1/batch", &body).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["accepted"], 2);
@@ -55,12 +50,12 @@ async fn batch_keeps_good_items_and_names_each_bad_one() {
     );
 
     // Nothing good at all: 400 with the same list.
-    let r = client()
-        .post(server.url("/v1/batch"))
-        .json(&json!({"batch": [{"type": "track"}, {"type": "nope", "userId": "u"}]}))
-        .send()
-        .await
-        .expect("send");
+    let r = post(
+        &server,
+        "/v1/batch",
+        &json!({"batch": [{"type": "track"}, {"type": "nope", "userId": "u"}]}),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["errors"].as_array().expect("errors").len(), 2);
@@ -278,12 +273,7 @@ async fn write_keys_basic_bearer_and_refusals() {
         200,
         "Bearer"
     );
-    let r = client()
-        .post(server.url("/v1/track"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let r = post(&server, "/v1/track", &body).await;
     assert!(
         r.text().await.expect("text").contains("write key"),
         "the refusal says what is missing"
@@ -420,16 +410,7 @@ async fn identify_goes_to_profiles_and_changes_not_events() {
         {"type": "identify", "userId": "c1", "messageId": "id-2", "timestamp": "2026-11-05T09:00:00Z",
          "traits": {"loyalty_tier": "gold", "consent": {"sms": false}}},
     ]});
-    assert_eq!(
-        client()
-            .post(server.url("/v1/batch"))
-            .json(&calls)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(post(&server, "/v1/batch", &calls).await.status(), 200);
     server.stop();
     assert_eq!(rows(&read_table(dir.path(), "events")), 0);
     let profiles = read_table(dir.path(), "profiles");
@@ -546,12 +527,7 @@ async fn backpressure_answers_429_with_retry_after_when_publishing_lags() {
         dir.path().to_str().expect("utf8"),
         &format!("{QUIET}[ingest]\nmax_staged_bytes = 1\n"),
     );
-    let first = client()
-        .post(server.url("/v1/track"))
-        .json(&track("u1", "bp-1", "x"))
-        .send()
-        .await
-        .expect("send");
+    let first = post(&server, "/v1/track", &track("u1", "bp-1", "x")).await;
     assert_eq!(
         first.status(),
         200,

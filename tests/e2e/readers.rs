@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{QUIET, Server, external, track};
+use crate::support::{QUIET, Server, external, post, track};
 
 #[tokio::test]
 async fn duckdb_and_polars_read_the_published_tables_with_a_glob() {
@@ -13,7 +13,6 @@ async fn duckdb_and_polars_read_the_published_tables_with_a_glob() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(dir.path().to_str().expect("utf8"), QUIET);
-    let c = reqwest::Client::new();
     let items: Vec<_> = (0..50)
         .map(|i| {
             track(
@@ -28,11 +27,8 @@ async fn duckdb_and_polars_read_the_published_tables_with_a_glob() {
         })
         .collect();
     assert_eq!(
-        c.post(server.url("/v1/batch"))
-            .json(&json!({"batch": items}))
-            .send()
+        post(&server, "/v1/batch", &json!({"batch": items}))
             .await
-            .expect("send")
             .status(),
         200
     );

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{QUIET, Server, external, read_table, rows, strings, track};
+use crate::support::{QUIET, Server, external, post, read_table, rows, strings, track};
 
 struct S3Server {
     child: Child,
@@ -75,21 +75,12 @@ async fn s3_round_trip_stage_publish_restart() {
     ];
     let data = format!("s3://{BUCKET}/prod/kairos");
     let mut server = Server::start_with_env(&data, QUIET, env);
-    let c = reqwest::Client::new();
     let batch = json!({"batch": [
         track("u1", "s3-1", "Order Completed"),
         track("u2", "s3-2", "Product Viewed"),
         {"type": "identify", "userId": "u1", "messageId": "s3-3", "traits": {"email": "u1@example.com"}},
     ]});
-    assert_eq!(
-        c.post(server.url("/v1/batch"))
-            .json(&batch)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
     // Acked means a staging object exists in the bucket before any publish.
     let staged = s3.root.path().join(BUCKET).join("prod/kairos/_staging");
     assert!(staged.is_dir(), "staging objects are in the bucket");
@@ -97,15 +88,7 @@ async fn s3_round_trip_stage_publish_restart() {
 
     // A restart and a duplicate: still stored once.
     server.restart();
-    assert_eq!(
-        c.post(server.url("/v1/batch"))
-            .json(&batch)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
     server.stop();
 
     let lake = s3.root.path().join(BUCKET).join("prod/kairos");

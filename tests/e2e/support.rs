@@ -262,3 +262,13 @@ pub fn track(user: &str, message_id: &str, event: &str) -> serde_json::Value {
         "context": {"timezone": "Europe/Berlin", "library": {"name": "analytics-node", "version": "6.0.0"}}
     })
 }
+
+/// POSTs `body` as JSON to `path` on `server`.
+pub async fn post(server: &Server, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("send")
+}
