@@ -142,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => loadgen::verify(&dir),
         Command::Loadgen { args, verify: None } => runtime()?.block_on(loadgen::run(args)),
         other => anyhow::bail!(
-            "`kairos {}` is reserved and not built yet; this release has serve, import and generate",
+            "`kairos {}` is reserved and not built yet; this release has serve, import, generate and loadgen",
             reserved_name(&other)
         ),
     }

@@ -117,8 +117,8 @@ pub enum ConfigError {
     #[error("config file {0} not found; pass an existing file to --config or omit it")]
     Missing(String),
     /// A key is unknown, of the wrong type, or the TOML does not parse.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration (fix or remove the key named here)")]
+    Invalid(#[source] Box<figment::Error>),
 }
 
 impl Config {
@@ -153,6 +153,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The message as the binary prints it: the error and its source.
+    fn chain(e: &ConfigError) -> String {
+        let source = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        format!("{e}: {source}")
+    }
+
     #[test]
     fn defaults_load_without_any_file() {
         let c = Config::from_toml("").expect("defaults parse");
@@ -165,20 +173,20 @@ mod tests {
     #[test]
     fn unknown_key_is_named_in_the_error() {
         let err = Config::from_toml("[ingest]\nmax_body_byts = 10\n").unwrap_err();
-        let msg = err.to_string();
+        let msg = chain(&err);
         assert!(msg.contains("max_body_byts"), "{msg}");
     }
 
     #[test]
     fn unknown_section_is_an_error() {
         let err = Config::from_toml("[ingset]\nx = 1\n").unwrap_err();
-        assert!(err.to_string().contains("ingset"), "{err}");
+        assert!(chain(&err).contains("ingset"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_an_error() {
         let err = Config::from_toml("[publish]\ninterval_secs = \"soon\"\n").unwrap_err();
-        assert!(err.to_string().contains("interval_secs"), "{err}");
+        assert!(chain(&err).contains("interval_secs"), "{err}");
     }
 
     #[test]
