@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use arrow::array::{Array, RecordBatch};
@@ -56,13 +55,8 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
     if !frame.is_empty() {
         log.lock().await.append(&frame).await?;
     }
-    let opts = PublisherOptions {
-        row_group_rows: config.publish.row_group_rows,
-        dedupe_window_hours: config.dedupe.window_hours,
-        max_publish_bytes: 512 << 20,
-        // Never adopt a running server's segments from here.
-        orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
-    };
+    let opts = PublisherOptions::from_config(&config);
+
     let stats = Publisher::new(root.clone(), log, opts)
         .await
         .publish()

@@ -35,7 +35,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_millis(config.ingest.group_commit_max_delay_ms),
         metrics.clone(),
     );
-    let publisher = Publisher::new(root.clone(), log, publisher_options(&config)).await;
+    let publisher = Publisher::new(root.clone(), log, PublisherOptions::from_config(&config)).await;
     let (stop_publisher, stopped) = oneshot::channel();
     let interval = Duration::from_secs(config.publish.interval_secs.max(1));
     let publish_task = tokio::spawn(publish_loop(
@@ -103,15 +103,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     kairos_storage::staging::remove_writer_dir(&root, &writer);
     tracing::info!("stopped; everything staged is published");
     Ok(())
-}
-
-fn publisher_options(config: &Config) -> PublisherOptions {
-    PublisherOptions {
-        row_group_rows: config.publish.row_group_rows,
-        dedupe_window_hours: config.dedupe.window_hours,
-        max_publish_bytes: 256 << 20,
-        orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
-    }
 }
 
 /// Staged bytes that trigger a publish before the interval is up.

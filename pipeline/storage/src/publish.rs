@@ -94,6 +94,20 @@ pub struct PublisherOptions {
     pub orphan_after: Duration,
 }
 
+impl PublisherOptions {
+    /// The options `[publish]` and `[dedupe]` configure. A segment of another
+    /// writer counts as orphaned after three publish intervals without being
+    /// published by its owner.
+    pub fn from_config(config: &kairos_core::Config) -> PublisherOptions {
+        PublisherOptions {
+            row_group_rows: config.publish.row_group_rows,
+            dedupe_window_hours: config.dedupe.window_hours,
+            max_publish_bytes: 256 << 20,
+            orphan_after: Duration::from_secs(config.publish.interval_secs.max(1) * 3),
+        }
+    }
+}
+
 /// Publishes this process's sealed staging segments (and orphans).
 pub struct Publisher {
     root: DataRoot,
