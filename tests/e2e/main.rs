@@ -9,5 +9,6 @@ mod durability;
 mod import;
 mod ingest;
 mod readers;
+mod rules;
 mod s3;
 mod support;

@@ -90,8 +90,11 @@ enum Command {
     Replay,
     /// Backtest rules over history (coming with the rules engine).
     Backtest,
-    /// Validate or list rules (coming with the rules engine).
-    Rules,
+    /// Work with the SQL trigger rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Query every table with SQL (coming with the analyst tools).
     Sql,
     /// Analyse per-arm sufficient statistics (coming with the report service).
@@ -102,6 +105,18 @@ enum Command {
     Compact,
     /// Load data-samples and serve the report pages (coming with the analyst tools).
     Demo,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate every rule file: header, parameters and `${...}` uses, with
+    /// `file:line` errors. (Planning the SQL against the table schemas comes
+    /// with the rule engine.)
+    Check {
+        /// Rules folder.
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -137,6 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             days,
             out,
         } => generate_files(sample, seed, customers, days, &out),
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => rules_check(&dir),
         Command::Loadgen {
             verify: Some(dir), ..
         } => loadgen::verify(&dir),
@@ -152,7 +170,6 @@ fn reserved_name(c: &Command) -> &'static str {
     match c {
         Command::Replay => "replay",
         Command::Backtest => "backtest",
-        Command::Rules => "rules",
         Command::Sql => "sql",
         Command::Stats => "stats",
         Command::Report => "report",
@@ -161,8 +178,26 @@ fn reserved_name(c: &Command) -> &'static str {
         Command::Serve { .. }
         | Command::Import { .. }
         | Command::Generate { .. }
-        | Command::Loadgen { .. } => "?",
+        | Command::Loadgen { .. }
+        | Command::Rules { .. } => "?",
     }
+}
+
+fn rules_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let (rules, errors) = kairos_rules::load_dir(dir);
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{} problem(s) in {}; {} rule(s) valid",
+            errors.len(),
+            dir.display(),
+            rules.len()
+        );
+    }
+    println!("{} rule(s) valid in {}", rules.len(), dir.display());
+    Ok(())
 }
 
 fn generate_files(

@@ -1,0 +1,715 @@
+//! Rule files: the header, its parameters, and `${param}` substitution.
+//!
+//! The header is the run of `-- key: value` lines at the top of the file
+//! (blank comment lines allowed). Keys:
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `name` | the rule id; must equal the file stem | required |
+//! | `description` | free text | required |
+//! | `channel` | `email`, `sms`, `whatsapp`, `push`, `webhook` or `preferred` | required |
+//! | `template` | template name | the rule name |
+//! | `priority` | integer, higher wins | 0 |
+//! | `cooldown` | duration: no second firing for a customer within it | `0s` |
+//! | `lookback` | duration of event history the rule may read | `0s` (none) |
+//! | `cadence` | `batch` (every micro-batch), `hourly`, `daily` or a duration | `batch` |
+//! | `cancel_on` | comma-separated event types that cancel a pending send | none |
+//! | `transactional` | `true` exempts from marketing caps and the global control group | `false` |
+//! | `split` | `holdout=N scheduled=N triggered=N`, percentages summing to 100 | `triggered=100` |
+//! | `scheduled_at` | `HH:MM` customer-local send time of the scheduled arm | `10:00` |
+//! | `param NAME` | a parameter default: duration, integer, number, `true`/`false` or `'text'` | |
+//!
+//! Durations are `30s`, `15m`, `6h`, `7d`, `2w` or sums like `1h30m`.
+//! In the SQL, `${NAME}` becomes the parameter as a SQL literal (durations
+//! as `INTERVAL '…' SECOND`); `${now}` is reserved for the rule clock.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A problem in a rule file, located by line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct RuleError {
+    /// The rule file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Where a rule's message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// SMTP email.
+    Email,
+    /// SMS.
+    Sms,
+    /// WhatsApp template message.
+    Whatsapp,
+    /// Mobile push.
+    Push,
+    /// Signed HTTP POST.
+    Webhook,
+    /// The customer's preferred consented channel.
+    Preferred,
+}
+
+/// How often a rule is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cadence {
+    /// On every micro-batch (event-driven rules).
+    EveryBatch,
+    /// As a sweep every so many seconds (deadline rules).
+    EverySecs(u64),
+}
+
+/// The experiment split in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// No message.
+    pub holdout: u8,
+    /// Sent in the next scheduled batch send.
+    pub scheduled: u8,
+    /// Sent at once.
+    pub triggered: u8,
+}
+
+/// A parameter value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// A duration in seconds.
+    Duration(u64),
+    /// An integer.
+    Int(i64),
+    /// A number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Text.
+    Text(String),
+}
+
+impl Param {
+    /// Parses a parameter literal: duration, integer, number, bool or `'text'`.
+    pub fn parse(s: &str) -> Result<Param, String> {
+        let s = s.trim();
+        if let Some(t) = s.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+            return Ok(Param::Text(t.replace("''", "'")));
+        }
+        if let Ok(i) = s.parse::<i64>() {
+            return Ok(Param::Int(i));
+        }
+        if let Ok(f) = s
+            .parse::<f64>()
+            .map_err(|_| ())
+            .and_then(|f| if f.is_finite() { Ok(f) } else { Err(()) })
+        {
+            return Ok(Param::Float(f));
+        }
+        match s {
+            "true" => return Ok(Param::Bool(true)),
+            "false" => return Ok(Param::Bool(false)),
+            _ => {}
+        }
+        parse_duration(s).map(Param::Duration).map_err(|_| {
+            format!("{s:?} is not a duration (6h, 7d, 1h30m), number, true/false or 'quoted text'")
+        })
+    }
+
+    /// The value as a SQL literal.
+    pub fn to_sql(&self) -> String {
+        match self {
+            Param::Duration(secs) => format!("INTERVAL '{secs}' SECOND"),
+            Param::Int(i) => i.to_string(),
+            Param::Float(f) => format!("{f:?}"),
+            Param::Bool(b) => b.to_string(),
+            Param::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        }
+    }
+}
+
+/// One parsed rule file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Rule id (the file stem).
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Where its messages go.
+    pub channel: Channel,
+    /// Template name.
+    pub template: String,
+    /// Higher wins when several rules fire for one customer.
+    pub priority: i64,
+    /// Seconds before the same customer may fire again.
+    pub cooldown_secs: u64,
+    /// Seconds of event history the rule reads.
+    pub lookback_secs: u64,
+    /// When the rule runs.
+    pub cadence: Cadence,
+    /// Event types that cancel a pending send.
+    pub cancel_on: Vec<String>,
+    /// Exempt from marketing caps.
+    pub transactional: bool,
+    /// Experiment split.
+    pub split: Split,
+    /// Customer-local send time of the scheduled arm, minutes after midnight.
+    pub scheduled_at_minutes: u32,
+    /// Parameter defaults, by name.
+    pub params: BTreeMap<String, Param>,
+    /// The SQL body as written (with `${…}` placeholders).
+    pub sql: String,
+    /// 1-based line where the SQL body starts.
+    pub sql_line: usize,
+}
+
+/// The placeholder reserved for the rule clock.
+pub const NOW: &str = "now";
+
+impl Rule {
+    /// The SQL with every `${param}` replaced by its value (defaults, then
+    /// `overrides`) and `${now}` by `now_sql`, the rule clock expression.
+    pub fn render_sql(
+        &self,
+        overrides: &BTreeMap<String, Param>,
+        now_sql: &str,
+    ) -> Result<String, RuleError> {
+        let mut out = String::with_capacity(self.sql.len() + 64);
+        let mut rest = self.sql.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(self.err_at_sql(&rest[start..], "unclosed ${ placeholder"));
+            };
+            let name = after[..end].trim();
+            if name == NOW {
+                out.push_str(now_sql);
+            } else {
+                match overrides.get(name).or_else(|| self.params.get(name)) {
+                    Some(p) => out.push_str(&p.to_sql()),
+                    None => return Err(self.err_at_sql(&rest[start..], &format!("unknown parameter ${{{name}}}; declare it in the header as `-- param {name}: DEFAULT`"))),
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn err_at_sql(&self, at: &str, message: &str) -> RuleError {
+        let offset = self.sql.len() - at.len();
+        let line = self.sql_line + self.sql[..offset].matches('\n').count();
+        RuleError {
+            file: self.file.clone(),
+            line,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Parses `60s`, `15m`, `6h`, `7d`, `2w` or sums like `1h30m` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(format!("{s:?}: unknown unit {ch:?}; use s, m, h, d or w")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?}: a number must come before {ch:?}"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?} is too long"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!("{s:?}: add a unit (s, m, h, d or w)"));
+    }
+    Ok(total)
+}
+
+fn parse_cadence(s: &str) -> Result<Cadence, String> {
+    match s {
+        "batch" => Ok(Cadence::EveryBatch),
+        "hourly" => Ok(Cadence::EverySecs(3600)),
+        "daily" => Ok(Cadence::EverySecs(86_400)),
+        other => match parse_duration(other)? {
+            0 => Err("a sweep cadence must be longer than 0s".into()),
+            secs => Ok(Cadence::EverySecs(secs)),
+        },
+    }
+}
+
+fn parse_channel(s: &str) -> Result<Channel, String> {
+    Ok(match s {
+        "email" => Channel::Email,
+        "sms" => Channel::Sms,
+        "whatsapp" => Channel::Whatsapp,
+        "push" => Channel::Push,
+        "webhook" => Channel::Webhook,
+        "preferred" => Channel::Preferred,
+        other => {
+            return Err(format!(
+                "unknown channel {other:?}; use email, sms, whatsapp, push, webhook or preferred"
+            ));
+        }
+    })
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    let mut split = Split {
+        holdout: 0,
+        scheduled: 0,
+        triggered: 0,
+    };
+    for part in s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let (arm, pct) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: write arm=percent, e.g. holdout=10"))?;
+        let pct: u8 = pct
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| format!("{part:?}: percent must be 0-100"))?;
+        match arm {
+            "holdout" => split.holdout = pct,
+            "scheduled" => split.scheduled = pct,
+            "triggered" => split.triggered = pct,
+            other => {
+                return Err(format!(
+                    "unknown arm {other:?}; use holdout, scheduled or triggered"
+                ));
+            }
+        }
+    }
+    let sum = u32::from(split.holdout) + u32::from(split.scheduled) + u32::from(split.triggered);
+    if sum != 100 {
+        return Err(format!("arms sum to {sum}%, not 100%"));
+    }
+    Ok(split)
+}
+
+fn parse_clock(s: &str) -> Result<u32, String> {
+    let (h, m) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: use HH:MM"))?;
+    match (h.parse::<u32>(), m.parse::<u32>()) {
+        (Ok(h), Ok(m)) if h < 24 && m < 60 && m.to_string().len() <= 2 => Ok(h * 60 + m),
+        _ => Err(format!("{s:?}: use HH:MM between 00:00 and 23:59")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{other:?}: use true or false")),
+    }
+}
+
+/// Parses one rule file's text. Collects every error rather than stopping at the first.
+pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
+    let mut errors = Vec::new();
+    let err = |line: usize, message: String| RuleError {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let mut fields: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    let mut params = BTreeMap::new();
+    let mut sql_start = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let trimmed = raw.trim();
+        let Some(comment) = trimmed.strip_prefix("--") else {
+            if trimmed.is_empty() {
+                continue;
+            }
+            sql_start = Some(i);
+            break;
+        };
+        let comment = comment.trim();
+        if comment.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = comment.split_once(':') else {
+            errors.push(err(line, format!("header lines are `-- key: value`; found {comment:?} (put free comments below the header, inside the SQL)")));
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if let Some(name) = key.strip_prefix("param ") {
+            let name = name.trim();
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || name.is_empty()
+                || name == NOW
+            {
+                errors.push(err(
+                    line,
+                    format!("parameter name {name:?}: use letters, digits and _ (and not `now`)"),
+                ));
+            } else {
+                match Param::parse(value) {
+                    Ok(p) => {
+                        if params.insert(name.to_string(), p).is_some() {
+                            errors.push(err(line, format!("parameter {name} declared twice")));
+                        }
+                    }
+                    Err(e) => errors.push(err(line, format!("param {name}: {e}"))),
+                }
+            }
+            continue;
+        }
+        const KEYS: [&str; 12] = [
+            "name",
+            "description",
+            "channel",
+            "template",
+            "priority",
+            "cooldown",
+            "lookback",
+            "cadence",
+            "cancel_on",
+            "transactional",
+            "split",
+            "scheduled_at",
+        ];
+        if !KEYS.contains(&key) {
+            errors.push(err(
+                line,
+                format!(
+                    "unknown header key {key:?}; known: {}, param NAME",
+                    KEYS.join(", ")
+                ),
+            ));
+        } else if fields.insert(key, (line, value)).is_some() {
+            errors.push(err(line, format!("{key} given twice")));
+        }
+    }
+    let header_end = sql_start.unwrap_or(text.lines().count());
+    let Some(sql_index) = sql_start else {
+        errors.push(err(
+            header_end.max(1),
+            "no SQL after the header; write the SELECT that returns customer_id and dedupe_key"
+                .into(),
+        ));
+        return Err(errors);
+    };
+    let sql: String = text.lines().skip(sql_index).collect::<Vec<_>>().join("\n");
+
+    let mut get = |key: &str, required: bool| -> Option<(usize, &str)> {
+        let v = fields.get(key).copied();
+        if v.is_none() && required {
+            errors.push(err(1, format!("missing header `-- {key}: ...`")));
+        }
+        v
+    };
+    let name = get("name", true).map(|(l, v)| (l, v.to_string()));
+    let description = get("description", true)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    let channel = get("channel", true);
+    let template = get("template", false).map(|(_, v)| v.to_string());
+    let priority = get("priority", false);
+    let cooldown = get("cooldown", false);
+    let lookback = get("lookback", false);
+    let cadence = get("cadence", false);
+    let cancel_on = get("cancel_on", false);
+    let transactional = get("transactional", false);
+    let split = get("split", false);
+    let scheduled_at = get("scheduled_at", false);
+
+    let mut check =
+        |v: Option<(usize, &str)>, what: &str, f: &dyn Fn(&str) -> Result<(), String>| {
+            if let Some((line, value)) = v {
+                if let Err(e) = f(value) {
+                    errors.push(err(line, format!("{what}: {e}")));
+                }
+            }
+        };
+    check(channel, "channel", &|v| parse_channel(v).map(|_| ()));
+    check(priority, "priority", &|v| {
+        v.parse::<i64>()
+            .map(|_| ())
+            .map_err(|_| format!("{v:?} is not an integer"))
+    });
+    check(cooldown, "cooldown", &|v| parse_duration(v).map(|_| ()));
+    check(lookback, "lookback", &|v| parse_duration(v).map(|_| ()));
+    check(cadence, "cadence", &|v| parse_cadence(v).map(|_| ()));
+    check(transactional, "transactional", &|v| {
+        parse_bool(v).map(|_| ())
+    });
+    check(split, "split", &|v| parse_split(v).map(|_| ()));
+    check(scheduled_at, "scheduled_at", &|v| {
+        parse_clock(v).map(|_| ())
+    });
+    if let Some((line, n)) = &name {
+        if *n != stem {
+            errors.push(err(*line, format!("name {n:?} must equal the file name {stem:?} (the rule id used in logs, metrics and reports)")));
+        }
+    }
+
+    let rule = Rule {
+        file: file.to_path_buf(),
+        name: name.map(|(_, n)| n).unwrap_or_default(),
+        description,
+        channel: channel
+            .and_then(|(_, v)| parse_channel(v).ok())
+            .unwrap_or(Channel::Email),
+        template: template.unwrap_or_else(|| stem.clone()),
+        priority: priority.and_then(|(_, v)| v.parse().ok()).unwrap_or(0),
+        cooldown_secs: cooldown
+            .and_then(|(_, v)| parse_duration(v).ok())
+            .unwrap_or(0),
+        lookback_secs: lookback
+            .and_then(|(_, v)| parse_duration(v).ok())
+            .unwrap_or(0),
+        cadence: cadence
+            .and_then(|(_, v)| parse_cadence(v).ok())
+            .unwrap_or(Cadence::EveryBatch),
+        cancel_on: cancel_on
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        transactional: transactional
+            .and_then(|(_, v)| parse_bool(v).ok())
+            .unwrap_or(false),
+        split: split
+            .and_then(|(_, v)| parse_split(v).ok())
+            .unwrap_or(Split {
+                holdout: 0,
+                scheduled: 0,
+                triggered: 100,
+            }),
+        scheduled_at_minutes: scheduled_at
+            .and_then(|(_, v)| parse_clock(v).ok())
+            .unwrap_or(600),
+        params,
+        sql,
+        sql_line: sql_index + 1,
+    };
+    // Every placeholder must resolve with the defaults alone.
+    if let Err(e) = rule.render_sql(&BTreeMap::new(), "NULL") {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        Ok(rule)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Loads every `*.sql` in `dir` (sorted by name), returning the good rules
+/// and every error of the bad ones.
+pub fn load_dir(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect(),
+        Err(e) => {
+            errors.push(RuleError {
+                file: dir.to_path_buf(),
+                line: 0,
+                message: format!("cannot read the rules folder: {e}"),
+            });
+            return (rules, errors);
+        }
+    };
+    files.sort();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match parse(&f, &text) {
+                Ok(r) => rules.push(r),
+                Err(e) => errors.extend(e),
+            },
+            Err(e) => errors.push(RuleError {
+                file: f,
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (rules, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CART: &str = "-- name: cart_abandonment
+-- description: Cart added, no purchase within the delay.
+-- channel: email
+-- priority: 50
+-- cooldown: 1d
+-- lookback: 7d
+-- cadence: 15m
+-- cancel_on: purchase, order_cancel
+-- split: holdout=10 scheduled=20 triggered=70
+-- scheduled_at: 09:30
+-- param delay: 1h30m
+-- param min_items: 2
+-- param label: 'it''s here'
+--
+SELECT customer_id, cart_id AS dedupe_key
+FROM open_carts
+WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS NOT NULL
+";
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from(format!("sql/{name}.sql"))
+    }
+
+    #[test]
+    fn parses_every_header_key() {
+        let r = parse(&path("cart_abandonment"), CART).expect("valid");
+        assert_eq!(r.name, "cart_abandonment");
+        assert_eq!(r.channel, Channel::Email);
+        assert_eq!(
+            r.template, "cart_abandonment",
+            "template defaults to the rule name"
+        );
+        assert_eq!(
+            (r.priority, r.cooldown_secs, r.lookback_secs),
+            (50, 86_400, 604_800)
+        );
+        assert_eq!(r.cadence, Cadence::EverySecs(900));
+        assert_eq!(r.cancel_on, vec!["purchase", "order_cancel"]);
+        assert_eq!(
+            r.split,
+            Split {
+                holdout: 10,
+                scheduled: 20,
+                triggered: 70
+            }
+        );
+        assert_eq!(r.scheduled_at_minutes, 9 * 60 + 30);
+        assert_eq!(r.params["delay"], Param::Duration(5400));
+        assert_eq!(r.sql_line, 15);
+    }
+
+    #[test]
+    fn renders_parameters_as_sql_literals_with_overrides() {
+        let r = parse(&path("cart_abandonment"), CART).expect("valid");
+        let sql = r
+            .render_sql(&BTreeMap::new(), "TIMESTAMP '2026-01-01T00:00:00Z'")
+            .expect("render");
+        assert!(
+            sql.contains("added_at < TIMESTAMP '2026-01-01T00:00:00Z' - INTERVAL '5400' SECOND"),
+            "{sql}"
+        );
+        assert!(sql.contains("items >= 2"));
+        assert!(
+            sql.contains("'it''s here' IS NOT NULL"),
+            "text is quoted and escaped: {sql}"
+        );
+        let six_hours: BTreeMap<String, Param> =
+            [("delay".to_string(), Param::Duration(6 * 3600))].into();
+        assert!(
+            r.render_sql(&six_hours, "NOW")
+                .expect("render")
+                .contains("INTERVAL '21600' SECOND"),
+            "a variant overrides a default"
+        );
+    }
+
+    #[test]
+    fn every_error_has_its_line() {
+        let bad = "-- name: other_name
+-- description: x
+-- channel: pigeon
+-- cooldown: 3 days
+-- split: holdout=10 triggered=80
+-- scheduled_at: 25:00
+-- colour: blue
+-- param delay: soon
+SELECT customer_id, x AS dedupe_key
+FROM t WHERE y > ${missing}
+";
+        let errs = parse(&path("cart"), bad).expect_err("invalid");
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![7, 8, 3, 4, 5, 6, 1, 10], "{errs:#?}");
+        let text = errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("sql/cart.sql:3: channel: unknown channel \"pigeon\""),
+            "{text}"
+        );
+        assert!(text.contains("sum to 90%"), "{text}");
+        assert!(text.contains("unknown parameter ${missing}"), "{text}");
+        assert!(text.contains("must equal the file name"), "{text}");
+    }
+
+    #[test]
+    fn missing_required_keys_and_sql_are_reported() {
+        let errs = parse(&path("x"), "-- name: x\n").expect_err("invalid");
+        assert!(
+            errs.iter().any(|e| e.message.contains("no SQL")),
+            "{errs:?}"
+        );
+        let errs = parse(&path("x"), "-- name: x\nSELECT 1").expect_err("invalid");
+        let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("-- description"))
+                && msgs.iter().any(|m| m.contains("-- channel")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3y").is_err());
+        assert!(parse_duration("99999999999999999999w").is_err());
+    }
+
+    #[test]
+    fn load_dir_keeps_good_rules_and_reports_bad_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cart_abandonment.sql"), CART).expect("write");
+        std::fs::write(dir.path().join("broken.sql"), "-- name: broken\nSELECT 1").expect("write");
+        std::fs::write(dir.path().join("notes.md"), "not a rule").expect("write");
+        let (rules, errors) = load_dir(dir.path());
+        assert_eq!(rules.len(), 1);
+        assert!(!errors.is_empty() && errors.iter().all(|e| e.file.ends_with("broken.sql")));
+    }
+}

@@ -1,0 +1,41 @@
+//! `kairos rules check` on real files.
+
+use std::process::Command;
+
+use crate::support::kairos_bin;
+
+#[test]
+fn rules_check_reports_file_and_line_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("welcome.sql"),
+        "-- name: welcome\n-- description: Welcome at signup\n-- channel: email\n-- param delay: 10m\nSELECT customer_id, event_id AS dedupe_key\nFROM batch_events WHERE event_type = 'signup' AND timestamp < ${now} - ${delay}\n",
+    )
+    .expect("write");
+    let ok = Command::new(kairos_bin())
+        .args(["rules", "check"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 rule(s) valid"));
+
+    std::fs::write(
+        dir.path().join("winback.sql"),
+        "-- name: winback\n-- description: x\n-- channel: email\n-- cadence: sometimes\nSELECT 1\n",
+    )
+    .expect("write");
+    let bad = Command::new(kairos_bin())
+        .args(["rules", "check"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("winback.sql:4: cadence:"), "{stderr}");
+    assert!(stderr.contains("1 problem(s)"), "{stderr}");
+}
