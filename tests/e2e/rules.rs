@@ -29,6 +29,11 @@ fn rules_check_reports_file_and_line_and_fails() {
         "-- name: winback\n-- description: x\n-- channel: email\n-- cadence: sometimes\nSELECT 1\n",
     )
     .expect("write");
+    std::fs::write(
+        dir.path().join("typo.sql"),
+        "-- name: typo\n-- description: x\n-- channel: sms\nSELECT customer_id, order_id AS dedupe_key\nFROM batch_events WHERE revnue > 10\n",
+    )
+    .expect("write");
     let bad = Command::new(kairos_bin())
         .args(["rules", "check"])
         .arg(dir.path())
@@ -37,5 +42,12 @@ fn rules_check_reports_file_and_line_and_fails() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("winback.sql:4: cadence:"), "{stderr}");
-    assert!(stderr.contains("1 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("typo.sql:5: SQL:") && stderr.contains("revnue"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 problem(s)") && stderr.contains("1 rule(s) valid"),
+        "{stderr}"
+    );
 }

@@ -109,9 +109,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Validate every rule file: header, parameters and `${...}` uses, with
-    /// `file:line` errors. (Planning the SQL against the table schemas comes
-    /// with the rule engine.)
+    /// Validate every rule file: header, parameters, `${...}` uses, and the
+    /// SQL planned against the real table schemas with its required output
+    /// columns; errors as `file:line: message`.
     Check {
         /// Rules folder.
         #[arg(default_value = "sql")]
@@ -184,7 +184,7 @@ fn reserved_name(c: &Command) -> &'static str {
 }
 
 fn rules_check(dir: &std::path::Path) -> anyhow::Result<()> {
-    let (rules, errors) = kairos_rules::load_dir(dir);
+    let (rules, errors) = runtime()?.block_on(kairos_rules::check_dir(dir));
     for e in &errors {
         eprintln!("{e}");
     }

@@ -22,6 +22,8 @@
 //! [`rule::parse`] reads and checks the header and the `${param}` uses;
 //! every problem is reported with its `file:line`.
 
+pub mod check;
 pub mod rule;
 
+pub use check::check_dir;
 pub use rule::{Rule, RuleError, load_dir, parse};
