@@ -235,44 +235,31 @@ async fn write_keys_basic_bearer_and_refusals() {
         &format!("{QUIET}[ingest]\nwrite_keys = [\"k1\", \"k2\"]\n"),
     );
     let body = track("u1", "auth-1", "Signed Up");
-    let send = |req: reqwest::RequestBuilder| async {
-        req.json(&body)
+    let track_url = server.url("/v1/track");
+    let cases = [
+        (client().post(&track_url), 401, "no key"),
+        (
+            client().post(&track_url).basic_auth("wrong", Some("")),
+            401,
+            "unknown key",
+        ),
+        (
+            client().post(&track_url).basic_auth("k1", Some("")),
+            200,
+            "Segment's Basic auth",
+        ),
+        (client().post(&track_url).bearer_auth("k2"), 200, "Bearer"),
+    ];
+    for (req, status, label) in cases {
+        let got = req
+            .json(&body)
             .send()
             .await
             .expect("send")
             .status()
-            .as_u16()
-    };
-    assert_eq!(
-        send(client().post(server.url("/v1/track"))).await,
-        401,
-        "no key"
-    );
-    assert_eq!(
-        send(
-            client()
-                .post(server.url("/v1/track"))
-                .basic_auth("wrong", Some(""))
-        )
-        .await,
-        401,
-        "unknown key"
-    );
-    assert_eq!(
-        send(
-            client()
-                .post(server.url("/v1/track"))
-                .basic_auth("k1", Some(""))
-        )
-        .await,
-        200,
-        "Segment's Basic auth"
-    );
-    assert_eq!(
-        send(client().post(server.url("/v1/track")).bearer_auth("k2")).await,
-        200,
-        "Bearer"
-    );
+            .as_u16();
+        assert_eq!(got, status, "{label}");
+    }
     let r = post(&server, "/v1/track", &body).await;
     assert!(
         r.text().await.expect("text").contains("write key"),

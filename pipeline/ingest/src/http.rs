@@ -150,12 +150,14 @@ struct KeyOnly {
 
 async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response, ApiError> {
     let received_at_us = now_us();
-    let peer = req
-        .extensions()
+    // Split rather than clone the headers: this runs for every request.
+    let (parts, body) = req.into_parts();
+    let peer = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let headers = req.headers().clone();
-    let body = read_body(req.into_body(), &headers, s.max_body_bytes).await?;
+    let headers = parts.headers;
+    let body = read_body(body, &headers, s.max_body_bytes).await?;
 
     let mut raws: Vec<&RawValue> = Vec::new();
     let mut line_of: Vec<usize> = Vec::new();

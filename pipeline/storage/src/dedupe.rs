@@ -14,11 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use arrow::array::{Array, StringArray};
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::root::DataRoot;
 use crate::tables::{self, partition_dir};
@@ -74,12 +70,7 @@ impl DedupeIndex {
         for h in hour - 1..=hour + 1 {
             for table in DEDUPED_TABLES {
                 let dir = ObjectPath::from(partition_dir(table, h * kairos_core::time::HOUR_US));
-                let metas: Vec<_> = root
-                    .store
-                    .list(Some(&dir))
-                    .try_collect()
-                    .await
-                    .map_err(StorageError::store(&dir))?;
+                let metas = root.list(&dir).await?;
                 for meta in metas {
                     let name = meta.location.to_string();
                     let file_name = meta.location.filename().unwrap_or_default();
@@ -137,25 +128,7 @@ async fn read_ids(
     meta: &object_store::ObjectMeta,
 ) -> Result<Vec<IdKey>> {
     let path = meta.location.to_string();
-    let bytes = root
-        .store
-        .get(&meta.location)
-        .await
-        .map_err(StorageError::store(&path))?;
-    let bytes = bytes.bytes().await.map_err(StorageError::store(&path))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(StorageError::parquet(&path))?;
-    let schema = builder.parquet_schema();
-    let cols: Vec<usize> = ["event_id", "source"]
-        .iter()
-        .filter_map(|c| schema.columns().iter().position(|d| d.name() == *c))
-        .collect();
-    let mask = ProjectionMask::leaves(schema, cols);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(StorageError::parquet(&path))?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let batches = tables::read_parquet(root, &meta.location, Some(&["event_id", "source"])).await?;
     let mut out = Vec::new();
     for b in batches {
         let (Some(ids), Some(sources)) = (

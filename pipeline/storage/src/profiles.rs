@@ -11,10 +11,7 @@
 use std::collections::HashMap;
 
 use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 
 use kairos_core::event::ProfileUpdate;
@@ -34,12 +31,7 @@ impl ProfileState {
     /// whose name starts with one of `skip_prefixes` (publishes being redone).
     pub async fn load(root: &DataRoot, skip_prefixes: &[String]) -> Result<ProfileState> {
         let dir = ObjectPath::from(PROFILES);
-        let metas: Vec<_> = root
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(StorageError::store(&dir))?;
+        let metas = root.list(&dir).await?;
         let mut state = ProfileState::default();
         for meta in metas {
             let name = meta.location.filename().unwrap_or_default();
@@ -49,16 +41,7 @@ impl ProfileState {
                 continue;
             }
             let path = meta.location.to_string();
-            let bytes = root
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(StorageError::store(&path))?;
-            let bytes = bytes.bytes().await.map_err(StorageError::store(&path))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
-                .map_err(StorageError::parquet(&path))?;
-            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            let batches = crate::tables::read_parquet(root, &meta.location, None).await?;
             for b in batches {
                 let corrupt = || StorageError::Corrupt {
                     path: path.clone(),

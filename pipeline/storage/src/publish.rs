@@ -255,25 +255,13 @@ impl Publisher {
 
     async fn pending_intents(&self) -> Result<Vec<Intent>> {
         let dir = ObjectPath::from(PUBLISHING_DIR);
-        let metas: Vec<_> = self
-            .root
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(StorageError::store(&dir))?;
+        let metas = self.root.list(&dir).await?;
         let mut out = Vec::new();
         for m in metas {
-            let bytes = self
-                .root
-                .store
-                .get(&m.location)
-                .await
-                .map_err(StorageError::store(&m.location))?;
-            let bytes = bytes
-                .bytes()
-                .await
-                .map_err(StorageError::store(&m.location))?;
+            // Finished intents are deleted between list and read: skip them.
+            let Some(bytes) = self.root.read(&m.location).await? else {
+                continue;
+            };
             let intent: Intent =
                 serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
                     path: m.location.to_string(),
@@ -297,7 +285,7 @@ impl Publisher {
             .map(|s| ObjectPath::from(s.as_str()))
             .collect();
         let fetched: Vec<Option<Bytes>> =
-            futures::stream::iter(paths.into_iter().map(|p| fetch(self.root.store.clone(), p)))
+            futures::stream::iter(paths.into_iter().map(|p| fetch(self.root.clone(), p)))
                 .buffered(16)
                 .try_collect()
                 .await?;
@@ -452,19 +440,8 @@ impl Publisher {
     }
 }
 
-async fn fetch(
-    store: Arc<dyn object_store::ObjectStore>,
-    path: ObjectPath,
-) -> Result<Option<Bytes>> {
-    match store.get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map(Some)
-            .map_err(StorageError::store(&path)),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(StorageError::store(&path)(e)),
-    }
+async fn fetch(root: DataRoot, path: ObjectPath) -> Result<Option<Bytes>> {
+    root.read(&path).await
 }
 
 fn intent_path(publish_id: &str) -> ObjectPath {

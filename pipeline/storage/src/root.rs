@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::{Result, StorageError};
 
@@ -63,5 +66,25 @@ impl DataRoot {
             local_dir: Some(dir),
             url: dir_or_url.to_string(),
         })
+    }
+}
+
+impl DataRoot {
+    /// Every object under `prefix`.
+    pub async fn list(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(StorageError::store(prefix))
+    }
+
+    /// A whole object, or `None` when it does not exist.
+    pub async fn read(&self, path: &ObjectPath) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(StorageError::store(path)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store(path)(e)),
+        }
     }
 }

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
@@ -264,12 +263,7 @@ pub fn decode_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 /// Every segment under `_staging/`, sorted by writer then sequence.
 pub async fn list_segments(root: &DataRoot) -> Result<Vec<Segment>> {
     let prefix = ObjectPath::from(STAGING_DIR);
-    let metas: Vec<_> = root
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(StorageError::store(&prefix))?;
+    let metas = root.list(&prefix).await?;
     let mut out: Vec<Segment> = metas
         .into_iter()
         .filter_map(|m| {

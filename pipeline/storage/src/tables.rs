@@ -399,6 +399,36 @@ pub fn encode_parquet(
     Ok(buf)
 }
 
+/// Reads a published file, only `columns` when given (all when `None`).
+pub async fn read_parquet(
+    root: &crate::DataRoot,
+    location: &object_store::path::Path,
+    columns: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>> {
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let path = location.to_string();
+    let bytes = root
+        .read(location)
+        .await?
+        .ok_or_else(|| StorageError::Corrupt {
+            path: path.clone(),
+            reason: "listed but gone; another process may be compacting, retry".into(),
+        })?;
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(StorageError::parquet(&path))?;
+    if let Some(columns) = columns {
+        let schema = builder.parquet_schema();
+        let leaves = columns
+            .iter()
+            .filter_map(|c| schema.columns().iter().position(|d| d.name() == *c));
+        let mask = ProjectionMask::leaves(schema, leaves);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(StorageError::parquet(&path))?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
 /// `<table>/date=YYYY-MM-DD/hour=HH/` for an instant.
 pub fn partition_dir(table: &str, us: i64) -> String {
     let (date, hour) = kairos_core::time::partition_of(us);
