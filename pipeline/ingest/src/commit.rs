@@ -104,7 +104,7 @@ async fn run(
             metrics.accepted.inc_by(items as u64);
         }
         for ack in acks {
-            let _ = ack.send(result.clone());
+            let _ = ack.send(result.clone().map(|_| ()));
         }
     }
 }

@@ -7,31 +7,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use kairos_storage::tables;
-
 use crate::rule::{Rule, RuleError};
 
-/// The clock value used when planning: any fixed instant will do.
-const PLANNING_NOW: &str = "TIMESTAMP '2000-01-01T00:00:00Z'";
-
-/// Tables a rule can read, with their schemas.
-///
-/// - `batch_events`: the events of the current micro-batch (the `events` schema);
-/// - `events`: event history, limited to the rule's `lookback`;
-/// - `profiles`, `profile_changes`, `identities`: as published (see `docs/tables.md`).
-pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
-    vec![
-        ("batch_events", tables::EVENTS_SCHEMA.clone()),
-        ("events", tables::EVENTS_SCHEMA.clone()),
-        ("profiles", tables::PROFILES_SCHEMA.clone()),
-        ("profile_changes", tables::PROFILE_CHANGES_SCHEMA.clone()),
-        ("identities", tables::IDENTITIES_SCHEMA.clone()),
-    ]
-}
+pub use crate::engine::rule_tables;
 
 /// Output columns every rule must return, all strings.
 pub const REQUIRED_OUTPUT: [&str; 2] = ["customer_id", "dedupe_key"];
@@ -47,7 +29,10 @@ pub fn planning_session() -> datafusion::error::Result<SessionContext> {
 
 /// Plans `rule` in `ctx` and checks its output columns.
 pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<(), RuleError> {
-    let sql = rule.render_sql(&Default::default(), PLANNING_NOW)?;
+    let sql = rule.render_sql(
+        &Default::default(),
+        &crate::engine::clock_sql(946_684_800_000_000),
+    )?;
     let df = ctx
         .sql(&sql)
         .await
@@ -80,6 +65,16 @@ pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<(), RuleError> {
                 });
             }
             Some(_) => {}
+        }
+    }
+    if rule.cadence != crate::rule::Cadence::EveryBatch {
+        let due = schema.fields().iter().find(|f| f.name() == "due_at");
+        if !due.is_some_and(|f| matches!(f.data_type(), DataType::Timestamp(..))) {
+            return Err(RuleError {
+                file: rule.file.clone(),
+                line: rule.sql_line,
+                message: "a sweep (cadence other than `batch`) must return `due_at`, the timestamp its condition became true (e.g. `added_at + ${delay} AS due_at`), so Kairos can tell a new deadline from one that passed before the rule went live".into(),
+            });
         }
     }
     Ok(())
@@ -204,11 +199,11 @@ mod tests {
     #[tokio::test]
     async fn unknown_table_and_syntax_errors_are_reported() {
         assert!(
-            check("SELECT customer_id, 'x' AS dedupe_key FROM carts")
+            check("SELECT customer_id, 'x' AS dedupe_key FROM basket")
                 .await
                 .expect_err("no table")
                 .message
-                .contains("carts")
+                .contains("basket")
         );
         let e = check("SELECT customer_id, 'x' AS dedupe_key\nFROM batch_events\nWHERE AND")
             .await

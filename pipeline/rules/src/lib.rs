@@ -23,7 +23,10 @@
 //! every problem is reported with its `file:line`.
 
 pub mod check;
+pub mod engine;
 pub mod rule;
+pub mod state;
 
 pub use check::check_dir;
+pub use engine::{Engine, EngineOptions, Firing, TickReport};
 pub use rule::{Rule, RuleError, load_dir, parse};

@@ -348,7 +348,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
         let line = i + 1;
         let trimmed = raw.trim();
         let Some(comment) = trimmed.strip_prefix("--") else {
-            if trimmed.is_empty() {
+            // A blank line ends the header, so free comments may follow it.
+            if trimmed.is_empty() && fields.is_empty() && params.is_empty() {
                 continue;
             }
             sql_start = Some(i);

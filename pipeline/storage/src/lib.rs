@@ -20,9 +20,9 @@ pub mod root;
 pub mod staging;
 pub mod tables;
 
-pub use publish::{PublishStats, Publisher, PublisherOptions};
+pub use publish::{ConsumedGate, PublishStats, Publisher, PublisherOptions};
 pub use root::DataRoot;
-pub use staging::{StagingLog, WriterId};
+pub use staging::{Position, StagingLog, WriterId};
 
 /// What went wrong in storage; each variant says what to check.
 #[derive(Debug, thiserror::Error)]

@@ -87,6 +87,16 @@ impl ProfileState {
         self.latest.get(customer_id).map(|(_, m)| m)
     }
 
+    /// The current traits of a customer and when they last changed (µs).
+    pub fn get_with_time(&self, customer_id: &str) -> Option<(i64, &Map<String, Value>)> {
+        self.latest.get(customer_id).map(|(t, m)| (*t, m))
+    }
+
+    /// Every customer with a profile.
+    pub fn customers(&self) -> impl Iterator<Item = &str> {
+        self.latest.keys().map(String::as_str)
+    }
+
     /// Applies one identify; returns the new snapshot and the changes, or
     /// `None` when nothing changed.
     pub fn apply(&mut self, u: &ProfileUpdate) -> Option<(ProfileRow, Vec<ChangeRow>)> {

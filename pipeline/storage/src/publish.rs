@@ -36,7 +36,8 @@ use crate::dedupe::{DedupeIndex, id_key};
 use crate::profiles::ProfileState;
 use crate::root::DataRoot;
 use crate::staging::{
-    Segment, StagingLog, WriterId, decode_frames, list_segments, remove_writer_dir, writer_is_live,
+    Position, Segment, StagingLog, WriterId, decode_frames, list_segments, remove_writer_dir,
+    writer_is_live,
 };
 use crate::tables::{self, ChangeRow, ProfileRow, TableRow, partition_dir};
 use crate::{Result, StorageError};
@@ -108,8 +109,15 @@ impl PublisherOptions {
     }
 }
 
+/// How far a consumer of the staging log (the rule engine) has durably
+/// consumed each writer's frames. With a gate, the publisher takes only
+/// segments wholly consumed, so the engine can always redo its last batch
+/// from staging after a crash.
+pub type ConsumedGate = Arc<std::sync::Mutex<std::collections::HashMap<WriterId, Position>>>;
+
 /// Publishes this process's sealed staging segments (and orphans).
 pub struct Publisher {
+    gate: Option<ConsumedGate>,
     root: DataRoot,
     log: Arc<Mutex<StagingLog>>,
     writer: WriterId,
@@ -133,6 +141,7 @@ impl Publisher {
         };
         let dedupe = DedupeIndex::new(opts.dedupe_window_hours);
         Publisher {
+            gate: None,
             root,
             log,
             writer,
@@ -142,6 +151,12 @@ impl Publisher {
             counter: 0,
             backlog,
         }
+    }
+
+    /// Publishes only segments `gate` says are consumed.
+    pub fn with_gate(mut self, gate: ConsumedGate) -> Publisher {
+        self.gate = Some(gate);
+        self
     }
 
     /// Publishes everything sealed so far. After an error the in-memory
@@ -176,6 +191,7 @@ impl Publisher {
             chrono::Duration::from_std(self.opts.orphan_after).unwrap_or(chrono::Duration::MAX);
         let mut live: std::collections::HashMap<WriterId, bool> = std::collections::HashMap::new();
         let mut dead = std::collections::BTreeSet::new();
+        let mut blocked = std::collections::BTreeSet::new();
         let mut ready: Vec<Segment> = Vec::new();
         for s in list_segments(&self.root).await? {
             if taken.contains(&s.path.to_string()) {
@@ -196,7 +212,16 @@ impl Publisher {
                 }
                 !is_live
             };
-            if take {
+            let consumed = self.gate.as_ref().is_none_or(|g| {
+                g.lock()
+                    .ok()
+                    .and_then(|g| g.get(&s.writer).map(|p| p.covers(s.seq, s.size)))
+                    .unwrap_or(false)
+            });
+            if !consumed {
+                blocked.insert(s.writer.clone());
+            }
+            if take && consumed {
                 stats.oldest_age = stats
                     .oldest_age
                     .max((now - s.last_modified).to_std().unwrap_or_default());
@@ -224,7 +249,7 @@ impl Publisher {
         if !chunk.is_empty() {
             self.start(chunk, own_bytes, &mut stats).await?;
         }
-        for writer in dead {
+        for writer in dead.difference(&blocked) {
             remove_writer_dir(&self.root, &writer);
         }
         self.dedupe.evict();

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
 
 use crate::root::DataRoot;
 use crate::{Result, StorageError};
@@ -67,6 +68,25 @@ pub struct Segment {
     pub last_modified: DateTime<Utc>,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// Where an append ended: the segment and the byte offset just past the
+/// frame. Frames up to a position are an exact prefix of a writer's log, so
+/// the rule engine checkpoints positions and the publisher never takes a
+/// frame the engine has not consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct Position {
+    /// Segment sequence number.
+    pub seq: u64,
+    /// Bytes of that segment up to and including the frame.
+    pub end: u64,
+}
+
+impl Position {
+    /// Whether every frame of `segment` (of `size` bytes) is at or before this position.
+    pub fn covers(&self, seq: u64, size: u64) -> bool {
+        seq < self.seq || (seq == self.seq && size <= self.end)
+    }
 }
 
 /// Appends frames for one writer.
@@ -131,8 +151,9 @@ impl StagingLog {
         ObjectPath::from(format!("{STAGING_DIR}/{}/{seq:016}.log", self.writer.0))
     }
 
-    /// Appends `payload` as one frame and returns once it is durable.
-    pub async fn append(&mut self, payload: &[u8]) -> Result<()> {
+    /// Appends `payload` as one frame and returns, once it is durable, the
+    /// position just past it.
+    pub async fn append(&mut self, payload: &[u8]) -> Result<Position> {
         let frame = encode_frame(payload);
         let frame_len = frame.len() as u64;
         match self.root.local_dir.clone() {
@@ -158,10 +179,14 @@ impl StagingLog {
                 .map_err(StorageError::io(&path))?;
                 self.open_bytes += len;
                 self.backlog.fetch_add(len, Ordering::Relaxed);
+                let at = Position {
+                    seq: self.next_seq - 1,
+                    end: self.open_bytes,
+                };
                 if self.open_bytes >= MAX_SEGMENT_BYTES {
                     self.rotate();
                 }
-                Ok(())
+                Ok(at)
             }
             None => {
                 let path = self.segment_path(self.next_seq);
@@ -172,7 +197,10 @@ impl StagingLog {
                     .await
                     .map_err(StorageError::store(&path))?;
                 self.backlog.fetch_add(frame_len, Ordering::Relaxed);
-                Ok(())
+                Ok(Position {
+                    seq: self.next_seq - 1,
+                    end: frame_len,
+                })
             }
         }
     }

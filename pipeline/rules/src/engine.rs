@@ -1,0 +1,592 @@
+//! The rule engine: one tick folds a batch of items into the state and
+//! evaluates every due rule against it.
+//!
+//! Two kinds of rule, told apart by `cadence`:
+//!
+//! - **event-driven** (`cadence: batch`) rules run on every tick and see the
+//!   tick's events (`batch_events`) and the state of the customers in it;
+//! - **sweeps** (`cadence: 15m`, `hourly`, `daily`) run when the rule clock
+//!   crosses a multiple of their cadence and see every customer's state.
+//!   They return `due_at`, the instant their condition became true (a cart's
+//!   deadline, an inactivity threshold); a firing counts only if `due_at`
+//!   falls after the rule's previous evaluation. That is what keeps a rule
+//!   from firing for conditions that were already true before it went live,
+//!   and `catch_up` bounds how far back a restart after downtime reaches.
+//!
+//! A sweep due at boundary `b` sees exactly the events up to `b`, even when
+//! the tick holds later ones, so a replay in large batches fires the same
+//! set as a live run in small ones.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde_json::Value;
+
+use kairos_core::event::{EventRecord, StagedItem};
+use kairos_storage::tables;
+
+use crate::rule::{Cadence, Param, Rule};
+use crate::state::{self, Applied, State};
+
+/// Tables a rule can read, with their schemas.
+pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
+    vec![
+        ("batch_events", tables::EVENTS_SCHEMA.clone()),
+        ("customers", state::CUSTOMERS_SCHEMA.clone()),
+        ("carts", state::CARTS_SCHEMA.clone()),
+        ("product_views", state::PRODUCT_VIEWS_SCHEMA.clone()),
+        ("profiles", state::RULE_PROFILES_SCHEMA.clone()),
+        ("profile_changes", tables::PROFILE_CHANGES_SCHEMA.clone()),
+        ("identities", tables::IDENTITIES_SCHEMA.clone()),
+    ]
+}
+
+/// The rule clock as a SQL literal (UTC).
+pub fn clock_sql(us: i64) -> String {
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).unwrap_or_default();
+    format!(
+        "CAST('{}' AS TIMESTAMP)",
+        t.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    )
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back (µs) a sweep reaches after downtime.
+    pub catch_up_us: i64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            catch_up_us: 3_600_000_000,
+        }
+    }
+}
+
+/// One rule firing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    /// Rule name.
+    pub rule: String,
+    /// Canonical customer id.
+    pub customer_id: String,
+    /// One instance of the trigger.
+    pub dedupe_key: String,
+    /// When the condition became true, µs.
+    pub due_at_us: i64,
+    /// The rule clock of the evaluation, µs.
+    pub clock_us: i64,
+    /// The rule's other output columns, as a JSON object.
+    pub context: String,
+}
+
+/// A rule that failed in a tick; the others still ran.
+#[derive(Debug, Clone)]
+pub struct RuleFailure {
+    /// Rule name.
+    pub rule: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What a tick did.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// New firings, deduplicated.
+    pub firings: Vec<Firing>,
+    /// Rules that failed.
+    pub failures: Vec<RuleFailure>,
+    /// Per evaluated rule: name, time taken, rows returned.
+    pub evaluated: Vec<(String, Duration, usize)>,
+    /// Items in the tick.
+    pub items: usize,
+    /// Items dropped as retries.
+    pub duplicates: usize,
+    /// Rows dropped because their `due_at` was before the rule's window.
+    pub stale: usize,
+}
+
+struct Compiled {
+    rule: Rule,
+    overrides: BTreeMap<String, Param>,
+    reads: Vec<&'static str>,
+}
+
+/// The rule engine: state, rules, what fired, and each rule's clock.
+pub struct Engine {
+    rules: Vec<Compiled>,
+    /// Customer state.
+    pub state: State,
+    fired: HashSet<u128>,
+    clocks: BTreeMap<String, i64>,
+    opts: EngineOptions,
+    ctx: SessionContext,
+}
+
+fn fired_key(rule: &str, customer: &str, key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(format!("{rule}\0{customer}\0{key}").as_bytes())
+}
+
+fn contains_word(haystack: &str, word: &str) -> bool {
+    haystack.match_indices(word).any(|(i, _)| {
+        let before = haystack[..i].chars().next_back();
+        let after = haystack[i + word.len()..].chars().next();
+        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        !ident(before) && !ident(after)
+    })
+}
+
+impl Engine {
+    /// An engine over `rules` (with parameter overrides per rule name).
+    pub fn new(
+        rules: Vec<Rule>,
+        overrides: &BTreeMap<String, BTreeMap<String, Param>>,
+        state: State,
+        opts: EngineOptions,
+    ) -> Engine {
+        let names: Vec<&'static str> = rule_tables().iter().map(|(n, _)| *n).collect();
+        let rules = rules
+            .into_iter()
+            .map(|rule| {
+                let sql = rule.sql.to_lowercase();
+                Compiled {
+                    overrides: overrides.get(&rule.name).cloned().unwrap_or_default(),
+                    reads: names
+                        .iter()
+                        .copied()
+                        .filter(|n| contains_word(&sql, n))
+                        .collect(),
+                    rule,
+                }
+            })
+            .collect();
+        Engine {
+            rules,
+            state,
+            fired: HashSet::new(),
+            clocks: BTreeMap::new(),
+            opts,
+            ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
+        }
+    }
+
+    /// The rules, in load order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|c| &c.rule)
+    }
+
+    /// Each rule's last evaluation (µs).
+    pub fn clocks(&self) -> &BTreeMap<String, i64> {
+        &self.clocks
+    }
+
+    /// Restores the rule clocks from a checkpoint.
+    pub fn set_clocks(&mut self, clocks: BTreeMap<String, i64>) {
+        self.clocks = clocks;
+    }
+
+    /// Records a past firing so it never fires again.
+    pub fn mark_fired(&mut self, rule: &str, customer: &str, key: &str) {
+        self.fired.insert(fired_key(rule, customer, key));
+    }
+
+    /// Firings remembered.
+    pub fn fired_len(&self) -> usize {
+        self.fired.len()
+    }
+
+    /// Folds `items` into the state without evaluating anything (history
+    /// before a backtest window).
+    pub fn absorb(&mut self, items: &[StagedItem]) {
+        let mut applied = Applied::default();
+        for item in items {
+            self.apply(item, &mut applied);
+        }
+    }
+
+    fn apply(&mut self, item: &StagedItem, applied: &mut Applied) {
+        match item {
+            StagedItem::Event(e) => {
+                if self.state.apply_event(e) {
+                    let id = self.state.canonical(&e.customer_id).to_string();
+                    let mut e = e.clone();
+                    e.customer_id.clone_from(&id);
+                    applied.customers.insert(id);
+                    applied.events.push(e);
+                } else {
+                    applied.duplicates += 1;
+                }
+            }
+            StagedItem::Profile(p) => match self.state.apply_profile(p) {
+                Some(changes) => {
+                    applied
+                        .customers
+                        .insert(self.state.canonical(&p.customer_id).to_string());
+                    applied.changes.extend(changes);
+                }
+                None => applied.duplicates += 1,
+            },
+            StagedItem::Identity(i) => {
+                if self.state.apply_identity(i) {
+                    applied.customers.insert(i.user_id.clone());
+                    applied.identities.push(i.clone());
+                } else {
+                    applied.duplicates += 1;
+                }
+            }
+        }
+    }
+
+    /// One tick at rule clock `now` (µs): apply `items`, run due sweeps at
+    /// their boundaries, then the event-driven rules.
+    pub async fn tick(&mut self, mut items: Vec<StagedItem>, now: i64) -> TickReport {
+        items.sort_by_key(StagedItem::timestamp_us);
+        let mut report = TickReport {
+            items: items.len(),
+            ..TickReport::default()
+        };
+        let mut due: Vec<(i64, usize)> = Vec::new();
+        for (i, c) in self.rules.iter().enumerate() {
+            let Cadence::EverySecs(secs) = c.rule.cadence else {
+                continue;
+            };
+            let every = (secs as i64).saturating_mul(1_000_000).max(1);
+            let boundary = now - now.rem_euclid(every);
+            match self.clocks.get(&c.rule.name) {
+                // A sweep goes live now: nothing before this instant fires.
+                None => {
+                    self.clocks.insert(c.rule.name.clone(), now);
+                }
+                Some(last) if boundary > *last => due.push((boundary, i)),
+                Some(_) => {}
+            }
+        }
+        due.sort_unstable();
+
+        let mut applied = Applied::default();
+        let mut next = 0;
+        let mut at = 0;
+        while at < due.len() {
+            let boundary = due[at].0;
+            while next < items.len() && items[next].timestamp_us() <= boundary {
+                self.apply(&items[next], &mut applied);
+                next += 1;
+            }
+            self.state.prune(boundary);
+            let group: Vec<usize> = due[at..]
+                .iter()
+                .take_while(|(b, _)| *b == boundary)
+                .map(|(_, i)| *i)
+                .collect();
+            at += group.len();
+            let mut tables = Tables::new(None, boundary);
+            for i in group {
+                self.run(i, boundary, &applied, &mut tables, &mut report)
+                    .await;
+            }
+        }
+        for item in &items[next..] {
+            self.apply(item, &mut applied);
+        }
+        report.duplicates = applied.duplicates;
+
+        let customers = std::mem::take(&mut applied.customers);
+        let mut tables = Tables::new(Some(customers), now);
+        for i in 0..self.rules.len() {
+            if self.rules[i].rule.cadence == Cadence::EveryBatch {
+                self.run(i, now, &applied, &mut tables, &mut report).await;
+            }
+        }
+        report
+    }
+
+    async fn run(
+        &mut self,
+        i: usize,
+        clock: i64,
+        applied: &Applied,
+        tables: &mut Tables,
+        report: &mut TickReport,
+    ) {
+        let started = Instant::now();
+        let name = self.rules[i].rule.name.clone();
+        let sweep = self.rules[i].rule.cadence != Cadence::EveryBatch;
+        let last = self.clocks.get(&name).copied();
+        self.clocks.insert(name.clone(), clock);
+        let rows = match self.evaluate(i, clock, applied, tables).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(rule = %name, %error, "rule failed; the other rules keep firing");
+                report.failures.push(RuleFailure { rule: name, error });
+                return;
+            }
+        };
+        report
+            .evaluated
+            .push((name.clone(), started.elapsed(), rows.len()));
+        let floor = clock - self.opts.catch_up_us;
+        let since = if sweep {
+            last.unwrap_or(clock).max(floor)
+        } else {
+            floor
+        };
+        for (customer_id, dedupe_key, due_at, context) in rows {
+            let due_at_us = due_at.unwrap_or(clock);
+            let in_window = if sweep {
+                due_at.is_some_and(|d| d > since && d <= clock)
+            } else {
+                due_at_us >= since
+            };
+            if !in_window {
+                report.stale += 1;
+                continue;
+            }
+            if !self
+                .fired
+                .insert(fired_key(&name, &customer_id, &dedupe_key))
+            {
+                continue;
+            }
+            report.firings.push(Firing {
+                rule: name.clone(),
+                customer_id,
+                dedupe_key,
+                due_at_us,
+                clock_us: clock,
+                context,
+            });
+        }
+    }
+
+    async fn evaluate(
+        &mut self,
+        i: usize,
+        clock: i64,
+        applied: &Applied,
+        tables: &mut Tables,
+    ) -> Result<Vec<Row>, String> {
+        let c = &self.rules[i];
+        for name in &c.reads {
+            let batch = tables.get(name, &self.state, applied);
+            let provider =
+                MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| e.to_string())?;
+            self.ctx
+                .deregister_table(*name)
+                .map_err(|e| e.to_string())?;
+            self.ctx
+                .register_table(*name, Arc::new(provider))
+                .map_err(|e| e.to_string())?;
+        }
+        let sql = c
+            .rule
+            .render_sql(&c.overrides, &clock_sql(clock))
+            .map_err(|e| e.to_string())?;
+        let batches = self
+            .ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| e.to_string())?
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        for b in &batches {
+            rows.extend(rows_of(b)?);
+        }
+        Ok(rows)
+    }
+}
+
+/// (customer_id, dedupe_key, due_at, context JSON).
+type Row = (String, String, Option<i64>, String);
+
+/// The state tables of one evaluation scope, built on first use.
+struct Tables {
+    customers: Option<HashSet<String>>,
+    clock: i64,
+    built: HashMap<&'static str, RecordBatch>,
+}
+
+impl Tables {
+    fn new(customers: Option<HashSet<String>>, clock: i64) -> Tables {
+        Tables {
+            customers,
+            clock,
+            built: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, name: &'static str, state: &State, applied: &Applied) -> RecordBatch {
+        if let Some(b) = self.built.get(name) {
+            return b.clone();
+        }
+        let ids = self.customers.as_ref();
+        let empty = |schema: SchemaRef| RecordBatch::new_empty(schema);
+        let batch = match name {
+            "batch_events" => {
+                let refs: Vec<&EventRecord> = applied.events.iter().collect();
+                tables::events_batch(&refs).unwrap_or_else(|_| empty(tables::EVENTS_SCHEMA.clone()))
+            }
+            "customers" => state.customers_table(ids),
+            "carts" => state.carts_table(ids, self.clock),
+            "product_views" => state.views_table(ids, self.clock),
+            "profiles" => state.profiles_table(ids),
+            "profile_changes" => {
+                let refs: Vec<_> = applied.changes.iter().collect();
+                tables::changes_batch(&refs)
+                    .unwrap_or_else(|_| empty(tables::PROFILE_CHANGES_SCHEMA.clone()))
+            }
+            _ => {
+                let refs: Vec<_> = applied.identities.iter().collect();
+                tables::identities_batch(&refs)
+                    .unwrap_or_else(|_| empty(tables::IDENTITIES_SCHEMA.clone()))
+            }
+        };
+        self.built.insert(name, batch.clone());
+        batch
+    }
+}
+
+fn strings(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, String> {
+    let col = b
+        .column_by_name(name)
+        .ok_or_else(|| format!("the rule returned no `{name}` column"))?;
+    let col = cast(col, &DataType::Utf8).map_err(|e| format!("`{name}`: {e}"))?;
+    let s = col.as_string::<i32>();
+    Ok((0..s.len())
+        .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
+        .collect())
+}
+
+fn rows_of(b: &RecordBatch) -> Result<Vec<Row>, String> {
+    let customers = strings(b, "customer_id")?;
+    let keys = strings(b, "dedupe_key")?;
+    let due = match b.column_by_name("due_at") {
+        Some(col) => {
+            let col = cast(
+                col,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            )
+            .map_err(|e| format!("`due_at` must be a timestamp: {e}"))?;
+            let col = cast(&col, &DataType::Int64).map_err(|e| e.to_string())?;
+            let a = col.as_primitive::<Int64Type>();
+            (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i)))
+                .collect()
+        }
+        None => vec![None; b.num_rows()],
+    };
+    let schema = b.schema();
+    let extra: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| {
+            !matches!(
+                schema.field(*i).name().as_str(),
+                "customer_id" | "dedupe_key" | "due_at"
+            )
+        })
+        .collect();
+    let mut contexts: Vec<serde_json::Map<String, Value>> =
+        vec![serde_json::Map::new(); b.num_rows()];
+    for i in extra {
+        let name = schema.field(i).name();
+        for (row, v) in json_values(b.column(i))?.into_iter().enumerate() {
+            contexts[row].insert(name.clone(), v);
+        }
+    }
+    let mut out = Vec::with_capacity(b.num_rows());
+    for (row, ctx) in contexts.into_iter().enumerate() {
+        // A row without a customer or key cannot fire: there is no one to
+        // message and nothing to deduplicate on.
+        let (Some(c), Some(k)) = (customers[row].clone(), keys[row].clone()) else {
+            continue;
+        };
+        out.push((c, k, due[row], Value::Object(ctx).to_string()));
+    }
+    Ok(out)
+}
+
+fn json_values(col: &dyn Array) -> Result<Vec<Value>, String> {
+    let n = col.len();
+    let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
+    Ok(match col.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => {
+            let c = cast(col, &DataType::Int64).map_err(err)?;
+            let a = c.as_primitive::<Int64Type>();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        Value::from(a.value(i))
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            let c = cast(col, &DataType::Float64).map_err(err)?;
+            let a = c.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        serde_json::Number::from_f64(a.value(i)).map_or(Value::Null, Value::Number)
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::Boolean => {
+            let a = col.as_boolean();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        Value::Bool(a.value(i))
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let c = cast(col, &DataType::Utf8).map_err(err)?;
+            let a = c.as_string::<i32>();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        Value::String(a.value(i).to_string())
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let opts = FormatOptions::default();
+            let f = ArrayFormatter::try_new(col, &opts).map_err(err)?;
+            (0..n)
+                .map(|i| {
+                    if col.is_valid(i) {
+                        Value::String(f.value(i).to_string())
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect()
+        }
+    })
+}

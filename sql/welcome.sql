@@ -1,0 +1,19 @@
+-- name: welcome
+-- description: Welcome a new customer the moment they sign up.
+-- channel: preferred
+-- template: welcome
+-- priority: 80
+-- cadence: batch
+-- split: holdout=10 scheduled=20 triggered=70
+-- scheduled_at: 10:00
+
+-- The key is constant: one welcome per customer, ever, however many
+-- signup events arrive (client retries, a second device).
+SELECT e.customer_id,
+       'welcome' AS dedupe_key,
+       min(e.timestamp) AS due_at,
+       max(p.first_name) AS first_name
+FROM batch_events e
+LEFT JOIN profiles p ON p.customer_id = e.customer_id
+WHERE e.event_type = 'signup'
+GROUP BY e.customer_id
