@@ -10,5 +10,6 @@ mod import;
 mod ingest;
 mod readers;
 mod rules;
+mod rules_live;
 mod s3;
 mod support;

@@ -73,6 +73,10 @@ impl Server {
         ])
         .arg(&self.config)
         .env("RUST_LOG", "warn")
+        .env(
+            "KAIROS__RULES__DIR",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql"),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
         for (k, v) in &self.env {

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod generate;
 mod import;
+mod live;
 mod loadgen;
 mod serve;
 

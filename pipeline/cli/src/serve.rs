@@ -17,7 +17,9 @@ use tower_http::trace::TraceLayer;
 use kairos_core::Config;
 use kairos_core::event::EventTypes;
 use kairos_ingest::{Committer, IngestState, Metrics, Normalizer};
-use kairos_storage::{DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
+use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
+
+use crate::live;
 
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -29,13 +31,38 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let backlog = log.backlog();
     let log = Arc::new(Mutex::new(log));
     let metrics = Metrics::new();
+
+    // The rules consume the staging log; the publisher takes only what
+    // they consumed (see kairos_rules::runner).
+    let gate: ConsumedGate = Arc::default();
+    let (feed, rules_task) = if config.rules.enabled {
+        let clock = live::Clock::parse(&config.rules.clock)?;
+        let runner = live::recover(&config, &root, gate.clone(), clock, &metrics).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(live::run(live::Live {
+            runner,
+            writer: writer.clone(),
+            feed: rx,
+            interval: Duration::from_millis(config.rules.interval_ms.max(1)),
+            clock,
+            metrics: metrics.clone(),
+        }));
+        (Some(tx), Some(task))
+    } else {
+        (None, None)
+    };
     let (committer, commit_task) = Committer::start(
         log.clone(),
         config.ingest.group_commit_max_bytes,
         Duration::from_millis(config.ingest.group_commit_max_delay_ms),
         metrics.clone(),
+        feed,
     );
-    let publisher = Publisher::new(root.clone(), log, PublisherOptions::from_config(&config)).await;
+    let mut publisher =
+        Publisher::new(root.clone(), log, PublisherOptions::from_config(&config)).await;
+    if config.rules.enabled {
+        publisher = publisher.with_gate(gate);
+    }
     let (stop_publisher, stopped) = oneshot::channel();
     let interval = Duration::from_secs(config.publish.interval_secs.max(1));
     let publish_task = tokio::spawn(publish_loop(
@@ -98,6 +125,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The router (and with it every committer handle) is gone: the
     // committer drains what was queued, then the last publish runs.
     commit_task.await.context("committer task")?;
+    if let Some(task) = rules_task {
+        task.await.context("rules task")??;
+    }
     let _ = stop_publisher.send(());
     publish_task.await.context("publisher task")??;
     kairos_storage::staging::remove_writer_dir(&root, &writer);

@@ -35,6 +35,8 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     /// Event naming.
     pub events: EventsConfig,
+    /// `[rules]`.
+    pub rules: RulesConfig,
 }
 
 /// `[storage]`
@@ -97,6 +99,23 @@ pub struct DedupeConfig {
 pub struct EventsConfig {
     /// Event name as sent -> canonical type; merged over the built-in Segment spec mapping.
     pub mapping: BTreeMap<String, String>,
+}
+
+/// `[rules]`: the micro-batch loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Folder of rule files.
+    pub dir: std::path::PathBuf,
+    /// Micro-batch interval, milliseconds.
+    pub interval_ms: u64,
+    /// How far back a sweep reaches after downtime, e.g. "1h".
+    pub catch_up: String,
+    /// `wall` (the machine clock) or `events` (the latest event time seen:
+    /// for tests and demos that post old events).
+    pub clock: String,
+    /// Off: serve only ingests and publishes.
+    pub enabled: bool,
 }
 
 /// A secret string whose `Debug` never prints the value.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use kairos_storage::StagingLog;
+use kairos_storage::{Position, StagingLog};
 
 use crate::metrics::Metrics;
 
@@ -26,6 +26,16 @@ struct Pending {
     ack: oneshot::Sender<Result<(), CommitError>>,
 }
 
+/// One durable append, handed to the rule engine so it never re-reads
+/// what was just written.
+#[derive(Debug)]
+pub struct Committed {
+    /// Where the frame ends in this process's staging log.
+    pub at: Position,
+    /// The frame payload: one JSON item per line.
+    pub payload: Vec<u8>,
+}
+
 /// Handle to the committer task.
 #[derive(Clone)]
 pub struct Committer {
@@ -33,15 +43,17 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer over `log`.
+    /// Starts the committer over `log`; every durable append also goes to
+    /// `feed` when given.
     pub fn start(
         log: Arc<Mutex<StagingLog>>,
         max_bytes: usize,
         max_delay: Duration,
         metrics: Arc<Metrics>,
+        feed: Option<mpsc::UnboundedSender<Committed>>,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(rx, log, max_bytes, max_delay, metrics));
+        let task = tokio::spawn(run(rx, log, max_bytes, max_delay, metrics, feed));
         (Committer { tx }, task)
     }
 
@@ -67,6 +79,7 @@ async fn run(
     max_bytes: usize,
     max_delay: Duration,
     metrics: Arc<Metrics>,
+    feed: Option<mpsc::UnboundedSender<Committed>>,
 ) {
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + max_delay;
@@ -100,8 +113,16 @@ async fn run(
             tracing::error!(error = %e, items, "staging append failed; requests answered 503");
             CommitError(e.to_string())
         });
-        if result.is_ok() {
+        if let Ok(at) = &result {
             metrics.accepted.inc_by(items as u64);
+            if let Some(feed) = &feed {
+                // The engine may have stopped at shutdown; the frame is
+                // durable and recovery reads it from staging.
+                let _ = feed.send(Committed {
+                    at: *at,
+                    payload: buf,
+                });
+            }
         }
         for ack in acks {
             let _ = ack.send(result.clone().map(|_| ()));

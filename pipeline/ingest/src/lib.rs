@@ -11,6 +11,6 @@ pub mod http;
 pub mod metrics;
 
 pub use calls::{CallType, ItemError, Normalizer};
-pub use commit::Committer;
+pub use commit::{Committed, Committer};
 pub use http::{IngestState, router};
 pub use metrics::Metrics;

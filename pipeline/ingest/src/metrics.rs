@@ -24,6 +24,13 @@ pub struct Op {
     pub op: String,
 }
 
+/// A `rule` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// Rule name.
+    pub rule: String,
+}
+
 /// All Kairos metrics.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +52,14 @@ pub struct Metrics {
     pub duplicates: Counter,
     /// Object-store errors by operation.
     pub store_errors: Family<Op, Counter>,
+    /// Firings by rule.
+    pub rule_firings: Family<RuleLabel, Counter>,
+    /// Rule evaluations that failed, by rule.
+    pub rule_failures: Family<RuleLabel, Counter>,
+    /// Seconds per micro-batch (state update, rules, outputs, checkpoint).
+    pub rule_batch_seconds: Histogram,
+    /// Seconds from the oldest event's receipt to its batch's firings being durable.
+    pub rule_latency_seconds: Histogram,
 }
 
 impl Metrics {
@@ -60,6 +75,26 @@ impl Metrics {
         let published_rows = Counter::default();
         let duplicates = Counter::default();
         let store_errors = Family::<Op, Counter>::default();
+        let rule_firings = Family::<RuleLabel, Counter>::default();
+        let rule_failures = Family::<RuleLabel, Counter>::default();
+        let rule_batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let rule_latency_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register("rule_firings", "Rule firings", rule_firings.clone());
+        registry.register(
+            "rule_failures",
+            "Rule evaluations that failed (the other rules kept firing)",
+            rule_failures.clone(),
+        );
+        registry.register(
+            "rule_batch_seconds",
+            "Seconds per micro-batch",
+            rule_batch_seconds.clone(),
+        );
+        registry.register(
+            "rule_latency_seconds",
+            "Seconds from receipt of a batch's oldest event to its firings being durable",
+            rule_latency_seconds.clone(),
+        );
         registry.register(
             "ingest_events_accepted",
             "Events durable and acknowledged",
@@ -116,6 +151,10 @@ impl Metrics {
             published_rows,
             duplicates,
             store_errors,
+            rule_firings,
+            rule_failures,
+            rule_batch_seconds,
+            rule_latency_seconds,
         })
     }
 

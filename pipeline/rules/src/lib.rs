@@ -24,7 +24,9 @@
 
 pub mod check;
 pub mod engine;
+pub mod firings;
 pub mod rule;
+pub mod runner;
 pub mod state;
 
 pub use check::check_dir;

@@ -37,7 +37,8 @@ pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 /// The folder under the data root holding staged, not yet published frames.
 pub const STAGING_DIR: &str = "_staging";
 
-const FRAME_HEADER: usize = 8;
+/// Bytes before each frame's payload: length and CRC32.
+pub const FRAME_HEADER: usize = 8;
 
 /// Identifies one ingest process's staging segments: start time and pid, so
 /// a restarted process never appends after a previous run's torn tail.

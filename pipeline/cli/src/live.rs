@@ -1,0 +1,237 @@
+//! The live micro-batch loop of `kairos serve`.
+//!
+//! Every `rules.interval_ms` it takes the appends ingest made durable since
+//! the last tick (handed over in memory, never re-read), runs them as one
+//! durable batch ([`kairos_rules::runner`]), and counts firings, failures
+//! and latency in `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use kairos_core::Config;
+use kairos_core::event::StagedItem;
+use kairos_ingest::metrics::RuleLabel;
+use kairos_ingest::{Committed, Metrics};
+use kairos_rules::runner::{Runner, decode_payload};
+use kairos_rules::{EngineOptions, TickReport};
+use kairos_storage::{ConsumedGate, DataRoot, Position, WriterId};
+
+/// Which clock drives the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The machine's clock.
+    Wall,
+    /// The latest event time seen (tests and demos posting old events).
+    Events,
+}
+
+impl Clock {
+    /// From `rules.clock`.
+    pub fn parse(s: &str) -> anyhow::Result<Clock> {
+        match s {
+            "wall" => Ok(Clock::Wall),
+            "events" => Ok(Clock::Events),
+            other => anyhow::bail!("rules.clock = {other:?}: use \"wall\" or \"events\""),
+        }
+    }
+}
+
+/// Loads and checks the rules; refuses to go on when any is invalid.
+pub async fn load_rules(config: &Config) -> anyhow::Result<Vec<kairos_rules::Rule>> {
+    let dir = &config.rules.dir;
+    let (rules, errors) = kairos_rules::check_dir(dir).await;
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "refusing to start: {} problem(s) in the rules in {}:\n{}\nfix them (`kairos rules check {}`) or set rules.enabled = false",
+            errors.len(),
+            dir.display(),
+            list.join("\n"),
+            dir.display()
+        );
+    }
+    Ok(rules)
+}
+
+/// Engine options from `[rules]`.
+pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
+    let secs = kairos_rules::rule::parse_duration(&config.rules.catch_up)
+        .map_err(|e| anyhow::anyhow!("rules.catch_up: {e}"))?;
+    Ok(EngineOptions {
+        catch_up_us: secs as i64 * 1_000_000,
+    })
+}
+
+/// The running loop's inputs.
+pub struct Live {
+    /// Durable, recovered runner.
+    pub runner: Runner,
+    /// This process's staging writer.
+    pub writer: WriterId,
+    /// Appends from the committer.
+    pub feed: mpsc::UnboundedReceiver<Committed>,
+    /// Tick interval.
+    pub interval: Duration,
+    /// Clock mode.
+    pub clock: Clock,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Recovers the engine from the lake, redoes an interrupted batch and runs
+/// what was staged but not consumed; returns the runner ready for new input.
+pub async fn recover(
+    config: &Config,
+    root: &DataRoot,
+    gate: ConsumedGate,
+    clock: Clock,
+    metrics: &Metrics,
+) -> anyhow::Result<Runner> {
+    let rules = load_rules(config).await?;
+    let started = Instant::now();
+    let rec = Runner::recover(
+        root.clone(),
+        rules,
+        &BTreeMap::new(),
+        engine_options(config)?,
+        gate,
+    )
+    .await
+    .context("rebuilding the rule engine's state from the data root")?;
+    let mut runner = rec.runner;
+    tracing::info!(
+        events = rec.rebuilt_events,
+        customers = runner.engine.state.len(),
+        firings = runner.engine.fired_len(),
+        batch = runner.checkpoint().batch,
+        ms = started.elapsed().as_millis() as u64,
+        "rule state rebuilt"
+    );
+    if let Some((items, at)) = rec.redo {
+        tracing::info!(
+            batch = runner.checkpoint().batch,
+            items = items.len(),
+            "redoing the batch a crash interrupted"
+        );
+        let report = runner.redo(items, at).await?;
+        record(metrics, &report, None);
+    }
+    if !rec.pending.items.is_empty() {
+        let now = match clock {
+            Clock::Wall => kairos_core::time::now_us(),
+            Clock::Events => event_clock(runner.checkpoint().clock_us, &rec.pending.items),
+        };
+        let report = runner.run(rec.pending.items, &rec.pending.to, now).await?;
+        record(metrics, &report, None);
+    }
+    Ok(runner)
+}
+
+fn event_clock(last: i64, items: &[StagedItem]) -> i64 {
+    items
+        .iter()
+        .map(StagedItem::timestamp_us)
+        .max()
+        .unwrap_or(last)
+        .max(last)
+}
+
+fn record(metrics: &Metrics, report: &TickReport, oldest_received: Option<i64>) {
+    for f in &report.firings {
+        metrics
+            .rule_firings
+            .get_or_create(&RuleLabel {
+                rule: f.rule.clone(),
+            })
+            .inc();
+    }
+    for f in &report.failures {
+        metrics
+            .rule_failures
+            .get_or_create(&RuleLabel {
+                rule: f.rule.clone(),
+            })
+            .inc();
+    }
+    if let Some(r) = oldest_received {
+        let secs = (kairos_core::time::now_us() - r).max(0) as f64 / 1e6;
+        metrics.rule_latency_seconds.observe(secs);
+    }
+}
+
+/// Runs ticks until the feed closes: at shutdown the committer stops after
+/// the last request, and the final tick takes everything it made durable.
+pub async fn run(mut live: Live) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(live.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut items = Vec::new();
+        let mut to: Option<Position> = None;
+        let mut closed = false;
+        loop {
+            match live.feed.try_recv() {
+                Ok(c) => {
+                    items.extend(decode_payload(&c.payload).context("decoding a staged frame")?);
+                    to = Some(c.at);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let last = live.runner.checkpoint().clock_us;
+        let now = match live.clock {
+            Clock::Wall => kairos_core::time::now_us(),
+            Clock::Events => event_clock(last, &items),
+        };
+        let idle_events_clock = live.clock == Clock::Events && items.is_empty();
+        if !idle_events_clock {
+            let oldest = items
+                .iter()
+                .filter_map(|i| match i {
+                    StagedItem::Event(e) => Some(e.received_at_us),
+                    _ => None,
+                })
+                .min();
+            let mut positions = BTreeMap::new();
+            if let Some(at) = to {
+                positions.insert(live.writer.0.clone(), at);
+            }
+            let started = Instant::now();
+            match live.runner.run(items, &positions, now).await {
+                Ok(report) => {
+                    live.metrics
+                        .rule_batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    record(&live.metrics, &report, oldest);
+                    if !report.firings.is_empty() || !report.failures.is_empty() {
+                        tracing::info!(
+                            batch = live.runner.checkpoint().batch,
+                            items = report.items,
+                            firings = report.firings.len(),
+                            failures = report.failures.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "rules batch"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // The batch's inputs stay staged and unconsumed; a
+                    // restart redoes it. Stop rather than skip it.
+                    return Err(e)
+                        .context("writing a rules batch failed; restart kairos to redo it");
+                }
+            }
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}

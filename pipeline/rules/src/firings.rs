@@ -1,0 +1,154 @@
+//! The `firings/` table: one row per rule firing.
+//!
+//! Files are named by batch (`firings/date=…/hour=…/<batch id>.parquet`,
+//! partitioned by the batch's rule clock), so redoing a batch after a crash
+//! rewrites the same object and a reader never sees a firing twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+
+use kairos_storage::tables::{self, partition_dir, read_parquet};
+use kairos_storage::{DataRoot, StorageError};
+
+use crate::engine::Firing;
+
+/// Table folder.
+pub const FIRINGS: &str = "firings";
+
+/// `firings/` schema.
+pub static FIRINGS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("dedupe_key", DataType::Utf8, false),
+        Field::new("due_at", ts(), false),
+        Field::new("clock", ts(), false),
+        Field::new("fired_at", ts(), false),
+        Field::new("batch_id", DataType::Utf8, false),
+        Field::new("context", DataType::Utf8, false),
+    ]))
+});
+
+/// The id of batch `n`: sorts in batch order.
+pub fn batch_id(n: u64) -> String {
+    format!("b{n:012}")
+}
+
+/// Firings as a record batch, sorted by customer.
+pub fn firings_batch(firings: &[Firing], batch: &str, fired_at_us: i64) -> RecordBatch {
+    let mut refs: Vec<&Firing> = firings.iter().collect();
+    refs.sort_by(|a, b| (&a.customer_id, &a.rule).cmp(&(&b.customer_id, &b.rule)));
+    let s = |f: &dyn Fn(&Firing) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(refs.iter().map(|x| f(x))))
+    };
+    let t = |f: &dyn Fn(&Firing) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(refs.iter().map(|x| f(x)))
+                .with_timezone("UTC"),
+        )
+    };
+    let cols = vec![
+        s(&|x| &x.rule),
+        s(&|x| &x.customer_id),
+        s(&|x| &x.dedupe_key),
+        t(&|x| x.due_at_us),
+        t(&|x| x.clock_us),
+        t(&|_| fired_at_us),
+        Arc::new(StringArray::from_iter_values(refs.iter().map(|_| batch))),
+        s(&|x| &x.context),
+    ];
+    RecordBatch::try_new(FIRINGS_SCHEMA.clone(), cols)
+        .unwrap_or_else(|_| RecordBatch::new_empty(FIRINGS_SCHEMA.clone()))
+}
+
+/// Where batch `batch`'s firings go.
+pub fn firings_path(batch: &str, clock_us: i64) -> ObjectPath {
+    ObjectPath::from(format!(
+        "{}/{batch}.parquet",
+        partition_dir(FIRINGS, clock_us)
+    ))
+}
+
+/// Writes one batch's firings in one PUT; `fired_at` is now.
+pub async fn write(
+    root: &DataRoot,
+    firings: &[Firing],
+    batch: &str,
+    clock_us: i64,
+) -> Result<ObjectPath, StorageError> {
+    let path = firings_path(batch, clock_us);
+    let data = firings_batch(firings, batch, kairos_core::time::now_us());
+    let props = tables::writer_properties(&FIRINGS_SCHEMA, "customer_id", &["customer_id"], 65_536);
+    let bytes = tables::encode_parquet(&data, props, path.as_ref())?;
+    root.store
+        .put(&path, Bytes::from(bytes).into())
+        .await
+        .map_err(|source| StorageError::ObjectStore {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(path)
+}
+
+/// Every past firing as (rule, customer, key), skipping the file of batch `skip`.
+pub async fn load(
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> Result<Vec<(String, String, String)>, StorageError> {
+    let mut out = Vec::new();
+    let skip = skip.map(|s| format!("{s}.parquet"));
+    for meta in root.list(&ObjectPath::from(FIRINGS)).await? {
+        let name = meta.location.filename().unwrap_or_default();
+        if !name.ends_with(".parquet") || skip.as_deref() == Some(name) {
+            continue;
+        }
+        for b in read_parquet(
+            root,
+            &meta.location,
+            Some(&["rule", "customer_id", "dedupe_key"]),
+        )
+        .await?
+        {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+                    .ok_or_else(|| StorageError::Corrupt {
+                        path: meta.location.to_string(),
+                        reason: format!("no string column {n}"),
+                    })
+            };
+            let (r, c, k) = (col("rule")?, col("customer_id")?, col("dedupe_key")?);
+            for i in 0..b.num_rows() {
+                out.push((
+                    r.value(i).to_string(),
+                    c.value(i).to_string(),
+                    k.value(i).to_string(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Batch ids that have a firings file.
+pub async fn batches(root: &DataRoot) -> Result<HashSet<String>, StorageError> {
+    Ok(root
+        .list(&ObjectPath::from(FIRINGS))
+        .await?
+        .iter()
+        .filter_map(|m| {
+            m.location
+                .filename()
+                .and_then(|n| n.strip_suffix(".parquet"))
+                .map(str::to_string)
+        })
+        .collect())
+}

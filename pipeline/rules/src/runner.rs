@@ -1,0 +1,433 @@
+//! Durable micro-batches: exactly-once firings across crashes.
+//!
+//! The staging log is the engine's input queue. Each batch is a range of
+//! staged frames per writer, `(from, to]`. A batch runs as:
+//!
+//! 1. write the checkpoint as *planned*: batch number, input range, rule
+//!    clock, the rule clocks before it;
+//! 2. tick the engine and write `firings/…/<batch id>.parquet`;
+//! 3. write the checkpoint as *done*, then let the publisher take the
+//!    frames up to `to` (the consumed gate).
+//!
+//! After a crash the state is rebuilt from the lake: the published tables
+//! plus staged frames up to the last consumed position. A *planned* batch
+//! is redone with the same inputs and clock, so it rewrites the same
+//! firings file with the same rows; frames after it form the next batch.
+//! The publisher never takes an unconsumed frame, so the inputs of a batch
+//! to redo are always still in staging.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use kairos_core::event::{IdentityLink, StagedItem};
+use kairos_storage::profiles::ProfileState;
+use kairos_storage::staging::{FRAME_HEADER, list_segments};
+use kairos_storage::tables::{self, read_parquet};
+use kairos_storage::{ConsumedGate, DataRoot, Position, StorageError, WriterId};
+
+use crate::engine::{Engine, EngineOptions, TickReport};
+use crate::firings;
+use crate::rule::{Param, Rule};
+use crate::state::{EventParts, State};
+
+/// Where the checkpoint lives.
+pub const CHECKPOINT: &str = "_kairos/rules/checkpoint.json";
+
+/// The last batch: its inputs, its clock, and whether it finished.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Batch number (0: none yet).
+    pub batch: u64,
+    /// Whether its outputs are written.
+    pub done: bool,
+    /// Its rule clock, µs.
+    pub clock_us: i64,
+    /// Consumed positions before it, per writer.
+    pub from: BTreeMap<String, Position>,
+    /// Consumed positions after it, per writer.
+    pub to: BTreeMap<String, Position>,
+    /// Rule clocks before it.
+    pub clocks_before: BTreeMap<String, i64>,
+    /// Rule clocks after it (when done).
+    pub clocks_after: BTreeMap<String, i64>,
+}
+
+/// Staged items not yet consumed, with the positions they end at.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// The items, in log order.
+    pub items: Vec<StagedItem>,
+    /// Position after the last item, per writer.
+    pub to: BTreeMap<String, Position>,
+}
+
+/// Decodes a frame payload: one JSON item per line.
+pub fn decode_payload(payload: &[u8]) -> Result<Vec<StagedItem>, serde_json::Error> {
+    payload
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice)
+        .collect()
+}
+
+/// Runs batches durably over one data root.
+pub struct Runner {
+    root: DataRoot,
+    /// The engine.
+    pub engine: Engine,
+    checkpoint: Checkpoint,
+    gate: ConsumedGate,
+}
+
+/// What recovery found.
+pub struct Recovered {
+    /// The runner, state rebuilt.
+    pub runner: Runner,
+    /// A planned batch to redo first: its items and clock.
+    pub redo: Option<(Vec<StagedItem>, i64)>,
+    /// Staged items after the checkpoint, to run as the next batch.
+    pub pending: Pending,
+    /// Events folded into the state from the lake.
+    pub rebuilt_events: usize,
+}
+
+impl Runner {
+    /// Rebuilds the engine from the lake and the checkpoint.
+    pub async fn recover(
+        root: DataRoot,
+        rules: Vec<Rule>,
+        overrides: &BTreeMap<String, BTreeMap<String, Param>>,
+        opts: EngineOptions,
+        gate: ConsumedGate,
+    ) -> Result<Recovered, StorageError> {
+        let checkpoint = match root.read(&ObjectPath::from(CHECKPOINT)).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                    path: CHECKPOINT.into(),
+                    reason: format!("{e}; restore it from a backup or delete it to start the rules afresh (sweeps then go live now)"),
+                })?
+            }
+            None => Checkpoint::default(),
+        };
+        let skip = publishing_ids(&root).await?;
+        let mut state = State::with_profiles(ProfileState::load(&root, &skip).await?);
+        for link in read_identities(&root, &skip).await? {
+            state.apply_identity(&link);
+        }
+        let rebuilt_events = fold_events(&root, &skip, &mut state).await?;
+        let mut engine = Engine::new(rules, overrides, state, opts);
+
+        let redo_batch =
+            (!checkpoint.done && checkpoint.batch > 0).then(|| firings::batch_id(checkpoint.batch));
+        for (r, c, k) in firings::load(&root, redo_batch.as_deref()).await? {
+            engine.mark_fired(&r, &c, &k);
+        }
+        let (consumed, redo_to) = if checkpoint.done || checkpoint.batch == 0 {
+            (&checkpoint.to, None)
+        } else {
+            (&checkpoint.from, Some(&checkpoint.to))
+        };
+
+        // Staged frames: up to `consumed` into the state, then the redo
+        // range, then everything after it.
+        let mut redo_items = Vec::new();
+        let mut pending = Pending::default();
+        for seg in list_segments(&root).await? {
+            let Some(bytes) = root.read(&seg.path).await? else {
+                continue;
+            };
+            let mut end = 0u64;
+            let (frames, _torn) = kairos_storage::staging::decode_frames(&bytes);
+            for frame in frames {
+                end += (FRAME_HEADER + frame.len()) as u64;
+                let at = Position { seq: seg.seq, end };
+                let items = decode_payload(frame).map_err(|e| StorageError::Corrupt {
+                    path: seg.path.to_string(),
+                    reason: e.to_string(),
+                })?;
+                let covered = |m: &BTreeMap<String, Position>| {
+                    m.get(&seg.writer.0)
+                        .is_some_and(|p| p.covers(at.seq, at.end))
+                };
+                if covered(consumed) {
+                    engine.absorb(&items);
+                } else if redo_to.is_some_and(covered) {
+                    redo_items.extend(items);
+                } else {
+                    pending.items.extend(items);
+                    pending.to.insert(seg.writer.0.clone(), at);
+                }
+            }
+        }
+        let redo = redo_to.map(|_| (redo_items, checkpoint.clock_us));
+        engine.set_clocks(if checkpoint.done {
+            checkpoint.clocks_after.clone()
+        } else {
+            checkpoint.clocks_before.clone()
+        });
+        publish_gate(&gate, consumed);
+        Ok(Recovered {
+            runner: Runner {
+                root,
+                engine,
+                checkpoint,
+                gate,
+            },
+            redo,
+            pending,
+            rebuilt_events,
+        })
+    }
+
+    /// The last checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Redoes the planned batch recovery found (same inputs, same clock).
+    pub async fn redo(
+        &mut self,
+        items: Vec<StagedItem>,
+        clock_us: i64,
+    ) -> Result<TickReport, StorageError> {
+        let mut planned = self.checkpoint.clone();
+        planned.clock_us = clock_us;
+        self.finish(planned, items).await
+    }
+
+    /// Runs one batch: `items` end at `to` (per writer); clock `clock_us`.
+    pub async fn run(
+        &mut self,
+        items: Vec<StagedItem>,
+        to: &BTreeMap<String, Position>,
+        clock_us: i64,
+    ) -> Result<TickReport, StorageError> {
+        let from = self.checkpoint.to.clone();
+        let mut next_to = from.clone();
+        for (w, p) in to {
+            next_to.insert(w.clone(), *p);
+        }
+        let planned = Checkpoint {
+            batch: self.checkpoint.batch + 1,
+            done: false,
+            clock_us,
+            from,
+            to: next_to,
+            clocks_before: self.engine.clocks().clone(),
+            clocks_after: BTreeMap::new(),
+        };
+        self.put(&planned).await?;
+        self.finish(planned, items).await
+    }
+
+    async fn finish(
+        &mut self,
+        mut planned: Checkpoint,
+        items: Vec<StagedItem>,
+    ) -> Result<TickReport, StorageError> {
+        let report = self.engine.tick(items, planned.clock_us).await;
+        if !report.firings.is_empty() {
+            firings::write(
+                &self.root,
+                &report.firings,
+                &firings::batch_id(planned.batch),
+                planned.clock_us,
+            )
+            .await?;
+        }
+        planned.done = true;
+        planned.clocks_after = self.engine.clocks().clone();
+        self.put(&planned).await?;
+        publish_gate(&self.gate, &planned.to);
+        self.checkpoint = planned;
+        Ok(report)
+    }
+
+    async fn put(&self, c: &Checkpoint) -> Result<(), StorageError> {
+        let path = ObjectPath::from(CHECKPOINT);
+        let body = serde_json::to_vec_pretty(c).unwrap_or_default();
+        self.root
+            .store
+            .put(&path, Bytes::from(body).into())
+            .await
+            .map_err(|source| StorageError::ObjectStore {
+                path: CHECKPOINT.into(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+fn publish_gate(gate: &ConsumedGate, to: &BTreeMap<String, Position>) {
+    if let Ok(mut g) = gate.lock() {
+        for (w, p) in to {
+            g.insert(WriterId(w.clone()), *p);
+        }
+    }
+}
+
+/// Publishes in progress: their files are skipped, their segments are
+/// still staged and read from there.
+async fn publishing_ids(root: &DataRoot) -> Result<Vec<String>, StorageError> {
+    let mut out = Vec::new();
+    let dir = ObjectPath::from(kairos_storage::publish::PUBLISHING_DIR);
+    for m in root.list(&dir).await? {
+        if let Some(bytes) = root.read(&m.location).await?
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Some(id) = v.get("publish_id").and_then(|v| v.as_str())
+        {
+            out.push(id.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn published_files(
+    metas: Vec<object_store::ObjectMeta>,
+    skip: &[String],
+) -> impl Iterator<Item = ObjectPath> {
+    let skip = skip.to_vec();
+    metas.into_iter().map(|m| m.location).filter(move |p| {
+        let name = p.filename().unwrap_or_default();
+        name.ends_with(".parquet") && !skip.iter().any(|s| name.starts_with(s.as_str()))
+    })
+}
+
+async fn read_identities(
+    root: &DataRoot,
+    skip: &[String],
+) -> Result<Vec<IdentityLink>, StorageError> {
+    let mut out = Vec::new();
+    let metas = root.list(&ObjectPath::from(tables::IDENTITIES)).await?;
+    for path in published_files(metas, skip) {
+        for b in read_parquet(
+            root,
+            &path,
+            Some(&["anonymous_id", "user_id", "event_id", "source"]),
+        )
+        .await?
+        {
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+            };
+            let (Some(a), Some(u), Some(e), Some(src)) =
+                (s("anonymous_id"), s("user_id"), s("event_id"), s("source"))
+            else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                out.push(IdentityLink {
+                    event_id: e.value(i).to_string(),
+                    source: src.value(i).to_string(),
+                    anonymous_id: a.value(i).to_string(),
+                    user_id: u.value(i).to_string(),
+                    call: "alias".into(),
+                    timestamp_us: 0,
+                    received_at_us: 0,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Folds every published event into `state`; returns how many.
+async fn fold_events(
+    root: &DataRoot,
+    skip: &[String],
+    state: &mut State,
+) -> Result<usize, StorageError> {
+    const COLUMNS: [&str; 10] = [
+        "customer_id",
+        "event_type",
+        "timestamp",
+        "product_id",
+        "category",
+        "price",
+        "quantity",
+        "revenue",
+        "timezone",
+        "properties",
+    ];
+    let mut n = 0;
+    let metas = root.list(&ObjectPath::from(tables::EVENTS)).await?;
+    for path in published_files(metas, skip) {
+        for b in read_parquet(root, &path, Some(&COLUMNS)).await? {
+            let corrupt = || StorageError::Corrupt {
+                path: path.to_string(),
+                reason: "unexpected events schema".into(),
+            };
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(corrupt)
+            };
+            let f = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+                    .ok_or_else(corrupt)
+            };
+            let (customer, kind, product, category, tz, props) = (
+                s("customer_id")?,
+                s("event_type")?,
+                s("product_id")?,
+                s("category")?,
+                s("timezone")?,
+                s("properties")?,
+            );
+            let (price, revenue) = (f("price")?, f("revenue")?);
+            let quantity = b
+                .column_by_name("quantity")
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .ok_or_else(corrupt)?;
+            let at = b
+                .column_by_name("timestamp")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .ok_or_else(corrupt)?;
+            fn opt_s(a: &StringArray, i: usize) -> Option<&str> {
+                a.is_valid(i).then(|| a.value(i))
+            }
+            let mut canonical: HashMap<String, String> = HashMap::new();
+            for i in 0..b.num_rows() {
+                let event_type = kind.value(i);
+                let id = customer.value(i);
+                let id = canonical
+                    .entry(id.to_string())
+                    .or_insert_with(|| state.canonical(id).to_string())
+                    .clone();
+                let needs_props = matches!(
+                    event_type,
+                    "subscription_start"
+                        | "subscription_renew"
+                        | "subscription_cancel"
+                        | "ticket_close"
+                );
+                state.fold(
+                    &id,
+                    &EventParts {
+                        event_type,
+                        at: at.value(i),
+                        product_id: opt_s(product, i),
+                        category: opt_s(category, i),
+                        price: price.is_valid(i).then(|| price.value(i)),
+                        quantity: quantity.is_valid(i).then(|| quantity.value(i)),
+                        revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                        timezone: opt_s(tz, i),
+                        properties: needs_props.then(|| props.value(i)),
+                    },
+                );
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,206 @@
+//! The rule engine inside `kairos serve`: deadlines fire on the clock, a
+//! purchase in time prevents them, kill -9 neither duplicates nor loses a
+//! firing, and nothing old fires on a restart.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{Server, post, read_table, strings};
+
+/// Rules on the event clock, ticking every 100 ms.
+const CONFIG: &str =
+    "[rules]\nclock = \"events\"\ninterval_ms = 100\n[publish]\ninterval_secs = 1\n";
+
+fn event(
+    user: &str,
+    id: &str,
+    name: &str,
+    at: &str,
+    props: serde_json::Value,
+) -> serde_json::Value {
+    json!({"type": "track", "userId": user, "messageId": id, "event": name, "timestamp": at, "properties": props})
+}
+
+/// (rule, customer_id, dedupe_key) of every firing, duplicates kept.
+fn firings(dir: &Path) -> Vec<(String, String, String)> {
+    let batches = read_table(dir, "firings");
+    let r = strings(&batches, "rule");
+    let c = strings(&batches, "customer_id");
+    let k = strings(&batches, "dedupe_key");
+    r.into_iter()
+        .zip(c)
+        .zip(k)
+        .map(|((r, c), k)| {
+            (
+                r.unwrap_or_default(),
+                c.unwrap_or_default(),
+                k.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the rules checkpoint reached `at` (the event clock).
+fn wait_clock(dir: &Path, at: &str) {
+    let want = chrono::DateTime::parse_from_rfc3339(at)
+        .expect("time")
+        .timestamp_micros();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cp = std::fs::read(dir.join("_kairos/rules/checkpoint.json")).ok();
+        let done = cp
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["done"] == true && v["clock_us"].as_i64().unwrap_or(0) >= want);
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rules never reached {at}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn cart_abandonment_fires_after_the_delay_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let mut server = Server::start(data, CONFIG);
+    let batch = |items: Vec<serde_json::Value>| json!({"batch": items});
+
+    // 09:00: the rules go live. c0's cart was abandoned before that.
+    let r = post(
+        &server,
+        "/v1/batch",
+        &batch(vec![
+            event(
+                "c0",
+                "m0",
+                "Product Added",
+                "2026-09-01T07:00:00Z",
+                json!({"product_id": "p0", "price": 5}),
+            ),
+            event("c9", "m1", "Page Viewed", "2026-09-01T09:00:00Z", json!({})),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+
+    // c1 abandons a cart; c2 buys 30 minutes after adding.
+    let r = post(
+        &server,
+        "/v1/batch",
+        &batch(vec![
+            event(
+                "c1",
+                "m2",
+                "Product Added",
+                "2026-09-01T10:00:00Z",
+                json!({"product_id": "p1", "price": 20}),
+            ),
+            event(
+                "c2",
+                "m3",
+                "Product Added",
+                "2026-09-01T10:00:00Z",
+                json!({"product_id": "p1", "price": 20}),
+            ),
+            event(
+                "c2",
+                "m4",
+                "Order Completed",
+                "2026-09-01T10:30:00Z",
+                json!({"order_id": "o2", "revenue": 20}),
+            ),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T10:30:00Z");
+    let before: Vec<_> = firings(dir.path())
+        .into_iter()
+        .filter(|f| f.0 == "cart_abandonment")
+        .collect();
+    assert!(before.is_empty(), "nothing is due before 11:00: {before:?}");
+
+    // Kill -9 before the deadline passes; the state comes back from the lake.
+    server.kill9();
+    server.restart();
+
+    // 11:06 passes c1's deadline (10:00 + 1h). Kill -9 right after the
+    // acknowledgement: the batch may or may not have run.
+    let r = post(
+        &server,
+        "/v1/batch",
+        &batch(vec![event(
+            "c9",
+            "m5",
+            "Page Viewed",
+            "2026-09-01T11:06:00Z",
+            json!({}),
+        )]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    server.kill9();
+    server.restart();
+    wait_clock(dir.path(), "2026-09-01T11:06:00Z");
+
+    // Later batches (and another crash) add nothing.
+    let r = post(
+        &server,
+        "/v1/batch",
+        &batch(vec![event(
+            "c9",
+            "m6",
+            "Page Viewed",
+            "2026-09-01T13:00:00Z",
+            json!({}),
+        )]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T13:00:00Z");
+    server.kill9();
+    server.restart();
+    let r = post(
+        &server,
+        "/v1/batch",
+        &batch(vec![event(
+            "c9",
+            "m7",
+            "Page Viewed",
+            "2026-09-01T14:00:00Z",
+            json!({}),
+        )]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T14:00:00Z");
+    server.stop();
+
+    let carts: Vec<_> = firings(dir.path())
+        .into_iter()
+        .filter(|f| f.0 == "cart_abandonment")
+        .collect();
+    assert_eq!(
+        carts,
+        vec![(
+            "cart_abandonment".to_string(),
+            "c1".to_string(),
+            "cart-2026-09-01T10:00:00Z".to_string()
+        )],
+        "exactly c1's cart, once"
+    );
+    // The order confirmation (transactional, event-driven) fired once too.
+    let orders: BTreeSet<_> = firings(dir.path())
+        .into_iter()
+        .filter(|f| f.0 == "order_confirmation")
+        .collect();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    let all = firings(dir.path());
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), unique.len(), "no duplicate firing: {all:?}");
+}
