@@ -9,6 +9,7 @@ mod durability;
 mod import;
 mod ingest;
 mod readers;
+mod replay;
 mod rules;
 mod rules_live;
 mod s3;

@@ -81,14 +81,14 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
     Ok(())
 }
 
-struct Items {
-    rows: usize,
-    staged: Vec<StagedItem>,
+pub(crate) struct Items {
+    pub(crate) rows: usize,
+    pub(crate) staged: Vec<StagedItem>,
     /// (0-based row, field, reason)
-    errors: Vec<(usize, String, String)>,
+    pub(crate) errors: Vec<(usize, String, String)>,
 }
 
-fn read_items(config: &Config, kind: ImportKind, file: &Path) -> anyhow::Result<Items> {
+pub(crate) fn read_items(config: &Config, kind: ImportKind, file: &Path) -> anyhow::Result<Items> {
     let ext = file
         .extension()
         .and_then(|e| e.to_str())

@@ -11,6 +11,7 @@ mod generate;
 mod import;
 mod live;
 mod loadgen;
+mod replay;
 mod serve;
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ enum Command {
         /// Address to listen on. Default 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Rules folder. Default from config (./sql).
+        #[arg(long)]
+        rules: Option<PathBuf>,
     },
     /// Load files into the data root without a server.
     Import {
@@ -87,8 +91,22 @@ enum Command {
         #[arg(long)]
         verify: Option<PathBuf>,
     },
-    /// Replay history through the rules in event time (coming with the rules engine).
-    Replay,
+    /// Store history as ingest would and run it through the rules in event
+    /// time; `serve` later carries on without firing anything old.
+    Replay {
+        /// Data root. Default from config (./kairos-data).
+        #[arg(long)]
+        data: Option<String>,
+        /// NDJSON files of Segment calls (events and identify calls).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Rules folder. Default from config (./sql).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Event time per micro-batch.
+        #[arg(long, default_value = "30m")]
+        batch_span: String,
+    },
     /// Backtest rules over history (coming with the rules engine).
     Backtest,
     /// Work with the SQL trigger rules.
@@ -135,11 +153,30 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = || kairos_core::Config::load(cli.config.as_deref());
     match cli.command {
-        Command::Serve { data, listen } => {
+        Command::Serve {
+            data,
+            listen,
+            rules,
+        } => {
             let mut c = config()?;
             c.storage.data = data.unwrap_or(c.storage.data);
             c.server.listen = listen.unwrap_or(c.server.listen);
+            c.rules.dir = rules.unwrap_or(c.rules.dir);
             runtime()?.block_on(serve::serve(c))
+        }
+        Command::Replay {
+            data,
+            input,
+            rules,
+            batch_span,
+        } => {
+            let mut c = config()?;
+            c.storage.data = data.unwrap_or(c.storage.data);
+            c.rules.dir = rules.unwrap_or(c.rules.dir);
+            let span = kairos_rules::rule::parse_duration(&batch_span)
+                .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
+            anyhow::ensure!(span > 0, "--batch-span must be positive");
+            runtime()?.block_on(replay::replay(c, &input, span as i64 * 1_000_000))
         }
         Command::Import { kind, file, data } => {
             let mut c = config()?;
@@ -169,7 +206,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn reserved_name(c: &Command) -> &'static str {
     match c {
-        Command::Replay => "replay",
         Command::Backtest => "backtest",
         Command::Sql => "sql",
         Command::Stats => "stats",
@@ -178,6 +214,7 @@ fn reserved_name(c: &Command) -> &'static str {
         Command::Demo => "demo",
         Command::Serve { .. }
         | Command::Import { .. }
+        | Command::Replay { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Rules { .. } => "?",

@@ -1,0 +1,163 @@
+//! `kairos replay` against a live run, and `serve` on a replayed lake.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Server, kairos_bin, post, read_table, strings};
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples")
+}
+
+fn sql_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+}
+
+/// (rule, customer_id, dedupe_key) of every firing.
+fn firing_set(dir: &Path) -> (usize, BTreeSet<(String, String, String)>) {
+    let b = read_table(dir, "firings");
+    let r = strings(&b, "rule");
+    let c = strings(&b, "customer_id");
+    let k = strings(&b, "dedupe_key");
+    let all: Vec<_> = r
+        .into_iter()
+        .zip(c)
+        .zip(k)
+        .map(|((r, c), k)| {
+            (
+                r.unwrap_or_default(),
+                c.unwrap_or_default(),
+                k.unwrap_or_default(),
+            )
+        })
+        .collect();
+    (all.len(), all.into_iter().collect())
+}
+
+fn replay(dir: &Path, span: &str) {
+    let out = Command::new(kairos_bin())
+        .args(["replay", "--data"])
+        .arg(dir)
+        .arg("--rules")
+        .arg(sql_dir())
+        .args(["--batch-span", span, "--input"])
+        .arg(samples().join("profiles.ndjson"))
+        .arg(samples().join("events.ndjson"))
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Both sample files as (timestamp µs, call), sorted by event time.
+fn sample_calls() -> Vec<(i64, serde_json::Value)> {
+    let mut calls = Vec::new();
+    for f in ["profiles.ndjson", "events.ndjson"] {
+        let text = std::fs::read_to_string(samples().join(f)).expect("read sample");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            let t =
+                chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().expect("timestamp"))
+                    .expect("rfc3339")
+                    .timestamp_micros();
+            calls.push((t, v));
+        }
+    }
+    calls.sort_by_key(|(t, _)| *t);
+    calls
+}
+
+fn checkpoint_clock(dir: &Path) -> Option<i64> {
+    let bytes = std::fs::read(dir.join("_kairos/rules/checkpoint.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    (v["done"] == true)
+        .then(|| v["clock_us"].as_i64())
+        .flatten()
+}
+
+#[tokio::test]
+async fn replay_fires_what_a_live_run_on_the_event_clock_fires() {
+    let span_us: i64 = 6 * 3_600_000_000;
+    let replayed = tempfile::tempdir().expect("tempdir");
+    replay(replayed.path(), "6h");
+    let (n, want) = firing_set(replayed.path());
+    assert_eq!(n, want.len(), "replay wrote no duplicate");
+    assert!(
+        want.len() > 100,
+        "the samples make every kind of rule fire: {}",
+        want.len()
+    );
+    let rules: BTreeSet<&str> = want.iter().map(|f| f.0.as_str()).collect();
+    assert!(
+        rules.len() >= 8,
+        "most rules fire on the samples: {rules:?}"
+    );
+
+    // The same calls posted to a live server, one request per 6 hours of
+    // event time, each processed before the next is sent.
+    let live = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(
+        live.path().to_str().expect("utf8"),
+        "[rules]\nclock = \"events\"\ninterval_ms = 20\ncatch_up = \"12h\"\n[ingest]\nmax_future_hours = 1000000\n",
+    );
+    let calls = sample_calls();
+    let mut start = 0;
+    while start < calls.len() {
+        let first = calls[start].0;
+        let end = start
+            + calls[start..]
+                .iter()
+                .take_while(|(t, _)| *t - first < span_us)
+                .count();
+        let batch: Vec<_> = calls[start..end].iter().map(|(_, v)| v.clone()).collect();
+        let last = calls[end - 1].0;
+        let r = post(&server, "/v1/batch", &serde_json::json!({ "batch": batch })).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while checkpoint_clock(live.path()).is_none_or(|c| c < last) {
+            assert!(Instant::now() < deadline, "live rules stuck before {last}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        start = end;
+    }
+    server.stop();
+    let (n, got) = firing_set(live.path());
+    assert_eq!(n, got.len(), "live wrote no duplicate");
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "replay-only: {missing:?}\nlive-only: {extra:?}"
+    );
+}
+
+#[tokio::test]
+async fn serve_on_a_replayed_lake_fires_nothing_old() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    replay(dir.path(), "30m");
+    let (before, _) = firing_set(dir.path());
+    assert!(before > 0);
+    // Wall clock: weeks after the samples. Every deadline in them has passed.
+    let mut server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        "[rules]\ninterval_ms = 50\n",
+    );
+    let r = post(
+        &server,
+        "/v1/track",
+        &serde_json::json!({"userId": "newcomer", "event": "Page Viewed", "messageId": "n1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    server.stop();
+    let (after, _) = firing_set(dir.path());
+    assert_eq!(after, before, "serve after replay fired old conditions");
+    let events = read_table(dir.path(), "events");
+    assert!(strings(&events, "customer_id").contains(&Some("newcomer".to_string())));
+}
