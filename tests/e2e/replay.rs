@@ -142,6 +142,41 @@ async fn serve_on_a_replayed_lake_fires_nothing_old() {
     replay(dir.path(), "30m");
     let (before, _) = firing_set(dir.path());
     assert!(before > 0);
+
+    // A backtest over the same history, rules live from the first day,
+    // finds the same firings (nothing is written).
+    let out = Command::new(kairos_bin())
+        .args([
+            "backtest",
+            "--from",
+            "2026-09-01",
+            "--to",
+            "2026-10-31",
+            "--data",
+        ])
+        .arg(dir.path())
+        .arg("--rules-dir")
+        .arg(sql_dir())
+        .output()
+        .expect("run backtest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.ends_with(&format!(" {before} firings"))),
+        "backtest and replay disagree:\n{text}"
+    );
+    assert!(text.contains("messages per customer per week"), "{text}");
+    assert_eq!(
+        firing_set(dir.path()).0,
+        before,
+        "a backtest writes nothing"
+    );
     // Wall clock: weeks after the samples. Every deadline in them has passed.
     let mut server = Server::start(
         dir.path().to_str().expect("utf8"),

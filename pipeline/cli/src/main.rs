@@ -7,6 +7,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backtest;
 mod generate;
 mod import;
 mod live;
@@ -107,8 +108,27 @@ enum Command {
         #[arg(long, default_value = "30m")]
         batch_span: String,
     },
-    /// Backtest rules over history (coming with the rules engine).
-    Backtest,
+    /// Run rules over stored history and report what they would have done:
+    /// firings per day and per customer, messages per customer per week.
+    Backtest {
+        /// Rule files; every rule in the rules folder when none is given.
+        rules: Vec<PathBuf>,
+        /// First day (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// Last day, inclusive (YYYY-MM-DD), or an RFC 3339 end instant.
+        #[arg(long)]
+        to: String,
+        /// Data root. Default from config (./kairos-data).
+        #[arg(long)]
+        data: Option<String>,
+        /// Rules folder when no file is given. Default from config (./sql).
+        #[arg(long = "rules-dir")]
+        rules_dir: Option<PathBuf>,
+        /// Event time per micro-batch.
+        #[arg(long, default_value = "30m")]
+        batch_span: String,
+    },
     /// Work with the SQL trigger rules.
     Rules {
         #[command(subcommand)]
@@ -164,6 +184,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             c.rules.dir = rules.unwrap_or(c.rules.dir);
             runtime()?.block_on(serve::serve(c))
         }
+        Command::Backtest {
+            rules,
+            from,
+            to,
+            data,
+            rules_dir,
+            batch_span,
+        } => {
+            let mut c = config()?;
+            c.storage.data = data.unwrap_or(c.storage.data);
+            c.rules.dir = rules_dir.unwrap_or(c.rules.dir);
+            let span = kairos_rules::rule::parse_duration(&batch_span)
+                .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
+            let day = 86_400_000_000i64;
+            let from_us = kairos_rules::state::parse_time(&from)
+                .ok_or_else(|| anyhow::anyhow!("--from {from:?}: use YYYY-MM-DD or RFC 3339"))?;
+            let to_us = match kairos_rules::state::parse_time(&to) {
+                Some(t) if to.len() == 10 => t + day,
+                Some(t) => t,
+                None => anyhow::bail!("--to {to:?}: use YYYY-MM-DD or RFC 3339"),
+            };
+            anyhow::ensure!(to_us > from_us, "--to must be after --from");
+            runtime()?.block_on(backtest::backtest(
+                c,
+                backtest::Backtest {
+                    rules,
+                    from_us,
+                    to_us,
+                    span_us: span.max(1) as i64 * 1_000_000,
+                },
+            ))
+        }
         Command::Replay {
             data,
             input,
@@ -206,7 +258,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn reserved_name(c: &Command) -> &'static str {
     match c {
-        Command::Backtest => "backtest",
         Command::Sql => "sql",
         Command::Stats => "stats",
         Command::Report => "report",
@@ -215,6 +266,7 @@ fn reserved_name(c: &Command) -> &'static str {
         Command::Serve { .. }
         | Command::Import { .. }
         | Command::Replay { .. }
+        | Command::Backtest { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Rules { .. } => "?",

@@ -431,3 +431,131 @@ async fn fold_events(
     }
     Ok(n)
 }
+
+/// Everything published, as the staged items that made it, sorted by event
+/// time: events, profile snapshots (as identify calls carrying the whole
+/// profile) and identity links. For backtests over stored history.
+pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageError> {
+    use kairos_core::event::{Commerce, EventRecord, Json, ProfileUpdate};
+    let skip = publishing_ids(root).await?;
+    let mut out: Vec<StagedItem> = read_identities(root, &skip)
+        .await?
+        .into_iter()
+        .map(StagedItem::Identity)
+        .collect();
+    let metas = root.list(&ObjectPath::from(tables::PROFILES)).await?;
+    for path in published_files(metas, &skip) {
+        for b in read_parquet(root, &path, None).await? {
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+            };
+            let at = b
+                .column_by_name("updated_at")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .cloned();
+            let (Some(id), Some(ev), Some(src), Some(traits), Some(at)) = (
+                s("customer_id"),
+                s("event_id"),
+                s("source"),
+                s("traits"),
+                at,
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                out.push(StagedItem::Profile(ProfileUpdate {
+                    event_id: ev.value(i).to_string(),
+                    source: src.value(i).to_string(),
+                    customer_id: id.value(i).to_string(),
+                    timestamp_us: at.value(i),
+                    received_at_us: at.value(i),
+                    traits: serde_json::from_str(traits.value(i)).unwrap_or_default(),
+                }));
+            }
+        }
+    }
+    let metas = root.list(&ObjectPath::from(tables::EVENTS)).await?;
+    for path in published_files(metas, &skip) {
+        for b in read_parquet(root, &path, None).await? {
+            let corrupt = || StorageError::Corrupt {
+                path: path.to_string(),
+                reason: "unexpected events schema".into(),
+            };
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(corrupt)
+            };
+            let t = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                    .ok_or_else(corrupt)
+            };
+            let f = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+                    .ok_or_else(corrupt)
+            };
+            let quantity = b
+                .column_by_name("quantity")
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .ok_or_else(corrupt)?;
+            let (event_id, source, call, event, kind, customer) = (
+                s("event_id")?,
+                s("source")?,
+                s("call")?,
+                s("event")?,
+                s("event_type")?,
+                s("customer_id")?,
+            );
+            let (user, anon, product, category, currency, order, tz, props, ctx) = (
+                s("user_id")?,
+                s("anonymous_id")?,
+                s("product_id")?,
+                s("category")?,
+                s("currency")?,
+                s("order_id")?,
+                s("timezone")?,
+                s("properties")?,
+                s("context")?,
+            );
+            let (ts, received, sent) = (t("timestamp")?, t("received_at")?, t("sent_at")?);
+            let (price, revenue) = (f("price")?, f("revenue")?);
+            let os = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
+            let json = |a: &StringArray, i: usize| {
+                Json::parse(a.value(i).to_string()).unwrap_or_else(|_| Json::empty_object())
+            };
+            for i in 0..b.num_rows() {
+                out.push(StagedItem::Event(EventRecord {
+                    event_id: event_id.value(i).to_string(),
+                    source: source.value(i).to_string(),
+                    call: call.value(i).to_string(),
+                    event: event.value(i).to_string(),
+                    event_type: kind.value(i).to_string(),
+                    customer_id: customer.value(i).to_string(),
+                    user_id: os(user, i),
+                    anonymous_id: os(anon, i),
+                    timestamp_us: ts.value(i),
+                    received_at_us: received.value(i),
+                    sent_at_us: sent.is_valid(i).then(|| sent.value(i)),
+                    commerce: Commerce {
+                        product_id: os(product, i),
+                        category: os(category, i),
+                        price: price.is_valid(i).then(|| price.value(i)),
+                        quantity: quantity.is_valid(i).then(|| quantity.value(i)),
+                        revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                        currency: os(currency, i),
+                        order_id: os(order, i),
+                    },
+                    timezone: os(tz, i),
+                    properties: json(props, i),
+                    context: json(ctx, i),
+                }));
+            }
+        }
+    }
+    out.sort_by_key(StagedItem::timestamp_us);
+    Ok(out)
+}
