@@ -8,6 +8,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backtest;
+mod bench;
 mod generate;
 mod import;
 mod live;
@@ -129,6 +130,21 @@ enum Command {
         #[arg(long, default_value = "30m")]
         batch_span: String,
     },
+    /// Benchmark the rule library: one batch's cost as history grows.
+    BenchRules {
+        /// Events of synthetic history folded into the state.
+        #[arg(long, default_value_t = 1_000_000)]
+        history: u64,
+        /// Events per batch.
+        #[arg(long, default_value_t = 100_000)]
+        batch: usize,
+        /// Batches timed.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Rules folder. Default from config (./sql).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// Work with the SQL trigger rules.
     Rules {
         #[command(subcommand)]
@@ -183,6 +199,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             c.server.listen = listen.unwrap_or(c.server.listen);
             c.rules.dir = rules.unwrap_or(c.rules.dir);
             runtime()?.block_on(serve::serve(c))
+        }
+        Command::BenchRules {
+            history,
+            batch,
+            runs,
+            rules,
+        } => {
+            let mut c = config()?;
+            c.rules.dir = rules.unwrap_or(c.rules.dir);
+            runtime()?.block_on(bench::bench(c, history, batch, runs.max(1)))
         }
         Command::Backtest {
             rules,
@@ -267,6 +293,7 @@ fn reserved_name(c: &Command) -> &'static str {
         | Command::Import { .. }
         | Command::Replay { .. }
         | Command::Backtest { .. }
+        | Command::BenchRules { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Rules { .. } => "?",

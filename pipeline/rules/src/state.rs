@@ -253,9 +253,11 @@ impl State {
         if !self.first_time("identity", &link.source, &link.event_id) {
             return false;
         }
+        // The first link wins, as in docs/tables.md's canonical id.
         if link.anonymous_id != link.user_id {
             self.identities
-                .insert(link.anonymous_id.clone(), link.user_id.clone());
+                .entry(link.anonymous_id.clone())
+                .or_insert_with(|| link.user_id.clone());
         }
         true
     }

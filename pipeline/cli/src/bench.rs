@@ -1,0 +1,204 @@
+//! `kairos bench-rules`: what one micro-batch costs as history grows.
+//!
+//! Builds the engine's state from a synthetic history (35 days, one
+//! customer per 50 events, the event mix of a shop's clickstream), then
+//! times the whole rule library on fixed-size batches of new events, and
+//! each sweep on its own. Batches cost what they hold, sweeps what the
+//! state holds; a simulated day of 2-second ticks combines the two to give
+//! the p99 tick.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use kairos_core::event::{Commerce, EventRecord, Json, StagedItem};
+use kairos_rules::Engine;
+use kairos_rules::rule::Cadence;
+use kairos_rules::state::{EventParts, State};
+
+const DAY_US: i64 = 86_400_000_000;
+/// 2026-10-05T00:00:00Z: the clock at the end of the history.
+const CLOCK: i64 = 1_791_158_400_000_000;
+const PRODUCTS: u64 = 2_000;
+
+fn kind(r: u32) -> &'static str {
+    match r {
+        0..70 => "product_view",
+        70..85 => "page",
+        85..95 => "cart_add",
+        95..98 => "checkout_start",
+        _ => "purchase",
+    }
+}
+
+fn record(rng: &mut SmallRng, n: u64, customers: u64, at: i64) -> EventRecord {
+    let t = kind(rng.random_range(0..100));
+    let product = format!("p{}", rng.random_range(0..PRODUCTS));
+    let customer = format!("c{}", rng.random_range(0..customers));
+    EventRecord {
+        event_id: format!("bench-{n}"),
+        source: "bench".into(),
+        call: "track".into(),
+        event: t.into(),
+        event_type: t.into(),
+        customer_id: customer.clone(),
+        user_id: Some(customer),
+        anonymous_id: None,
+        timestamp_us: at,
+        received_at_us: at,
+        sent_at_us: None,
+        commerce: Commerce {
+            product_id: (t != "page").then_some(product),
+            category: Some(format!("cat{}", rng.random_range(0..20))),
+            price: Some(20.0),
+            quantity: Some(1),
+            revenue: (t == "purchase").then_some(40.0),
+            currency: None,
+            order_id: (t == "purchase").then(|| format!("o{n}")),
+        },
+        timezone: None,
+        properties: Json::empty_object(),
+        context: Json::empty_object(),
+    }
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs the benchmark and prints a Markdown report.
+pub async fn bench(
+    config: kairos_core::Config,
+    history: u64,
+    batch: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let rules = crate::live::load_rules(&config).await?;
+    let customers = (history / 50).max(1);
+    let mut rng = SmallRng::seed_from_u64(7);
+
+    let started = Instant::now();
+    let mut state = State::default();
+    let mut customer = String::new();
+    let mut product = String::new();
+    let span = 35 * DAY_US;
+    for i in 0..history {
+        let at = CLOCK - span + (i as i64 * span) / history as i64;
+        let t = kind(rng.random_range(0..100));
+        customer.clear();
+        customer.push('c');
+        customer.push_str(&rng.random_range(0..customers).to_string());
+        product.clear();
+        product.push('p');
+        product.push_str(&rng.random_range(0..PRODUCTS).to_string());
+        let category = format!("cat{}", rng.random_range(0..20));
+        state.fold(
+            &customer,
+            &EventParts {
+                event_type: t,
+                at,
+                product_id: (t != "page").then_some(product.as_str()),
+                category: Some(&category),
+                price: Some(20.0),
+                quantity: Some(1),
+                revenue: (t == "purchase").then_some(40.0),
+                timezone: None,
+                properties: None,
+            },
+        );
+    }
+    state.prune(CLOCK);
+    let build = started.elapsed();
+    let cadences: BTreeMap<String, Cadence> =
+        rules.iter().map(|r| (r.name.clone(), r.cadence)).collect();
+    let mut engine = Engine::new(rules, &BTreeMap::new(), state, Default::default());
+    // The rules go live at the end of the history.
+    engine.tick(Vec::new(), CLOCK).await;
+
+    let mut times = Vec::new();
+    let mut n = history;
+    let mut clock = CLOCK;
+    let mut firings = 0;
+    for _ in 0..runs {
+        let items: Vec<StagedItem> = (0..batch)
+            .map(|i| {
+                n += 1;
+                let at = clock + (i as i64 * 2_000_000) / batch as i64;
+                StagedItem::Event(record(&mut rng, n, customers + customers / 5, at))
+            })
+            .collect();
+        clock += 2_000_000;
+        let t = Instant::now();
+        let report = engine.tick(items, clock).await;
+        times.push(t.elapsed());
+        firings += report.firings.len();
+        anyhow::ensure!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    let max = times[times.len() - 1];
+
+    // Every sweep at once, a day later: each rule's own time.
+    let report = engine.tick(Vec::new(), clock + DAY_US).await;
+    let sweeps: Vec<(String, Duration, usize)> = report
+        .evaluated
+        .into_iter()
+        .filter(|(r, ..)| cadences.get(r).is_some_and(|c| *c != Cadence::EveryBatch))
+        .collect();
+
+    // A simulated day of 2 s ticks: every tick costs a batch, plus the
+    // sweeps whose cadence boundary it crosses.
+    let tick_us: i64 = 2_000_000;
+    let mut day: Vec<f64> = Vec::with_capacity(43_200);
+    for i in 1..=43_200i64 {
+        let (a, b) = ((i - 1) * tick_us, i * tick_us);
+        let mut d = median.as_secs_f64();
+        for (rule, took, _) in &sweeps {
+            if let Some(Cadence::EverySecs(s)) = cadences.get(rule) {
+                let every = *s as i64 * 1_000_000;
+                if b / every > a / every {
+                    d += took.as_secs_f64();
+                }
+            }
+        }
+        day.push(d);
+    }
+    day.sort_by(f64::total_cmp);
+    let p99 = day[(day.len() as f64 * 0.99) as usize];
+
+    println!(
+        "| history events | customers | state build | RSS | batch | batch median | batch max | firings/batch | day p99 tick |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {history} | {} | {:.1} s | {:.0} MiB | {batch} | {:.3} s | {:.3} s | {} | {:.3} s |",
+        engine.state.len(),
+        build.as_secs_f64(),
+        rss_mib(),
+        median.as_secs_f64(),
+        max.as_secs_f64(),
+        firings / runs.max(1),
+        p99
+    );
+    println!("\n| sweep | cadence | time | rows |\n|---|---|---:|---:|");
+    for (rule, took, rows) in &sweeps {
+        let cadence = match cadences.get(rule) {
+            Some(Cadence::EverySecs(s)) => format!("{s} s"),
+            _ => "batch".into(),
+        };
+        println!(
+            "| {rule} | {cadence} | {:.3} s | {rows} |",
+            took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
