@@ -128,6 +128,7 @@ pub async fn bench(
     let mut n = history;
     let mut clock = CLOCK;
     let mut firings = 0;
+    let mut last_rules = Vec::new();
     for _ in 0..runs {
         let items: Vec<StagedItem> = (0..batch)
             .map(|i| {
@@ -141,6 +142,7 @@ pub async fn bench(
         let report = engine.tick(items, clock).await;
         times.push(t.elapsed());
         firings += report.firings.len();
+        last_rules = report.evaluated.clone();
         anyhow::ensure!(report.failures.is_empty(), "{:?}", report.failures);
     }
     times.sort();
@@ -189,6 +191,10 @@ pub async fn bench(
         firings / runs.max(1),
         p99
     );
+    println!("\n| event-driven rule (last batch) | time | rows |\n|---|---:|---:|");
+    for (rule, took, rows) in &last_rules {
+        println!("| {rule} | {:.3} s | {rows} |", took.as_secs_f64());
+    }
     println!("\n| sweep | cadence | time | rows |\n|---|---|---:|---:|");
     for (rule, took, rows) in &sweeps {
         let cadence = match cadences.get(rule) {

@@ -77,8 +77,8 @@ impl Metrics {
         let store_errors = Family::<Op, Counter>::default();
         let rule_firings = Family::<RuleLabel, Counter>::default();
         let rule_failures = Family::<RuleLabel, Counter>::default();
-        let rule_batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let rule_latency_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let rule_batch_seconds = Histogram::new(exponential_buckets(0.001, 1.25, 45));
+        let rule_latency_seconds = Histogram::new(exponential_buckets(0.01, 1.25, 30));
         registry.register("rule_firings", "Rule firings", rule_firings.clone());
         registry.register(
             "rule_failures",

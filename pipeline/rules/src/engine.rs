@@ -207,26 +207,38 @@ impl Engine {
     /// Folds `items` into the state without evaluating anything (history
     /// before a backtest window).
     pub fn absorb(&mut self, items: &[StagedItem]) {
-        let mut applied = Applied::default();
         for item in items {
-            self.apply(item, &mut applied);
+            match item {
+                StagedItem::Event(e) => {
+                    self.state.apply_event(e);
+                }
+                StagedItem::Profile(p) => {
+                    self.state.apply_profile(p);
+                }
+                StagedItem::Identity(i) => {
+                    self.state.apply_identity(i);
+                }
+            }
         }
     }
 
-    fn apply(&mut self, item: &StagedItem, applied: &mut Applied) {
+    fn apply(&mut self, item: StagedItem, applied: &mut Applied) {
         match item {
-            StagedItem::Event(e) => {
-                if self.state.apply_event(e) {
-                    let id = self.state.canonical(&e.customer_id).to_string();
-                    let mut e = e.clone();
-                    e.customer_id.clone_from(&id);
-                    applied.customers.insert(id);
+            StagedItem::Event(mut e) => {
+                if self.state.apply_event(&e) {
+                    let id = self.state.canonical(&e.customer_id);
+                    if id != e.customer_id {
+                        e.customer_id = id.to_string();
+                    }
+                    if !applied.customers.contains(&e.customer_id) {
+                        applied.customers.insert(e.customer_id.clone());
+                    }
                     applied.events.push(e);
                 } else {
                     applied.duplicates += 1;
                 }
             }
-            StagedItem::Profile(p) => match self.state.apply_profile(p) {
+            StagedItem::Profile(p) => match self.state.apply_profile(&p) {
                 Some(changes) => {
                     applied
                         .customers
@@ -236,9 +248,9 @@ impl Engine {
                 None => applied.duplicates += 1,
             },
             StagedItem::Identity(i) => {
-                if self.state.apply_identity(i) {
+                if self.state.apply_identity(&i) {
                     applied.customers.insert(i.user_id.clone());
-                    applied.identities.push(i.clone());
+                    applied.identities.push(i);
                 } else {
                     applied.duplicates += 1;
                 }
@@ -273,13 +285,12 @@ impl Engine {
         due.sort_unstable();
 
         let mut applied = Applied::default();
-        let mut next = 0;
+        let mut items = items.into_iter().peekable();
         let mut at = 0;
         while at < due.len() {
             let boundary = due[at].0;
-            while next < items.len() && items[next].timestamp_us() <= boundary {
-                self.apply(&items[next], &mut applied);
-                next += 1;
+            while let Some(item) = items.next_if(|i| i.timestamp_us() <= boundary) {
+                self.apply(item, &mut applied);
             }
             self.state.prune(boundary);
             let group: Vec<usize> = due[at..]
@@ -294,7 +305,7 @@ impl Engine {
                     .await;
             }
         }
-        for item in &items[next..] {
+        for item in items {
             self.apply(item, &mut applied);
         }
         report.duplicates = applied.duplicates;

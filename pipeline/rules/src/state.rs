@@ -235,7 +235,12 @@ impl State {
 
     /// False when this (source, id) was applied already (a client retry).
     fn first_time(&mut self, kind: &str, source: &str, id: &str) -> bool {
-        let key = xxhash_rust::xxh3::xxh3_128(format!("{kind}\0{source}\0{id}").as_bytes());
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [kind, source, id] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        let key = h.digest128();
         if !self.recent.insert(key) {
             return false;
         }
@@ -325,7 +330,15 @@ impl State {
     pub fn fold(&mut self, customer: &str, e: &EventParts<'_>) {
         let product = e.product_id.map(|p| self.names.id(p));
         let category = e.category.map(|c| self.names.id(c));
-        let c = self.customers.entry(customer.to_string()).or_default();
+        // Look up before inserting: most events are of known customers, and
+        // `entry` would allocate the key every time.
+        if !self.customers.contains_key(customer) {
+            self.customers
+                .insert(customer.to_string(), Customer::default());
+        }
+        let Some(c) = self.customers.get_mut(customer) else {
+            return;
+        };
         let at = e.at;
         c.first_seen = min_opt(c.first_seen, at);
         c.last_seen = max_opt(c.last_seen, at);
