@@ -253,8 +253,27 @@ impl sqllogictest::AsyncDB for Db {
     async fn shutdown(&mut self) {}
 }
 
+/// Speaks enough of libtest's command line for `cargo test` and
+/// `cargo nextest`: `--list` (one `name: test` line per file, none with
+/// `--ignored`), a name filter, and `--exact`.
 fn main() {
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    // Values of options such as `--format terse` are not test names.
+    let mut filter = None;
+    let mut skip_value = false;
+    for a in &args {
+        if skip_value {
+            skip_value = false;
+        } else if matches!(
+            a.as_str(),
+            "--format" | "--logfile" | "--test-threads" | "--skip" | "--color"
+        ) {
+            skip_value = true;
+        } else if !a.starts_with('-') {
+            filter = Some(a.clone());
+        }
+    }
     let sql_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
     let mut files: Vec<PathBuf> = std::fs::read_dir(sql_dir.join("tests"))
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -262,6 +281,31 @@ fn main() {
     files.retain(|f| f.extension().is_some_and(|e| e == "slt"));
     files.sort();
     assert!(!files.is_empty(), "no sql/tests/*.slt found");
+    let stem = |f: &Path| {
+        f.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if has("--list") {
+        if !has("--ignored") {
+            for f in &files {
+                println!("{}: test", stem(f));
+            }
+        }
+        return;
+    }
+    let exact = has("--exact");
+    files.retain(|f| {
+        filter.as_ref().is_none_or(|want| {
+            let name = stem(f);
+            if exact {
+                &name == want
+            } else {
+                name.contains(want.as_str())
+            }
+        })
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
