@@ -196,3 +196,52 @@ async fn serve_on_a_replayed_lake_fires_nothing_old() {
     let events = read_table(dir.path(), "events");
     assert!(strings(&events, "customer_id").contains(&Some("newcomer".to_string())));
 }
+
+#[test]
+fn replay_takes_clickstream_csv_and_names_bad_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("clicks.csv");
+    // REES46's export shape: event_time "... UTC", event_type view/cart/purchase.
+    std::fs::write(
+        &csv,
+        "event_time,event_type,product_id,category_code,price,user_id\n\
+         2019-10-01 09:00:00 UTC,view,44600062,beauty.skin,35.79,541312140\n\
+         2019-10-01 10:00:00 UTC,cart,44600062,beauty.skin,35.79,541312140\n\
+         yesterday,view,1,x,1.0,1\n\
+         2019-10-01 10:05:00 UTC,purchase,3900821,appliances,33.20,554748717\n\
+         2019-10-01 11:10:00 UTC,view,3900821,appliances,33.20,554748717\n",
+    )
+    .expect("write csv");
+    let data = dir.path().join("lake");
+    let out = Command::new(kairos_bin())
+        .args(["replay", "--data"])
+        .arg(&data)
+        .arg("--rules")
+        .arg(sql_dir())
+        .arg("--input")
+        .arg(&csv)
+        .output()
+        .expect("run replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("clicks.csv:4: timestamp"),
+        "the bad row is named by its line: {stderr}"
+    );
+    let (_, fired) = firing_set(&data);
+    let got: Vec<(&str, &str)> = fired
+        .iter()
+        .map(|(r, c, _)| (r.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cart_abandonment", "541312140"),
+            ("order_confirmation", "554748717")
+        ],
+        "{fired:?}"
+    );
+    let events = read_table(&data, "events");
+    assert_eq!(crate::support::rows(&events), 4, "every good row is stored");
+    assert!(strings(&events, "category").contains(&Some("beauty.skin".to_string())));
+}

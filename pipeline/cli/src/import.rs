@@ -98,8 +98,10 @@ pub(crate) fn read_items(config: &Config, kind: ImportKind, file: &Path) -> anyh
         (_, "ndjson" | "jsonl" | "json") => ndjson(config, file),
         (ImportKind::Profiles, "csv") => profile_rows(file, csv_rows(file)?),
         (ImportKind::Profiles, "parquet") => profile_rows(file, parquet_rows(file)?),
+        (ImportKind::Events, "csv") => event_rows(config, csv_rows(file)?),
+        (ImportKind::Events, "parquet") => event_rows(config, parquet_rows(file)?),
         _ => bail!(
-            "{}: unsupported file type; profiles take .csv, .parquet or .ndjson, events take .ndjson",
+            "{}: unsupported file type; profiles and events take .csv, .parquet or .ndjson",
             file.display()
         ),
     }
@@ -218,6 +220,97 @@ fn batch_rows(batch: &RecordBatch) -> anyhow::Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// Columns of a tabular event export, by role; the first present wins.
+/// The rest become `properties`. Covers Segment's names, snake_case ones
+/// and clickstream exports such as REES46 (`event_time`, `event_type`).
+const EVENT_NAME: [&str; 3] = ["event", "event_name", "event_type"];
+const EVENT_USER: [&str; 3] = ["userId", "user_id", "customer_id"];
+const EVENT_ANON: [&str; 2] = ["anonymousId", "anonymous_id"];
+const EVENT_ID: [&str; 3] = ["messageId", "message_id", "event_id"];
+const EVENT_TIME: [&str; 3] = ["timestamp", "event_time", "time"];
+
+/// A time as written in exports: RFC 3339, or `YYYY-MM-DD HH:MM:SS[ UTC]` (UTC).
+fn export_time(v: &Value) -> Option<String> {
+    let s = v.as_str()?;
+    if parse_rfc3339_us(s).is_some() {
+        return Some(s.to_string());
+    }
+    let plain = s.trim().trim_end_matches(" UTC");
+    chrono::NaiveDateTime::parse_from_str(plain, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().to_rfc3339())
+}
+
+/// Tabular rows (CSV, Parquet) into `track` calls, validated like HTTP ones.
+fn event_rows(config: &Config, rows: Vec<Row>) -> anyhow::Result<Items> {
+    let normalizer = Normalizer::new(
+        EventTypes::new(&config.events.mapping),
+        config.ingest.max_event_bytes,
+        config.ingest.max_future_hours,
+    );
+    let env = Envelope {
+        source: IMPORT_SOURCE,
+        received_at_us: now_us(),
+        batch_sent_at_us: None,
+    };
+    let mut items = Items {
+        rows: rows.len(),
+        staged: Vec::new(),
+        errors: Vec::new(),
+    };
+    for (i, mut row) in rows.into_iter().enumerate() {
+        let mut take = |names: &[&str]| names.iter().find_map(|n| row.remove(*n));
+        let event = take(&EVENT_NAME);
+        let user = take(&EVENT_USER);
+        let anon = take(&EVENT_ANON);
+        let id = take(&EVENT_ID);
+        let time = take(&EVENT_TIME);
+        let mut call = serde_json::Map::new();
+        call.insert("type".into(), "track".into());
+        if let Some(e) = event {
+            call.insert("event".into(), e);
+        }
+        if let Some(u) = user {
+            call.insert("userId".into(), u);
+        }
+        if let Some(a) = anon {
+            call.insert("anonymousId".into(), a);
+        }
+        if let Some(m) = id {
+            call.insert("messageId".into(), m);
+        }
+        match time.as_ref().map(|t| (t, export_time(t))) {
+            Some((_, Some(t))) => {
+                call.insert("timestamp".into(), t.into());
+            }
+            Some((t, None)) => {
+                items.errors.push((
+                    i + 1,
+                    "timestamp".into(),
+                    format!("{t} is not a time (RFC 3339 or YYYY-MM-DD HH:MM:SS UTC)"),
+                ));
+                continue;
+            }
+            None => {}
+        }
+        if !row.contains_key("category")
+            && let Some(c) = row.remove("category_code")
+        {
+            row.insert("category".into(), c);
+        }
+        call.insert(
+            "properties".into(),
+            Value::Object(row.into_iter().collect()),
+        );
+        let text = serde_json::to_string(&call)?;
+        let raw: Box<serde_json::value::RawValue> = serde_json::value::RawValue::from_string(text)?;
+        if let Err(e) = normalizer.item(&raw, None, i, &env, &mut items.staged) {
+            items.errors.push((i + 1, e.field, e.reason));
+        }
+    }
+    Ok(items)
 }
 
 const ID_COLUMNS: [&str; 3] = ["customer_id", "user_id", "userId"];

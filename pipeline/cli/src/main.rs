@@ -99,7 +99,9 @@ enum Command {
         /// Data root. Default from config (./kairos-data).
         #[arg(long)]
         data: Option<String>,
-        /// NDJSON files of Segment calls (events and identify calls).
+        /// Segment calls as NDJSON (events and identify calls), or CSV /
+        /// Parquet event exports (`event`/`event_type`, `userId`/`user_id`,
+        /// `timestamp`/`event_time`; other columns become properties).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
         /// Rules folder. Default from config (./sql).
