@@ -204,3 +204,92 @@ async fn cart_abandonment_fires_after_the_delay_exactly_once_across_kill_9() {
     let unique: BTreeSet<_> = all.iter().cloned().collect();
     assert_eq!(all.len(), unique.len(), "no duplicate firing: {all:?}");
 }
+
+/// A rules folder with `welcome` and a rule that plans but fails at run time.
+fn rules_with_a_failing_one() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+    std::fs::copy(sql.join("welcome.sql"), dir.path().join("welcome.sql")).expect("copy");
+    std::fs::write(
+        dir.path().join("broken.sql"),
+        "-- name: broken\n-- description: casts event names to numbers\n-- channel: email\n\nSELECT customer_id, CAST(CAST(event AS INT) AS VARCHAR) AS dedupe_key FROM batch_events\n",
+    )
+    .expect("write");
+    dir
+}
+
+#[tokio::test]
+async fn a_failing_rule_is_isolated_and_counted() {
+    let rules = rules_with_a_failing_one();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_with_env(
+        dir.path().to_str().expect("utf8"),
+        CONFIG,
+        vec![(
+            "KAIROS__RULES__DIR".into(),
+            rules.path().display().to_string(),
+        )],
+    );
+    let r = post(
+        &server,
+        "/v1/batch",
+        &json!({"batch": [
+            event("c1", "s1", "Signed Up", "2026-09-01T09:00:00Z", json!({})),
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("kairos_rule_failures_total{rule=\"broken\"}") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kairos_rule_firings_total{rule=\"welcome\"} 1"),
+        "{metrics}"
+    );
+    server.stop();
+    let fired = firings(dir.path());
+    assert_eq!(
+        fired,
+        vec![(
+            "welcome".to_string(),
+            "c1".to_string(),
+            "welcome".to_string()
+        )]
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_rule_and_says_where() {
+    let rules = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        rules.path().join("typo.sql"),
+        "-- name: typo\n-- description: x\n-- channel: sms\n\nSELECT customer_id, order_id AS dedupe_key\nFROM batch_events WHERE revnue > 10\n",
+    )
+    .expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(crate::support::kairos_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .arg("--rules")
+        .arg(rules.path())
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to start")
+            && stderr.contains("typo.sql:6")
+            && stderr.contains("revnue"),
+        "{stderr}"
+    );
+}

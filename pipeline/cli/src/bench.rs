@@ -111,6 +111,7 @@ pub async fn bench(
                 price: Some(20.0),
                 quantity: Some(1),
                 revenue: (t == "purchase").then_some(40.0),
+                order_id: None,
                 timezone: None,
                 properties: None,
             },

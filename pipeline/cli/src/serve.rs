@@ -35,18 +35,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The rules consume the staging log; the publisher takes only what
     // they consumed (see kairos_rules::runner).
     let gate: ConsumedGate = Arc::default();
+    // A failed rules batch stops the server: its state already holds the
+    // batch, so only a restart (which redoes it from staging) is safe.
+    let (rules_failed, on_rules_failure) = oneshot::channel::<()>();
     let (feed, rules_task) = if config.rules.enabled {
         let clock = live::Clock::parse(&config.rules.clock)?;
         let runner = live::recover(&config, &root, gate.clone(), clock, &metrics).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(live::run(live::Live {
+        let live = live::Live {
             runner,
             writer: writer.clone(),
             feed: rx,
             interval: Duration::from_millis(config.rules.interval_ms.max(1)),
             clock,
             metrics: metrics.clone(),
-        }));
+        };
+        let task = tokio::spawn(async move {
+            let result = live::run(live).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %format!("{e:#}"), "rules stopped; shutting down so a restart redoes the batch");
+                let _ = rules_failed.send(());
+            }
+            result
+        });
         (Some(tx), Some(task))
     } else {
         (None, None)
@@ -119,7 +130,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown_signal(on_rules_failure))
     .await?;
 
     // The router (and with it every committer handle) is gone: the
@@ -201,7 +212,13 @@ async fn publish_loop(
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(rules_failed: oneshot::Receiver<()>) {
+    // Without rules the sender is dropped at once: that is not a failure.
+    let rules_failed = async {
+        if rules_failed.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -217,6 +234,7 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+        _ = rules_failed => {},
     }
     tracing::info!("shutdown requested; finishing requests and publishing");
 }

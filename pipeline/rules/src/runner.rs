@@ -346,7 +346,8 @@ async fn fold_events(
     skip: &[String],
     state: &mut State,
 ) -> Result<usize, StorageError> {
-    const COLUMNS: [&str; 10] = [
+    const COLUMNS: [&str; 11] = [
+        "order_id",
         "customer_id",
         "event_type",
         "timestamp",
@@ -376,6 +377,7 @@ async fn fold_events(
                     .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
                     .ok_or_else(corrupt)
             };
+            let order = s("order_id")?;
             let (customer, kind, product, category, tz, props) = (
                 s("customer_id")?,
                 s("event_type")?,
@@ -421,6 +423,7 @@ async fn fold_events(
                         price: price.is_valid(i).then(|| price.value(i)),
                         quantity: quantity.is_valid(i).then(|| quantity.value(i)),
                         revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                        order_id: opt_s(order, i),
                         timezone: opt_s(tz, i),
                         properties: needs_props.then(|| props.value(i)),
                     },

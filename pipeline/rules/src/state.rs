@@ -136,6 +136,9 @@ struct Customer {
     cart_adds: Vec<CartAdd>,
     purchases: Vec<i64>,
     views: Vec<(i64, u32)>,
+    /// Hashes of the order ids counted, so a resubmitted order (same
+    /// `order_id`, new messageId) counts once.
+    order_ids: Vec<u64>,
 }
 
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -319,6 +322,7 @@ impl State {
                 price: e.commerce.price,
                 quantity: e.commerce.quantity,
                 revenue: e.commerce.revenue,
+                order_id: e.commerce.order_id.as_deref(),
                 timezone: e.timezone.as_deref(),
                 properties: extra,
             },
@@ -357,6 +361,11 @@ impl State {
         match e.event_type {
             "signup" => c.signed_up = min_opt(c.signed_up, at),
             "purchase" => {
+                let order = e.order_id.map(|o| xxhash_rust::xxh3::xxh3_64(o.as_bytes()));
+                if order.is_some_and(|o| c.order_ids.contains(&o)) {
+                    return;
+                }
+                c.order_ids.extend(order);
                 c.last_purchase = max_opt(c.last_purchase, at);
                 c.orders += 1;
                 c.revenue += e.revenue.unwrap_or(0.0);
@@ -524,6 +533,8 @@ pub struct EventParts<'a> {
     pub quantity: Option<i64>,
     /// `revenue`.
     pub revenue: Option<f64>,
+    /// `order_id`.
+    pub order_id: Option<&'a str>,
     /// `timezone`.
     pub timezone: Option<&'a str>,
     /// `properties` JSON, needed only for subscription and ticket events.
