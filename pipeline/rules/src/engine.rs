@@ -17,7 +17,7 @@
 //! the tick holds later ones, so a replay in large batches fires the same
 //! set as a live run in small ones.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use kairos_core::event::{EventRecord, StagedItem};
 use kairos_storage::tables;
 
 use crate::rule::{Cadence, Param, Rule};
-use crate::state::{self, Applied, State};
+use crate::state::{self, Applied, HashMap, HashSet, State};
 
 /// Tables a rule can read, with their schemas.
 pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
@@ -172,7 +172,7 @@ impl Engine {
         Engine {
             rules,
             state,
-            fired: HashSet::new(),
+            fired: HashSet::default(),
             clocks: BTreeMap::new(),
             opts,
             ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
@@ -432,7 +432,7 @@ impl Tables {
         Tables {
             customers,
             clock,
-            built: HashMap::new(),
+            built: HashMap::default(),
         }
     }
 

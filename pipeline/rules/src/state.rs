@@ -10,7 +10,13 @@
 //! [`CARTS_SCHEMA`], [`PRODUCT_VIEWS_SCHEMA`], plus `profiles`), built for
 //! the customers of one batch (event-driven rules) or for everyone (sweeps).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+/// The state's maps: hundreds of thousands of lookups per batch, so a fast
+/// seeded hash instead of SipHash.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`HashMap`].
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
