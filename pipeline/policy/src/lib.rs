@@ -1,0 +1,11 @@
+//! Kairos policy chain: firing a rule is not sending a message.
+//!
+//! Each firing, after its experiment arm is assigned, passes dedupe and
+//! re-eligibility, consent, priority, frequency caps and quiet hours, in
+//! that order; every decision is recorded with its reason. This crate holds
+//! the decisions as pure functions of the firing, the customer and their
+//! send history, so they are the same live, in replay and in tests.
+
+pub mod caps;
+
+pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
