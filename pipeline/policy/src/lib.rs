@@ -7,5 +7,7 @@
 //! send history, so they are the same live, in replay and in tests.
 
 pub mod caps;
+pub mod quiet;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
+pub use quiet::QuietHours;
