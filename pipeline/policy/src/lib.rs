@@ -7,7 +7,9 @@
 //! send history, so they are the same live, in replay and in tests.
 
 pub mod caps;
+pub mod consent;
 pub mod quiet;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
+pub use consent::{Channel, Consent, NoChannel};
 pub use quiet::QuietHours;
