@@ -8,6 +8,7 @@
 
 pub mod caps;
 pub mod consent;
+pub mod priority;
 pub mod quiet;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
