@@ -17,7 +17,12 @@
 //! | `transactional` | `true` exempts from marketing caps and the global control group | `false` |
 //! | `split` | `holdout=N scheduled=N triggered=N`, percentages summing to 100 | `triggered=100` |
 //! | `scheduled_at` | `HH:MM` customer-local send time of the scheduled arm | `10:00` |
+//! | `tags` | comma-separated tags, for frequency caps by tag | none |
+//! | `on_conflict` | when a higher-priority rule wins: `suppress` or `defer` | `suppress` |
+//! | `on_cap` | when a frequency cap is reached: `skip` or `defer` | `defer` |
+//! | `salt` | experiment hash salt; a new salt starts a new experiment | the rule name |
 //! | `param NAME` | a parameter default: duration, integer, number, `true`/`false` or `'text'` | |
+//! | `variant NAME` | a variant of the triggered arm: `param=value ...`, optional `template=NAME` and `weight=N` | none |
 //!
 //! Durations are `30s`, `15m`, `6h`, `7d`, `2w` or sums like `1h30m`.
 //! In the SQL, `${NAME}` becomes the parameter as a SQL literal (durations
@@ -129,6 +134,28 @@ impl Param {
     }
 }
 
+/// What happens to a message that is blocked for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBlocked {
+    /// Record it as suppressed or skipped; it never goes.
+    Drop,
+    /// Send it at the first allowed moment.
+    Defer,
+}
+
+/// A variant of the triggered arm: overrides of parameters or template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// Variant name, e.g. `6h`.
+    pub name: String,
+    /// Relative weight within the triggered arm.
+    pub weight: u32,
+    /// Parameter overrides.
+    pub params: BTreeMap<String, Param>,
+    /// Template override.
+    pub template: Option<String>,
+}
+
 /// One parsed rule file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -158,6 +185,16 @@ pub struct Rule {
     pub split: Split,
     /// Customer-local send time of the scheduled arm, minutes after midnight.
     pub scheduled_at_minutes: u32,
+    /// Tags for frequency caps.
+    pub tags: Vec<String>,
+    /// When a higher-priority rule wins.
+    pub on_conflict: WhenBlocked,
+    /// When a frequency cap is reached.
+    pub on_cap: WhenBlocked,
+    /// Experiment salt.
+    pub salt: String,
+    /// Variants of the triggered arm (empty: none).
+    pub variants: Vec<Variant>,
     /// Parameter defaults, by name.
     pub params: BTreeMap<String, Param>,
     /// The SQL body as written (with `${…}` placeholders).
@@ -320,6 +357,59 @@ fn parse_clock(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_blocked(s: &str, drop_word: &str) -> Result<WhenBlocked, String> {
+    match s {
+        "defer" => Ok(WhenBlocked::Defer),
+        w if w == drop_word => Ok(WhenBlocked::Drop),
+        other => Err(format!("{other:?}: use `{drop_word}` or `defer`")),
+    }
+}
+
+/// `delay=6h weight=2 template=cart_6h`: overrides of declared parameters.
+fn parse_variant(
+    name: &str,
+    value: &str,
+    params: &BTreeMap<String, Param>,
+) -> Result<Variant, String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err("a variant name uses letters, digits, - and _".into());
+    }
+    let mut v = Variant {
+        name: name.to_string(),
+        weight: 1,
+        params: BTreeMap::new(),
+        template: None,
+    };
+    for part in value.split_whitespace() {
+        let (k, val) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: write param=value"))?;
+        match k {
+            "weight" => {
+                v.weight = val
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| *w > 0)
+                    .ok_or_else(|| format!("weight {val:?} is not a positive integer"))?;
+            }
+            "template" => v.template = Some(val.to_string()),
+            p if params.contains_key(p) => {
+                v.params.insert(p.to_string(), Param::parse(val)?);
+            }
+            p => {
+                return Err(format!(
+                    "{p:?} is not a declared parameter; declare it with `-- param {p}: DEFAULT`"
+                ));
+            }
+        }
+    }
+    Ok(v)
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "true" => Ok(true),
@@ -343,6 +433,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
         .to_string();
     let mut fields: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     let mut params = BTreeMap::new();
+    let mut variant_lines: Vec<(usize, String, String)> = Vec::new();
     let mut sql_start = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -386,7 +477,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             }
             continue;
         }
-        const KEYS: [&str; 12] = [
+        if let Some(name) = key.strip_prefix("variant ") {
+            variant_lines.push((line, name.trim().to_string(), value.to_string()));
+            continue;
+        }
+        const KEYS: [&str; 16] = [
             "name",
             "description",
             "channel",
@@ -399,12 +494,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             "transactional",
             "split",
             "scheduled_at",
+            "tags",
+            "on_conflict",
+            "on_cap",
+            "salt",
         ];
         if !KEYS.contains(&key) {
             errors.push(err(
                 line,
                 format!(
-                    "unknown header key {key:?}; known: {}, param NAME",
+                    "unknown header key {key:?}; known: {}, param NAME, variant NAME",
                     KEYS.join(", ")
                 ),
             ));
@@ -444,6 +543,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     let transactional = get("transactional", false);
     let split = get("split", false);
     let scheduled_at = get("scheduled_at", false);
+    let tags = get("tags", false);
+    let on_conflict = get("on_conflict", false);
+    let on_cap = get("on_cap", false);
+    let salt = get("salt", false).map(|(_, v)| v.to_string());
 
     let mut check =
         |v: Option<(usize, &str)>, what: &str, f: &dyn Fn(&str) -> Result<(), String>| {
@@ -469,6 +572,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     check(scheduled_at, "scheduled_at", &|v| {
         parse_clock(v).map(|_| ())
     });
+    check(on_conflict, "on_conflict", &|v| {
+        parse_blocked(v, "suppress").map(|_| ())
+    });
+    check(on_cap, "on_cap", &|v| parse_blocked(v, "skip").map(|_| ()));
+    let mut variants: Vec<Variant> = Vec::new();
+    for (line, vname, value) in &variant_lines {
+        match parse_variant(vname, value, &params) {
+            Ok(v) if variants.iter().any(|x| x.name == v.name) => {
+                errors.push(err(*line, format!("variant {vname} declared twice")));
+            }
+            Ok(v) => variants.push(v),
+            Err(e) => errors.push(err(*line, format!("variant {vname}: {e}"))),
+        }
+    }
     if let Some((line, n)) = &name {
         if *n != stem {
             errors.push(err(*line, format!("name {n:?} must equal the file name {stem:?} (the rule id used in logs, metrics and reports)")));
@@ -514,6 +631,22 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
         scheduled_at_minutes: scheduled_at
             .and_then(|(_, v)| parse_clock(v).ok())
             .unwrap_or(600),
+        tags: tags
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        on_conflict: on_conflict
+            .and_then(|(_, v)| parse_blocked(v, "suppress").ok())
+            .unwrap_or(WhenBlocked::Drop),
+        on_cap: on_cap
+            .and_then(|(_, v)| parse_blocked(v, "skip").ok())
+            .unwrap_or(WhenBlocked::Defer),
+        salt: salt.unwrap_or_else(|| stem.clone()),
+        variants,
         params,
         sql,
         sql_line: sql_index + 1,
@@ -591,6 +724,61 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
 
     fn path(name: &str) -> PathBuf {
         PathBuf::from(format!("sql/{name}.sql"))
+    }
+
+    #[test]
+    fn policy_keys_and_variants_parse_with_defaults() {
+        let r = parse(&path("cart_abandonment"), CART).expect("valid");
+        assert_eq!(r.on_conflict, WhenBlocked::Drop);
+        assert_eq!(r.on_cap, WhenBlocked::Defer);
+        assert_eq!(r.salt, "cart_abandonment");
+        assert!(r.tags.is_empty() && r.variants.is_empty());
+        let text = CART.replacen(
+            "-- param delay: 1h30m",
+            "-- param delay: 1h30m\n-- tags: cart, promo\n-- on_conflict: defer\n-- on_cap: skip\n-- salt: cart-2026\n-- variant 6h: delay=6h weight=2\n-- variant 48h: delay=48h template=cart_late",
+            1,
+        );
+        let r = parse(&path("cart_abandonment"), &text).expect("valid");
+        assert_eq!(r.tags, vec!["cart", "promo"]);
+        assert_eq!(
+            (r.on_conflict, r.on_cap),
+            (WhenBlocked::Defer, WhenBlocked::Drop)
+        );
+        assert_eq!(r.salt, "cart-2026");
+        assert_eq!(r.variants.len(), 2);
+        assert_eq!(r.variants[0].weight, 2);
+        assert_eq!(r.variants[0].params["delay"], Param::Duration(6 * 3600));
+        assert_eq!(r.variants[1].template.as_deref(), Some("cart_late"));
+    }
+
+    #[test]
+    fn bad_variants_and_policy_values_are_reported_on_their_line() {
+        let text = CART.replacen(
+            "-- param delay: 1h30m",
+            "-- param delay: 1h30m\n-- variant fast: dealy=1h\n-- variant slow: delay=6h weight=0\n-- on_cap: maybe",
+            1,
+        );
+        let errors = parse(&path("cart_abandonment"), &text).expect_err("invalid");
+        let lines: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 12 && m.contains("dealy") && m.contains("param dealy")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|(l, m)| *l == 13 && m.contains("weight")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 14 && m.contains("`skip` or `defer`")),
+            "{lines:?}"
+        );
     }
 
     #[test]
