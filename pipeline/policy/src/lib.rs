@@ -7,10 +7,12 @@
 //! send history, so they are the same live, in replay and in tests.
 
 pub mod caps;
+pub mod chain;
 pub mod consent;
 pub mod priority;
 pub mod quiet;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
+pub use chain::{Customer, Message, Outcome, PastMessage, Policy, decide};
 pub use consent::{Channel, Consent, NoChannel};
 pub use quiet::QuietHours;
