@@ -103,31 +103,68 @@ impl Cap {
         }
     }
 
+    /// Whether one more message at `t` keeps every window of this cap
+    /// within `max`. Messages already deferred to later count too: a
+    /// message placed now must not crowd one reserved for tomorrow.
+    fn fits(&self, times: &[i64], t: i64, offset_us: i64) -> bool {
+        match self.window {
+            CapWindow::Rolling(w) => {
+                // Every window [s, s + w) that contains t starts in (t - w, t].
+                let near: Vec<i64> = times
+                    .iter()
+                    .copied()
+                    .filter(|x| *x > t - w && *x < t + w)
+                    .collect();
+                let starts = near
+                    .iter()
+                    .copied()
+                    .filter(|s| *s <= t)
+                    .chain(std::iter::once(t));
+                starts.into_iter().all(|s| {
+                    let s = s.max(t - w + 1);
+                    let n = near.iter().filter(|x| **x >= s && **x < s + w).count();
+                    (n as u32) < self.max
+                })
+            }
+            CapWindow::Day | CapWindow::Week => {
+                let (start, end) = self.window(t, offset_us);
+                let n = times.iter().filter(|x| **x >= start && **x < end).count();
+                (n as u32) < self.max
+            }
+        }
+    }
+
     /// When this cap would next allow one more message at or after `at`.
     fn next_allowed(&self, history: &[SentMessage], at: i64, offset_us: i64) -> i64 {
-        let mut t = at;
-        // Each step moves past a counted message or a calendar boundary,
-        // so this ends; a handful of steps in practice.
-        for _ in 0..1_000 {
-            let (start, end) = self.window(t, offset_us);
-            let mut inside: Vec<i64> = history
-                .iter()
-                .filter(|m| self.counts(m) && m.at >= start && m.at < end.min(t + 1))
-                .map(|m| m.at)
-                .collect();
-            if (inside.len() as u32) < self.max {
-                return t;
-            }
-            t = match self.window {
-                CapWindow::Rolling(w) => {
-                    inside.sort_unstable();
-                    // The oldest message that must leave the window.
-                    inside[inside.len() - self.max as usize] + w
-                }
-                CapWindow::Day | CapWindow::Week => end,
-            };
+        let mut times: Vec<i64> = history
+            .iter()
+            .filter(|m| self.counts(m))
+            .map(|m| m.at)
+            .collect();
+        times.sort_unstable();
+        if self.fits(&times, at, offset_us) {
+            return at;
         }
-        i64::MAX
+        match self.window {
+            // A window frees up only when a message leaves it: try those
+            // moments in order.
+            CapWindow::Rolling(w) => times
+                .iter()
+                .map(|x| x + w)
+                .filter(|c| *c > at)
+                .find(|c| self.fits(&times, *c, offset_us))
+                .unwrap_or(i64::MAX),
+            CapWindow::Day | CapWindow::Week => {
+                let mut t = at;
+                for _ in 0..10_000 {
+                    t = self.window(t, offset_us).1;
+                    if self.fits(&times, t, offset_us) {
+                        return t;
+                    }
+                }
+                i64::MAX
+            }
+        }
     }
 }
 
