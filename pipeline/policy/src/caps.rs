@@ -299,3 +299,119 @@ mod tests {
         assert_eq!(c.cap, 0);
     }
 }
+
+/// Parses a cap as written in config: `MAX [CHANNEL | tag:TAG] per WINDOW`,
+/// where WINDOW is `day`, `week` or a duration (`24h`, `7d`, `1h30m`;
+/// rolling). E.g. `2 per 24h`, `1 sms per day`, `3 tag:promo per 7d`.
+pub fn parse_cap(s: &str) -> Result<Cap, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let bad = || {
+        format!(
+            "{s:?}: write `MAX [CHANNEL | tag:TAG] per WINDOW`, e.g. `2 per 24h`, `1 sms per day`"
+        )
+    };
+    let (max, rest) = words.split_first().ok_or_else(bad)?;
+    let max: u32 = max.parse().map_err(|_| bad())?;
+    let (scope, rest) = match rest {
+        [w, tail @ ..] if *w != "per" => {
+            let scope = match w.strip_prefix("tag:") {
+                Some(t) if !t.is_empty() => CapScope::Tag(t.to_string()),
+                Some(_) => return Err(bad()),
+                None if crate::consent::Channel::parse(w).is_some() => {
+                    CapScope::Channel(w.to_string())
+                }
+                None => {
+                    return Err(format!(
+                        "{s:?}: {w:?} is not a channel (email, sms, whatsapp, push, webhook) or tag:NAME"
+                    ));
+                }
+            };
+            (scope, tail)
+        }
+        _ => (CapScope::All, rest),
+    };
+    let window = match rest {
+        ["per", "day"] => CapWindow::Day,
+        ["per", "week"] => CapWindow::Week,
+        ["per", d] => CapWindow::Rolling(parse_duration_us(d).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if max == 0 {
+        return Err(format!(
+            "{s:?}: a cap of 0 blocks every message; remove the rule's channel instead"
+        ));
+    }
+    Ok(Cap { max, scope, window })
+}
+
+/// `90s`, `15m`, `24h`, `7d`, `2w` and sums like `1h30m`, in µs.
+fn parse_duration_us(s: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().ok()?;
+        digits.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    (digits.is_empty() && total > 0).then_some(total * 1_000_000)
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn caps_parse_from_config_text() {
+        assert_eq!(
+            parse_cap("2 per 24h"),
+            Ok(Cap {
+                max: 2,
+                scope: CapScope::All,
+                window: CapWindow::Rolling(86_400_000_000)
+            })
+        );
+        assert_eq!(
+            parse_cap("1 sms per day"),
+            Ok(Cap {
+                max: 1,
+                scope: CapScope::Channel("sms".into()),
+                window: CapWindow::Day
+            })
+        );
+        assert_eq!(
+            parse_cap("3 tag:promo per 1w"),
+            Ok(Cap {
+                max: 3,
+                scope: CapScope::Tag("promo".into()),
+                window: CapWindow::Rolling(604_800_000_000)
+            })
+        );
+        assert_eq!(
+            parse_cap("5 per week").map(|c| c.window),
+            Ok(CapWindow::Week)
+        );
+        for bad in [
+            "",
+            "two per day",
+            "2 fax per day",
+            "2 per fortnight",
+            "0 per day",
+            "2 sms",
+        ] {
+            assert!(parse_cap(bad).is_err(), "{bad:?} should fail");
+        }
+        assert!(parse_cap("2 fax per day").expect_err("bad").contains("fax"));
+    }
+}
