@@ -68,7 +68,7 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
 
 /// The running loop's inputs.
 pub struct Live {
-    /// Durable, recovered runner.
+    /// Durable runner, recovered.
     pub runner: Runner,
     /// This process's staging writer.
     pub writer: WriterId,
@@ -90,6 +90,7 @@ pub async fn recover(
     gate: ConsumedGate,
     clock: Clock,
     metrics: &Metrics,
+    writer: &WriterId,
 ) -> anyhow::Result<Runner> {
     let rules = load_rules(config).await?;
     let started = Instant::now();
@@ -99,6 +100,7 @@ pub async fn recover(
         &BTreeMap::new(),
         engine_options(config)?,
         gate,
+        Some(writer),
     )
     .await
     .context("rebuilding the rule engine's state from the data root")?;

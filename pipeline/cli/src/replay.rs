@@ -70,7 +70,15 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     // window must cover it (twice, so the previous batch is covered too).
     let mut opts = live::engine_options(&config)?;
     opts.catch_up_us = opts.catch_up_us.max(2 * span_us);
-    let rec = Runner::recover(root.clone(), rules, &BTreeMap::new(), opts, gate.clone()).await?;
+    let rec = Runner::recover(
+        root.clone(),
+        rules,
+        &BTreeMap::new(),
+        opts,
+        gate.clone(),
+        Some(&writer),
+    )
+    .await?;
     let mut runner = rec.runner;
     if let Some((redo, at)) = rec.redo {
         runner.redo(redo, at).await?;

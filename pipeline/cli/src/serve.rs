@@ -39,19 +39,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // batch, so only a restart (which redoes it from staging) is safe.
     let (rules_failed, on_rules_failure) = oneshot::channel::<()>();
     let (feed, rules_task) = if config.rules.enabled {
+        // Rules are checked before the port opens: a bad rule set stops the
+        // start. The state is rebuilt in the background, so intake answers
+        // at once; what arrives meanwhile waits in the feed (and staging).
         let clock = live::Clock::parse(&config.rules.clock)?;
-        let runner = live::recover(&config, &root, gate.clone(), clock, &metrics).await?;
+        live::load_rules(&config).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let live = live::Live {
-            runner,
-            writer: writer.clone(),
-            feed: rx,
-            interval: Duration::from_millis(config.rules.interval_ms.max(1)),
-            clock,
-            metrics: metrics.clone(),
-        };
+        let (config, root, gate, writer, metrics) = (
+            config.clone(),
+            root.clone(),
+            gate.clone(),
+            writer.clone(),
+            metrics.clone(),
+        );
         let task = tokio::spawn(async move {
-            let result = live::run(live).await;
+            let result = async {
+                let runner = live::recover(&config, &root, gate, clock, &metrics, &writer).await?;
+                live::run(live::Live {
+                    runner,
+                    writer,
+                    feed: rx,
+                    interval: Duration::from_millis(config.rules.interval_ms.max(1)),
+                    clock,
+                    metrics,
+                })
+                .await
+            }
+            .await;
             if let Err(e) = &result {
                 tracing::error!(error = %format!("{e:#}"), "rules stopped; shutting down so a restart redoes the batch");
                 let _ = rules_failed.send(());

@@ -99,13 +99,16 @@ pub struct Recovered {
 }
 
 impl Runner {
-    /// Rebuilds the engine from the lake and the checkpoint.
+    /// Rebuilds the engine from the lake and the checkpoint. Staged frames
+    /// of `live_writer` (this process's, handed over in memory as they are
+    /// committed) are left to that feed.
     pub async fn recover(
         root: DataRoot,
         rules: Vec<Rule>,
         overrides: &BTreeMap<String, BTreeMap<String, Param>>,
         opts: EngineOptions,
         gate: ConsumedGate,
+        live_writer: Option<&WriterId>,
     ) -> Result<Recovered, StorageError> {
         let checkpoint = match root.read(&ObjectPath::from(CHECKPOINT)).await? {
             Some(bytes) => {
@@ -140,6 +143,9 @@ impl Runner {
         let mut redo_items = Vec::new();
         let mut pending = Pending::default();
         for seg in list_segments(&root).await? {
+            if live_writer == Some(&seg.writer) {
+                continue;
+            }
             let Some(bytes) = root.read(&seg.path).await? else {
                 continue;
             };
