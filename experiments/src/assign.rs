@@ -106,6 +106,32 @@ impl Design {
     }
 }
 
+/// The global control group: a share of customers held out of every
+/// marketing message, to measure the whole program. Transactional messages
+/// still go. Its own salt keeps it independent of every rule's split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalControl {
+    /// Hash salt; a new salt draws a new group.
+    pub salt: String,
+    /// Share in buckets (100 = 1%).
+    pub buckets: u32,
+}
+
+impl GlobalControl {
+    /// A group of `percent` (0 to 100, two decimals honoured) of customers.
+    pub fn new(salt: &str, percent: f64) -> GlobalControl {
+        GlobalControl {
+            salt: salt.to_string(),
+            buckets: (percent.clamp(0.0, 100.0) * f64::from(BUCKETS) / 100.0).round() as u32,
+        }
+    }
+
+    /// Whether `customer_id` is in the group.
+    pub fn contains(&self, customer_id: &str) -> bool {
+        bucket(&self.salt, customer_id) < self.buckets
+    }
+}
+
 /// One customer's place in one experiment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -186,6 +212,28 @@ mod tests {
             let off = (*count as f64 - n as f64 * p).abs();
             assert!(off < 4.0 * sd, "{got:?}: {off} off for p={p} (sd {sd:.0})");
         }
+    }
+
+    #[test]
+    fn the_global_control_group_has_its_share_independent_of_rule_arms() {
+        let g = GlobalControl::new("kairos-global", 5.0);
+        let d = Design::from_percent("cart", 50, 0);
+        let (mut in_group, mut in_group_and_holdout) = (0, 0);
+        for i in 0..100_000 {
+            let id = format!("c{i}");
+            if g.contains(&id) {
+                in_group += 1;
+                in_group_and_holdout += usize::from(d.assign(&id).arm == Arm::Holdout);
+            }
+        }
+        assert!((4_700..5_300).contains(&in_group), "{in_group}");
+        let share = in_group_and_holdout as f64 / in_group as f64;
+        assert!(
+            (share - 0.5).abs() < 0.03,
+            "independent of the rule's split: {share}"
+        );
+        assert!(!GlobalControl::new("g", 0.0).contains("anyone"));
+        assert!(GlobalControl::new("g", 100.0).contains("anyone"));
     }
 
     #[test]

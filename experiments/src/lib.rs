@@ -8,4 +8,4 @@
 
 pub mod assign;
 
-pub use assign::{Arm, Assigner, Assignment, BUCKETS, Design, bucket};
+pub use assign::{Arm, Assigner, Assignment, BUCKETS, Design, GlobalControl, bucket};
