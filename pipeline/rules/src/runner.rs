@@ -229,16 +229,37 @@ impl Runner {
             clocks_before: self.engine.clocks().clone(),
             clocks_after: BTreeMap::new(),
         };
+        if items.is_empty() {
+            // A tick without input changes nothing a restart could not
+            // recompute: unless it fired, record nothing (no object-store
+            // writes while idle). If it fired, it is recorded like any
+            // batch, and a redo (no input, same clock and rule clocks)
+            // fires the same.
+            let report = self.engine.tick(Vec::new(), clock_us).await;
+            if report.firings.is_empty() {
+                return Ok(report);
+            }
+            self.put(&planned).await?;
+            return self.record(planned, report).await;
+        }
         self.put(&planned).await?;
         self.finish(planned, items).await
     }
 
     async fn finish(
         &mut self,
-        mut planned: Checkpoint,
+        planned: Checkpoint,
         items: Vec<StagedItem>,
     ) -> Result<TickReport, StorageError> {
         let report = self.engine.tick(items, planned.clock_us).await;
+        self.record(planned, report).await
+    }
+
+    async fn record(
+        &mut self,
+        mut planned: Checkpoint,
+        report: TickReport,
+    ) -> Result<TickReport, StorageError> {
         if !report.firings.is_empty() {
             firings::write(
                 &self.root,
