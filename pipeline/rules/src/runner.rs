@@ -589,3 +589,188 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
     out.sort_by_key(StagedItem::timestamp_us);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_core::event::{Commerce, EventRecord, Json};
+    use kairos_storage::StagingLog;
+
+    const H: i64 = 3_600_000_000;
+    const T0: i64 = 1_788_220_800_000_000; // 2026-09-01T00:00:00Z
+
+    fn signup(id: &str, customer: &str, at: i64) -> StagedItem {
+        StagedItem::Event(EventRecord {
+            event_id: id.into(),
+            source: "t".into(),
+            call: "track".into(),
+            event: "Signed Up".into(),
+            event_type: "signup".into(),
+            customer_id: customer.into(),
+            user_id: Some(customer.into()),
+            anonymous_id: None,
+            timestamp_us: at,
+            received_at_us: at,
+            sent_at_us: None,
+            commerce: Commerce::default(),
+            timezone: None,
+            properties: Json::empty_object(),
+            context: Json::empty_object(),
+        })
+    }
+
+    fn welcome() -> Rule {
+        crate::rule::parse(
+            std::path::Path::new("sql/welcome.sql"),
+            "-- name: welcome\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'welcome' AS dedupe_key FROM batch_events WHERE event_type = 'signup'\n",
+        )
+        .expect("valid rule")
+    }
+
+    async fn stage(log: &mut StagingLog, items: &[StagedItem]) -> BTreeMap<String, Position> {
+        let mut frame = Vec::new();
+        for i in items {
+            serde_json::to_writer(&mut frame, i).expect("json");
+            frame.push(b'\n');
+        }
+        let at = log.append(&frame).await.expect("append");
+        BTreeMap::from([(log.writer().0.clone(), at)])
+    }
+
+    async fn recover(root: &DataRoot) -> Recovered {
+        Runner::recover(
+            root.clone(),
+            vec![welcome()],
+            &BTreeMap::new(),
+            EngineOptions::default(),
+            ConsumedGate::default(),
+            None,
+        )
+        .await
+        .expect("recover")
+    }
+
+    fn firing_rows(root: &DataRoot) -> Vec<(String, String)> {
+        let dir = root.local_dir.clone().expect("local");
+        let mut out = Vec::new();
+        for entry in walk(&dir.join("firings")) {
+            let file = std::fs::File::open(&entry).expect("open");
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .expect("parquet")
+                    .build()
+                    .expect("reader");
+            for b in reader {
+                let b = b.expect("batch");
+                let c = b.column_by_name("customer_id").expect("col");
+                let c = c.as_any().downcast_ref::<StringArray>().expect("str");
+                for i in 0..b.num_rows() {
+                    out.push((
+                        entry
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                        c.value(i).to_string(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_interrupted_before_done_is_redone_identically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let mut log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let mut runner = recover(&root).await.runner;
+
+        let to = stage(&mut log, &[signup("e1", "c1", T0)]).await;
+        runner
+            .run(vec![signup("e1", "c1", T0)], &to, T0 + H)
+            .await
+            .expect("batch 1");
+        let to = stage(
+            &mut log,
+            &[signup("e2", "c2", T0 + H), signup("e3", "c3", T0 + H)],
+        )
+        .await;
+        let report = runner
+            .run(
+                vec![signup("e2", "c2", T0 + H), signup("e3", "c3", T0 + H)],
+                &to,
+                T0 + 2 * H,
+            )
+            .await
+            .expect("batch 2");
+        assert_eq!(report.firings.len(), 2);
+        let before = firing_rows(&root);
+        assert_eq!(before.len(), 3);
+
+        // A crash after batch 2's firings were written, before it was done:
+        // and more events staged after it that no batch took yet.
+        let mut cp: Checkpoint = serde_json::from_slice(
+            &std::fs::read(dir.path().join(CHECKPOINT)).expect("checkpoint"),
+        )
+        .expect("json");
+        cp.done = false;
+        std::fs::write(
+            dir.path().join(CHECKPOINT),
+            serde_json::to_vec(&cp).expect("json"),
+        )
+        .expect("write");
+        stage(
+            &mut log,
+            &[signup("e4", "c4", T0 + 3 * H), signup("e1", "c1", T0)],
+        )
+        .await;
+        drop(runner);
+
+        let rec = recover(&root).await;
+        let (items, clock) = rec.redo.expect("batch 2 is redone");
+        assert_eq!(
+            (items.len(), clock),
+            (2, T0 + 2 * H),
+            "same inputs, same clock"
+        );
+        assert_eq!(
+            rec.pending.items.len(),
+            2,
+            "the later frame is the next batch"
+        );
+        let mut runner = rec.runner;
+        let redo = runner.redo(items, clock).await.expect("redo");
+        assert_eq!(redo.firings.len(), 2, "c2 and c3 again, into the same file");
+        assert_eq!(
+            firing_rows(&root),
+            before,
+            "the same rows in the same files"
+        );
+        let next = runner
+            .run(rec.pending.items, &rec.pending.to, T0 + 4 * H)
+            .await
+            .expect("batch 3");
+        let fired: Vec<&str> = next
+            .firings
+            .iter()
+            .map(|f| f.customer_id.as_str())
+            .collect();
+        assert_eq!(fired, vec!["c4"], "the retry of c1's signup fires nothing");
+    }
+}
