@@ -11,6 +11,7 @@ pub mod chain;
 pub mod consent;
 pub mod priority;
 pub mod quiet;
+pub mod stage;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
 pub use chain::{Customer, Message, Outcome, PastMessage, Policy, decide};

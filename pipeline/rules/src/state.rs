@@ -237,6 +237,11 @@ impl State {
         s
     }
 
+    /// A customer's current profile traits.
+    pub fn traits(&self, customer_id: &str) -> Option<&serde_json::Map<String, Value>> {
+        self.profiles.get(customer_id)
+    }
+
     /// The canonical customer id of `id` (the user id an anonymous id was linked to).
     pub fn canonical<'a>(&'a self, id: &'a str) -> &'a str {
         self.identities.get(id).map_or(id, String::as_str)
