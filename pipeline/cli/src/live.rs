@@ -66,6 +66,57 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
     })
 }
 
+/// The policy stage from `[policy]` and `[experiments]`, its memory rebuilt
+/// from `sends/` and `assignments/` (without the batch being redone).
+pub async fn policy_stage(
+    config: &Config,
+    rules: Vec<kairos_policy::stage::RuleMeta>,
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> anyhow::Result<kairos_policy::stage::Stage> {
+    let p = &config.policy;
+    let caps = p
+        .caps
+        .iter()
+        .map(|c| kairos_policy::caps::parse_cap(c).map_err(|e| anyhow::anyhow!("policy.caps: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quiet = match p.quiet_hours.trim() {
+        "" => None,
+        q => {
+            let (a, b) = q.split_once('-').ok_or_else(|| {
+                anyhow::anyhow!("policy.quiet_hours = {q:?}: write HH:MM-HH:MM, e.g. 21:00-08:00")
+            })?;
+            Some(
+                kairos_policy::QuietHours::parse(a.trim(), b.trim())
+                    .map_err(|e| anyhow::anyhow!("policy.quiet_hours: {e}"))?,
+            )
+        }
+    };
+    let zone: chrono_tz::Tz = p.default_timezone.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "policy.default_timezone = {:?} is not an IANA zone (e.g. Europe/Berlin)",
+            p.default_timezone
+        )
+    })?;
+    let pct = config.experiments.global_control_percent;
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&pct),
+        "experiments.global_control_percent = {pct}: use 0 to 100"
+    );
+    let global =
+        (pct > 0.0).then(|| kairos_experiments::GlobalControl::new("kairos-global-control", pct));
+    let mut stage = kairos_policy::stage::Stage::new(
+        rules,
+        kairos_policy::chain::Policy { caps, quiet },
+        global,
+        zone,
+    );
+    kairos_policy::tables::restore(&mut stage, root, skip)
+        .await
+        .context("rebuilding the policy stage from sends/ and assignments/")?;
+    Ok(stage)
+}
+
 /// The running loop's inputs.
 pub struct Live {
     /// Durable runner, recovered.
@@ -105,6 +156,13 @@ pub async fn recover(
     .await
     .context("rebuilding the rule engine's state from the data root")?;
     let mut runner = rec.runner;
+    let metas = runner
+        .engine
+        .rules()
+        .map(kairos_policy::tables::rule_meta)
+        .collect();
+    let stage = policy_stage(config, metas, root, rec.redo_batch.as_deref()).await?;
+    runner.add_stage(Box::new(stage));
     tracing::info!(
         events = rec.rebuilt_events,
         customers = runner.engine.state.len(),

@@ -37,6 +37,10 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[rules]`.
     pub rules: RulesConfig,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
+    /// `[experiments]`.
+    pub experiments: ExperimentsConfig,
 }
 
 /// `[storage]`
@@ -116,6 +120,26 @@ pub struct RulesConfig {
     pub clock: String,
     /// Off: serve only ingests and publishes.
     pub enabled: bool,
+}
+
+/// `[policy]`: what every marketing message must pass.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Frequency caps, all applied: `MAX [CHANNEL | tag:TAG] per WINDOW`.
+    pub caps: Vec<String>,
+    /// Local quiet hours `HH:MM-HH:MM`; empty for none.
+    pub quiet_hours: String,
+    /// IANA zone for customers whose profile has no `timezone`.
+    pub default_timezone: String,
+}
+
+/// `[experiments]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentsConfig {
+    /// Percent of customers held out of all marketing messages.
+    pub global_control_percent: f64,
 }
 
 /// A secret string whose `Debug` never prints the value.

@@ -12,6 +12,7 @@ pub mod consent;
 pub mod priority;
 pub mod quiet;
 pub mod stage;
+pub mod tables;
 
 pub use caps::{Cap, CapScope, CapWindow, Capped, SentMessage};
 pub use chain::{Customer, Message, Outcome, PastMessage, Policy, decide};

@@ -155,6 +155,59 @@ impl Stage {
         }
     }
 
+    /// Restores an assignment read from `assignments/`.
+    pub fn remember_assignment(
+        &mut self,
+        experiment: &str,
+        customer_id: &str,
+        a: kairos_experiments::Assignment,
+    ) {
+        self.assigner.remember(experiment, customer_id, a);
+    }
+
+    /// Rebuilds history and pending messages from past `sends/` rows, in
+    /// decision order.
+    pub fn restore(&mut self, rows: Vec<SendRow>) {
+        let last = rows.iter().map(|r| r.decided_at).max().unwrap_or(i64::MIN);
+        for row in rows {
+            match (row.decision, row.channel, row.send_at) {
+                (Decision::Send | Decision::Ghost, Some(ch), Some(at)) => {
+                    let rule = self.rules.get(&row.rule);
+                    self.history
+                        .entry(row.customer_id.clone())
+                        .or_default()
+                        .push(PastMessage {
+                            rule: row.rule.clone(),
+                            step: row.step,
+                            dedupe_key: row.dedupe_key.clone(),
+                            transactional: rule.is_some_and(|r| r.transactional),
+                            sent: SentMessage {
+                                at,
+                                channel: ch.as_str().into(),
+                                tags: rule.map(|r| r.tags.clone()).unwrap_or_default(),
+                            },
+                        });
+                    if at > last {
+                        let cancel_on = rule.map(|r| r.cancel_on.clone()).unwrap_or_default();
+                        self.pending.push(Pending { row, cancel_on });
+                    }
+                }
+                (Decision::Cancelled, ..) => {
+                    let same = |r: &SendRow| r.send_id == row.send_id;
+                    self.pending.retain(|p| !same(&p.row));
+                    if let Some(h) = self.history.get_mut(&row.customer_id) {
+                        h.retain(|m| {
+                            !(m.rule == row.rule
+                                && m.step == row.step
+                                && m.dedupe_key == row.dedupe_key)
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Messages waiting (deferred, or the scheduled arm).
     pub fn pending(&self) -> usize {
         self.pending.len()

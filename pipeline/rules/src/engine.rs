@@ -113,6 +113,19 @@ pub struct TickReport {
     pub duplicates: usize,
     /// Rows dropped because their `due_at` was before the rule's window.
     pub stale: usize,
+    /// The batch's events (canonical customer, type, time), for later stages.
+    pub events: Vec<BatchEvent>,
+}
+
+/// One event of a batch, as later stages see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchEvent {
+    /// Canonical customer.
+    pub customer_id: String,
+    /// Canonical event type.
+    pub event_type: String,
+    /// Event time, µs.
+    pub at: i64,
 }
 
 struct Compiled {
@@ -310,6 +323,15 @@ impl Engine {
         }
         report.duplicates = applied.duplicates;
 
+        report.events = applied
+            .events
+            .iter()
+            .map(|e| BatchEvent {
+                customer_id: e.customer_id.clone(),
+                event_type: e.event_type.clone(),
+                at: e.timestamp_us,
+            })
+            .collect();
         let customers = std::mem::take(&mut applied.customers);
         let mut tables = Tables::new(Some(customers), now);
         for i in 0..self.rules.len() {

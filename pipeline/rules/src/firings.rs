@@ -99,6 +99,31 @@ pub async fn write(
     Ok(path)
 }
 
+/// Writes a later stage's rows for batch `batch` to
+/// `<table>/date=…/hour=…/<batch>.parquet` in one PUT (sorted as given).
+pub async fn write_table(
+    root: &DataRoot,
+    table: &str,
+    rows: &RecordBatch,
+    batch: &str,
+    clock_us: i64,
+) -> Result<ObjectPath, StorageError> {
+    let path = ObjectPath::from(format!(
+        "{}/{batch}.parquet",
+        partition_dir(table, clock_us)
+    ));
+    let props = tables::writer_properties(&rows.schema(), "customer_id", &[], 65_536);
+    let bytes = tables::encode_parquet(rows, props, path.as_ref())?;
+    root.store
+        .put(&path, Bytes::from(bytes).into())
+        .await
+        .map_err(|source| StorageError::ObjectStore {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(path)
+}
+
 /// Every past firing as (rule, customer, key), skipping the file of batch `skip`.
 pub async fn load(
     root: &DataRoot,

@@ -30,5 +30,5 @@ pub mod runner;
 pub mod state;
 
 pub use check::check_dir;
-pub use engine::{Engine, EngineOptions, Firing, TickReport};
+pub use engine::{BatchEvent, Engine, EngineOptions, Firing, TickReport};
 pub use rule::{Rule, RuleError, load_dir, parse};

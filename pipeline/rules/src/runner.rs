@@ -77,6 +77,22 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<StagedItem>, serde_json::Err
         .collect()
 }
 
+/// A later stage run inside each durable batch (the policy chain, then
+/// messaging). It sees the batch's events and firings and returns rows for
+/// its own tables; they are written under the batch's id before the batch
+/// is done, so they are exactly-once like the firings. A stage rebuilds its
+/// memory from its tables before the runner starts, leaving out the files
+/// of [`Recovered::redo_batch`].
+pub trait BatchStage: Send + Sync {
+    /// Decides what the batch means for this stage; returns (table, rows).
+    fn process(
+        &mut self,
+        report: &TickReport,
+        state: &State,
+        clock_us: i64,
+    ) -> Vec<(&'static str, datafusion::arrow::array::RecordBatch)>;
+}
+
 /// Runs batches durably over one data root.
 pub struct Runner {
     root: DataRoot,
@@ -84,6 +100,7 @@ pub struct Runner {
     pub engine: Engine,
     checkpoint: Checkpoint,
     gate: ConsumedGate,
+    stages: Vec<Box<dyn BatchStage>>,
 }
 
 /// What recovery found.
@@ -96,6 +113,9 @@ pub struct Recovered {
     pub pending: Pending,
     /// Events folded into the state from the lake.
     pub rebuilt_events: usize,
+    /// The batch being redone: stages must ignore its files when they
+    /// rebuild, as its outputs are written again.
+    pub redo_batch: Option<String>,
 }
 
 impl Runner {
@@ -185,11 +205,18 @@ impl Runner {
                 engine,
                 checkpoint,
                 gate,
+                stages: Vec::new(),
             },
             redo,
             pending,
             rebuilt_events,
+            redo_batch,
         })
+    }
+
+    /// Adds a later stage (after it rebuilt its memory).
+    pub fn add_stage(&mut self, stage: Box<dyn BatchStage>) {
+        self.stages.push(stage);
     }
 
     /// The last checkpoint.
@@ -260,14 +287,18 @@ impl Runner {
         mut planned: Checkpoint,
         report: TickReport,
     ) -> Result<TickReport, StorageError> {
+        let batch = firings::batch_id(planned.batch);
         if !report.firings.is_empty() {
-            firings::write(
-                &self.root,
-                &report.firings,
-                &firings::batch_id(planned.batch),
-                planned.clock_us,
-            )
-            .await?;
+            firings::write(&self.root, &report.firings, &batch, planned.clock_us).await?;
+        }
+        let mut outputs = Vec::new();
+        for stage in &mut self.stages {
+            outputs.extend(stage.process(&report, &self.engine.state, planned.clock_us));
+        }
+        for (table, rows) in outputs {
+            if rows.num_rows() > 0 {
+                firings::write_table(&self.root, table, &rows, &batch, planned.clock_us).await?;
+            }
         }
         planned.done = true;
         planned.clocks_after = self.engine.clocks().clone();

@@ -1,0 +1,320 @@
+//! The policy stage's tables, `sends/` and `assignments/`, and the stage
+//! as a step of each durable batch.
+//!
+//! Both tables are written per batch (`<table>/date=…/hour=…/b<batch>.parquet`)
+//! by the rules runner, so they are exactly-once like `firings/`. On start
+//! the stage rebuilds its memory (assignments, message history, pending
+//! messages) from them.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use object_store::path::Path as ObjectPath;
+
+use kairos_experiments::{Arm, Assignment};
+use kairos_rules::runner::BatchStage;
+use kairos_rules::state::State;
+use kairos_rules::{Rule, TickReport};
+use kairos_storage::tables::read_parquet;
+use kairos_storage::{DataRoot, StorageError};
+
+use crate::consent::Channel;
+use crate::stage::{Decision, Fired, RuleMeta, SendRow, Stage};
+
+/// `sends/`: one row per decision.
+pub const SENDS: &str = "sends";
+/// `assignments/`: one row per (experiment, customer), when first assigned.
+pub const ASSIGNMENTS: &str = "assignments";
+
+fn ts(name: &str, nullable: bool) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        nullable,
+    )
+}
+
+/// `sends/` schema.
+pub static SENDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("send_id", DataType::Utf8, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("dedupe_key", DataType::Utf8, false),
+        Field::new("arm", DataType::Utf8, false),
+        Field::new("variant", DataType::Utf8, true),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("decision", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+        ts("send_at", true),
+        ts("decided_at", false),
+    ]))
+});
+
+/// `assignments/` schema.
+pub static ASSIGNMENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("experiment", DataType::Utf8, false),
+        Field::new("variant", DataType::Utf8, true),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("arm", DataType::Utf8, false),
+        ts("assigned_at", false),
+        Field::new("firing_key", DataType::Utf8, false),
+    ]))
+});
+
+fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(v.collect::<StringArray>())
+}
+
+fn times(v: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(
+        v.collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
+}
+
+/// Rows of `sends/`, sorted by customer.
+pub fn sends_batch(rows: &[SendRow]) -> RecordBatch {
+    let mut r: Vec<&SendRow> = rows.iter().collect();
+    r.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+    let cols = vec![
+        strings(r.iter().map(|x| Some(x.send_id.as_str()))),
+        strings(r.iter().map(|x| Some(x.rule.as_str()))),
+        Arc::new(r.iter().map(|x| i64::from(x.step)).collect::<Int64Array>()) as ArrayRef,
+        strings(r.iter().map(|x| Some(x.customer_id.as_str()))),
+        strings(r.iter().map(|x| Some(x.dedupe_key.as_str()))),
+        strings(r.iter().map(|x| Some(x.arm.as_str()))),
+        strings(r.iter().map(|x| x.variant.as_deref())),
+        strings(r.iter().map(|x| x.channel.map(Channel::as_str))),
+        strings(r.iter().map(|x| Some(x.decision.as_str()))),
+        strings(r.iter().map(|x| x.reason.as_deref())),
+        times(r.iter().map(|x| x.send_at)),
+        times(r.iter().map(|x| Some(x.decided_at))),
+    ];
+    RecordBatch::try_new(SENDS_SCHEMA.clone(), cols)
+        .unwrap_or_else(|_| RecordBatch::new_empty(SENDS_SCHEMA.clone()))
+}
+
+/// Rows of `assignments/` for the decisions that made a new assignment.
+pub fn assignments_batch(rows: &[SendRow]) -> RecordBatch {
+    let mut r: Vec<&SendRow> = rows.iter().filter(|x| x.new_assignment).collect();
+    r.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+    let cols = vec![
+        strings(r.iter().map(|x| Some(x.rule.as_str()))),
+        strings(r.iter().map(|x| x.variant.as_deref())),
+        strings(r.iter().map(|x| Some(x.customer_id.as_str()))),
+        strings(r.iter().map(|x| Some(x.arm.as_str()))),
+        times(r.iter().map(|x| Some(x.decided_at))),
+        strings(r.iter().map(|x| Some(x.dedupe_key.as_str()))),
+    ];
+    RecordBatch::try_new(ASSIGNMENTS_SCHEMA.clone(), cols)
+        .unwrap_or_else(|_| RecordBatch::new_empty(ASSIGNMENTS_SCHEMA.clone()))
+}
+
+fn arm(s: &str) -> Arm {
+    match s {
+        "holdout" => Arm::Holdout,
+        "scheduled" => Arm::Scheduled,
+        _ => Arm::Triggered,
+    }
+}
+
+fn decision(s: &str) -> Decision {
+    match s {
+        "send" => Decision::Send,
+        "ghost" => Decision::Ghost,
+        "cancelled" => Decision::Cancelled,
+        _ => Decision::Suppressed,
+    }
+}
+
+async fn files(
+    root: &DataRoot,
+    table: &str,
+    skip: Option<&str>,
+) -> Result<Vec<ObjectPath>, StorageError> {
+    let skip = skip.map(|s| format!("{s}.parquet"));
+    Ok(root
+        .list(&ObjectPath::from(table))
+        .await?
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|p| {
+            let name = p.filename().unwrap_or_default();
+            name.ends_with(".parquet") && skip.as_deref() != Some(name)
+        })
+        .collect())
+}
+
+/// Rebuilds `stage` from `sends/` and `assignments/`, leaving out the files
+/// of batch `skip` (being redone).
+pub async fn restore(
+    stage: &mut Stage,
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> Result<(), StorageError> {
+    for path in files(root, ASSIGNMENTS, skip).await? {
+        for b in read_parquet(root, &path, None).await? {
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+            };
+            let (Some(e), Some(v), Some(c), Some(a)) =
+                (s("experiment"), s("variant"), s("customer_id"), s("arm"))
+            else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                stage.remember_assignment(
+                    e.value(i),
+                    c.value(i),
+                    Assignment {
+                        arm: arm(a.value(i)),
+                        variant: v.is_valid(i).then(|| v.value(i).to_string()),
+                        bucket: 0,
+                    },
+                );
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for path in files(root, SENDS, skip).await? {
+        for b in read_parquet(root, &path, None).await? {
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+            };
+            let t = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                    .cloned()
+            };
+            let step = b
+                .column_by_name("step")
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .cloned();
+            let (
+                Some(id),
+                Some(rule),
+                Some(step),
+                Some(cust),
+                Some(key),
+                Some(a),
+                Some(v),
+                Some(ch),
+                Some(d),
+                Some(reason),
+                Some(at),
+                Some(decided),
+            ) = (
+                s("send_id"),
+                s("rule"),
+                step,
+                s("customer_id"),
+                s("dedupe_key"),
+                s("arm"),
+                s("variant"),
+                s("channel"),
+                s("decision"),
+                s("reason"),
+                t("send_at"),
+                t("decided_at"),
+            )
+            else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
+                rows.push(SendRow {
+                    send_id: id.value(i).to_string(),
+                    rule: rule.value(i).to_string(),
+                    step: u32::try_from(step.value(i)).unwrap_or(0),
+                    customer_id: cust.value(i).to_string(),
+                    dedupe_key: key.value(i).to_string(),
+                    arm: arm(a.value(i)),
+                    variant: opt(&v),
+                    channel: opt(&ch).as_deref().and_then(Channel::parse),
+                    decision: decision(d.value(i)),
+                    reason: opt(&reason),
+                    send_at: at.is_valid(i).then(|| at.value(i)),
+                    decided_at: decided.value(i),
+                    new_assignment: false,
+                });
+            }
+        }
+    }
+    rows.sort_by_key(|r| r.decided_at);
+    stage.restore(rows);
+    Ok(())
+}
+
+/// [`RuleMeta`] of a rule file.
+pub fn rule_meta(rule: &Rule) -> RuleMeta {
+    use kairos_rules::rule::{Channel as RuleChannel, WhenBlocked};
+    let channel = match rule.channel {
+        RuleChannel::Email => Some(Channel::Email),
+        RuleChannel::Sms => Some(Channel::Sms),
+        RuleChannel::Whatsapp => Some(Channel::Whatsapp),
+        RuleChannel::Push => Some(Channel::Push),
+        RuleChannel::Webhook => Some(Channel::Webhook),
+        RuleChannel::Preferred => None,
+    };
+    RuleMeta {
+        name: rule.name.clone(),
+        channel,
+        priority: rule.priority,
+        cooldown_us: rule.cooldown_secs as i64 * 1_000_000,
+        cancel_on: rule.cancel_on.clone(),
+        transactional: rule.transactional,
+        tags: rule.tags.clone(),
+        defer_on_conflict: rule.on_conflict == WhenBlocked::Defer,
+        defer_when_capped: rule.on_cap == WhenBlocked::Defer,
+        design: kairos_experiments::Design::from_percent(
+            &rule.salt,
+            rule.split.holdout,
+            rule.split.scheduled,
+        )
+        .with_variants(
+            rule.variants
+                .iter()
+                .map(|v| (v.name.clone(), v.weight))
+                .collect(),
+        ),
+        scheduled_at_minutes: rule.scheduled_at_minutes,
+    }
+}
+
+impl BatchStage for Stage {
+    fn process(
+        &mut self,
+        report: &TickReport,
+        state: &State,
+        clock_us: i64,
+    ) -> Vec<(&'static str, RecordBatch)> {
+        let mut rows = Vec::new();
+        for e in &report.events {
+            rows.extend(self.observe(&e.customer_id, &e.event_type, e.at, clock_us));
+        }
+        let fired: Vec<Fired> = report
+            .firings
+            .iter()
+            .map(|f| Fired {
+                rule: f.rule.clone(),
+                customer_id: f.customer_id.clone(),
+                dedupe_key: f.dedupe_key.clone(),
+            })
+            .collect();
+        rows.extend(self.decide(&fired, clock_us, |c| state.traits(c)));
+        vec![
+            (SENDS, sends_batch(&rows)),
+            (ASSIGNMENTS, assignments_batch(&rows)),
+        ]
+    }
+}
