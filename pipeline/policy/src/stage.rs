@@ -132,6 +132,8 @@ pub struct Stage {
     pending: Vec<Pending>,
     /// How long a message that lost on priority waits when deferred, µs.
     pub priority_wait_us: i64,
+    /// How far back history is kept: the longest cap window or cooldown.
+    retention_us: i64,
 }
 
 impl Stage {
@@ -142,7 +144,15 @@ impl Stage {
         global: Option<GlobalControl>,
         default_zone: Tz,
     ) -> Stage {
+        const WEEK: i64 = 7 * 86_400_000_000;
+        let caps = policy.caps.iter().map(|c| match c.window {
+            crate::caps::CapWindow::Rolling(w) => w,
+            crate::caps::CapWindow::Day | crate::caps::CapWindow::Week => WEEK,
+        });
+        let cooldowns = rules.iter().map(|r| r.cooldown_us);
+        let retention_us = caps.chain(cooldowns).fold(WEEK, i64::max);
         Stage {
+            retention_us,
             rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
             policy,
             global,
@@ -329,7 +339,11 @@ impl Stage {
                 Arm::Scheduled => chain::next_local_time(now, rule.scheduled_at_minutes, zone),
                 _ => now,
             };
+            let keep_from = now - self.retention_us;
             let history = self.history.entry(f.customer_id.clone()).or_default();
+            // Only caps and cooldowns look back; "once ever" is the rule
+            // engine's (it never fires a (rule, customer, key) twice).
+            history.retain(|m| m.sent.at >= keep_from);
             let msg = Message {
                 rule: &rule.name,
                 step: 0,
