@@ -132,6 +132,9 @@ struct Compiled {
     rule: Rule,
     overrides: BTreeMap<String, Param>,
     reads: Vec<&'static str>,
+    /// With variants: the arm split, to run each variant's parameters for
+    /// the customers assigned to it.
+    design: Option<kairos_experiments::Design>,
 }
 
 /// The rule engine: state, rules, what fired, and each rule's clock.
@@ -171,7 +174,21 @@ impl Engine {
             .into_iter()
             .map(|rule| {
                 let sql = rule.sql.to_lowercase();
+                let design = (!rule.variants.is_empty()).then(|| {
+                    kairos_experiments::Design::from_percent(
+                        &rule.salt,
+                        rule.split.holdout,
+                        rule.split.scheduled,
+                    )
+                    .with_variants(
+                        rule.variants
+                            .iter()
+                            .map(|v| (v.name.clone(), v.weight))
+                            .collect(),
+                    )
+                });
                 Compiled {
+                    design,
                     overrides: overrides.get(&rule.name).cloned().unwrap_or_default(),
                     reads: names
                         .iter()
@@ -355,7 +372,7 @@ impl Engine {
         let sweep = self.rules[i].rule.cadence != Cadence::EveryBatch;
         let last = self.clocks.get(&name).copied();
         self.clocks.insert(name.clone(), clock);
-        let rows = match self.evaluate(i, clock, applied, tables).await {
+        let rows = match self.evaluate_variants(i, clock, applied, tables).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(rule = %name, %error, "rule failed; the other rules keep firing");
@@ -400,12 +417,48 @@ impl Engine {
         }
     }
 
+    /// Rows of rule `i`: with the default parameters for customers outside
+    /// any variant (holdout, scheduled, or a rule without variants), and
+    /// with each variant's parameters for the customers assigned to it
+    /// (the same hash assignment the policy stage records).
+    async fn evaluate_variants(
+        &mut self,
+        i: usize,
+        clock: i64,
+        applied: &Applied,
+        tables: &mut Tables,
+    ) -> Result<Vec<Row>, String> {
+        let base = self.rules[i].overrides.clone();
+        let Some(design) = self.rules[i].design.clone() else {
+            return self.evaluate(i, clock, applied, tables, &base).await;
+        };
+        let variant_of = |customer: &str| design.assign(customer).variant;
+        let mut rows: Vec<Row> = self
+            .evaluate(i, clock, applied, tables, &base)
+            .await?
+            .into_iter()
+            .filter(|r| variant_of(&r.0).is_none())
+            .collect();
+        for v in self.rules[i].rule.variants.clone() {
+            let mut params = base.clone();
+            params.extend(v.params.clone());
+            rows.extend(
+                self.evaluate(i, clock, applied, tables, &params)
+                    .await?
+                    .into_iter()
+                    .filter(|r| variant_of(&r.0).as_deref() == Some(v.name.as_str())),
+            );
+        }
+        Ok(rows)
+    }
+
     async fn evaluate(
         &mut self,
         i: usize,
         clock: i64,
         applied: &Applied,
         tables: &mut Tables,
+        params: &BTreeMap<String, Param>,
     ) -> Result<Vec<Row>, String> {
         let c = &self.rules[i];
         for name in &c.reads {
@@ -421,7 +474,7 @@ impl Engine {
         }
         let sql = c
             .rule
-            .render_sql(&c.overrides, &clock_sql(clock))
+            .render_sql(params, &clock_sql(clock))
             .map_err(|e| e.to_string())?;
         let batches = self
             .ctx
@@ -622,4 +675,67 @@ fn json_values(col: &dyn Array) -> Result<Vec<Value>, String> {
                 .collect()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_core::event::{Commerce, Json};
+
+    fn event(n: usize) -> StagedItem {
+        StagedItem::Event(EventRecord {
+            event_id: format!("e{n}"),
+            source: "t".into(),
+            call: "track".into(),
+            event: "Promo".into(),
+            event_type: "promo".into(),
+            customer_id: format!("c{n}"),
+            user_id: Some(format!("c{n}")),
+            anonymous_id: None,
+            timestamp_us: 1_000_000,
+            received_at_us: 1_000_000,
+            sent_at_us: None,
+            commerce: Commerce::default(),
+            timezone: None,
+            properties: Json::empty_object(),
+            context: Json::empty_object(),
+        })
+    }
+
+    #[tokio::test]
+    async fn each_variant_runs_with_its_parameters_for_its_customers() {
+        let rule = crate::rule::parse(
+            std::path::Path::new("sql/promo.sql"),
+            "-- name: promo\n-- description: d\n-- channel: email\n-- split: holdout=20 triggered=80\n-- param n: 0\n-- variant one: n=1\n-- variant two: n=2 weight=3\n\nSELECT customer_id, CAST(${n} AS VARCHAR) AS dedupe_key FROM batch_events\n",
+        )
+        .expect("valid");
+        let design = kairos_experiments::Design::from_percent("promo", 20, 0)
+            .with_variants(vec![("one".into(), 1), ("two".into(), 3)]);
+        let mut engine = Engine::new(
+            vec![rule],
+            &BTreeMap::new(),
+            State::default(),
+            EngineOptions::default(),
+        );
+        let report = engine.tick((0..400).map(event).collect(), 2_000_000).await;
+        assert_eq!(
+            report.firings.len(),
+            400,
+            "one firing per customer, whatever the arm"
+        );
+        let mut seen = [0; 3];
+        for f in &report.firings {
+            let want = match design.assign(&f.customer_id).variant.as_deref() {
+                None => "0",
+                Some("one") => "1",
+                _ => "2",
+            };
+            assert_eq!(f.dedupe_key, want, "{}", f.customer_id);
+            seen[want.parse::<usize>().expect("digit")] += 1;
+        }
+        assert!(
+            seen.iter().all(|n| *n > 30),
+            "every arm and variant ran: {seen:?}"
+        );
+    }
 }
