@@ -143,18 +143,30 @@ pub struct Assignment {
     pub bucket: u32,
 }
 
-/// Remembers first assignments so they stick.
+/// Remembers first assignments so they stick. Keys are 128-bit hashes of
+/// (experiment, customer): millions of assignments without millions of
+/// string pairs.
 #[derive(Debug, Default)]
 pub struct Assigner {
-    first: HashMap<(String, String), Assignment>,
+    first: HashMap<u128, Assignment, foldhash::fast::RandomState>,
+    experiments: std::collections::BTreeSet<String>,
+}
+
+fn key(experiment: &str, customer_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(experiment.as_bytes());
+    h.update(&[0]);
+    h.update(customer_id.as_bytes());
+    h.digest128()
 }
 
 impl Assigner {
     /// Restores an assignment read back from `assignments/`.
     pub fn remember(&mut self, experiment: &str, customer_id: &str, a: Assignment) {
-        self.first
-            .entry((experiment.to_string(), customer_id.to_string()))
-            .or_insert(a);
+        if !self.experiments.contains(experiment) {
+            self.experiments.insert(experiment.to_string());
+        }
+        self.first.entry(key(experiment, customer_id)).or_insert(a);
     }
 
     /// The customer's arm: the first one given, else the design's (and
@@ -165,12 +177,15 @@ impl Assigner {
         design: &Design,
         customer_id: &str,
     ) -> (Assignment, bool) {
-        let key = (experiment.to_string(), customer_id.to_string());
-        if let Some(a) = self.first.get(&key) {
+        let k = key(experiment, customer_id);
+        if let Some(a) = self.first.get(&k) {
             return (a.clone(), false);
         }
+        if !self.experiments.contains(experiment) {
+            self.experiments.insert(experiment.to_string());
+        }
         let a = design.assign(customer_id);
-        self.first.insert(key, a.clone());
+        self.first.insert(k, a.clone());
         (a, true)
     }
 
@@ -178,10 +193,13 @@ impl Assigner {
     /// carry over to experiments the user was not in yet.
     pub fn link(&mut self, anonymous_id: &str, user_id: &str) {
         let carried: Vec<(String, Assignment)> = self
-            .first
+            .experiments
             .iter()
-            .filter(|((_, c), _)| c == anonymous_id)
-            .map(|((e, _), a)| (e.clone(), a.clone()))
+            .filter_map(|e| {
+                self.first
+                    .get(&key(e, anonymous_id))
+                    .map(|a| (e.clone(), a.clone()))
+            })
             .collect();
         for (experiment, a) in carried {
             self.remember(&experiment, user_id, a);

@@ -147,6 +147,18 @@ enum Command {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// Benchmark the policy stage: one batch of firings against many customers' send history.
+    BenchPolicy {
+        /// Customers with send history (three messages each in the last week).
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u64,
+        /// Firings per batch.
+        #[arg(long, default_value_t = 100_000)]
+        firings: usize,
+        /// Rules folder. Default from config (./sql).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// Work with the SQL trigger rules.
     Rules {
         #[command(subcommand)]
@@ -201,6 +213,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             c.server.listen = listen.unwrap_or(c.server.listen);
             c.rules.dir = rules.unwrap_or(c.rules.dir);
             runtime()?.block_on(serve::serve(c))
+        }
+        Command::BenchPolicy {
+            customers,
+            firings,
+            rules,
+        } => {
+            let mut c = config()?;
+            c.rules.dir = rules.unwrap_or(c.rules.dir);
+            runtime()?.block_on(bench::bench_policy(c, customers, firings))
         }
         Command::BenchRules {
             history,
@@ -296,6 +317,7 @@ fn reserved_name(c: &Command) -> &'static str {
         | Command::Replay { .. }
         | Command::Backtest { .. }
         | Command::BenchRules { .. }
+        | Command::BenchPolicy { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Rules { .. } => "?",

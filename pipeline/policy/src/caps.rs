@@ -7,6 +7,8 @@
 //! exceed a cap, [`check`] says which cap and the first moment it would be
 //! allowed, so the caller can skip it or defer it there.
 
+use std::borrow::Borrow;
+
 use serde::{Deserialize, Serialize};
 
 const DAY: i64 = 86_400_000_000;
@@ -135,9 +137,10 @@ impl Cap {
     }
 
     /// When this cap would next allow one more message at or after `at`.
-    fn next_allowed(&self, history: &[SentMessage], at: i64, offset_us: i64) -> i64 {
+    fn next_allowed<M: Borrow<SentMessage>>(&self, history: &[M], at: i64, offset_us: i64) -> i64 {
         let mut times: Vec<i64> = history
             .iter()
+            .map(Borrow::borrow)
             .filter(|m| self.counts(m))
             .map(|m| m.at)
             .collect();
@@ -171,9 +174,9 @@ impl Cap {
 /// Checks a marketing message on `channel` (rule `tags`) at `at` against
 /// every cap; `history` is the customer's past messages, `offset_us` their
 /// local UTC offset. `None` means it may go now.
-pub fn check(
+pub fn check<M: Borrow<SentMessage>>(
     caps: &[Cap],
-    history: &[SentMessage],
+    history: &[M],
     at: i64,
     channel: &str,
     tags: &[String],

@@ -150,11 +150,11 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
     if !msg.transactional {
         // 4 and 5 interact (a quiet-hours deferral can land in a capped
         // window and back), so alternate until both agree.
-        let counted: Vec<SentMessage> = customer
+        let counted: Vec<&SentMessage> = customer
             .history
             .iter()
             .filter(|p| !p.transactional)
-            .map(|p| p.sent.clone())
+            .map(|p| &p.sent)
             .collect();
         for _ in 0..16 {
             let start = at;

@@ -8,7 +8,8 @@
 //! and cancelled when one of the rule's `cancel_on` events arrives first.
 //! Every decision becomes one [`SendRow`].
 
-use std::collections::HashMap;
+/// Maps keyed by customer: a seeded fast hash, not SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -122,7 +123,8 @@ struct Pending {
 
 /// The stage's memory: assignments, message history, pending messages.
 pub struct Stage {
-    rules: HashMap<String, RuleMeta>,
+    rules: HashMap<String, std::sync::Arc<RuleMeta>>,
+    zones: HashMap<String, Tz>,
     policy: Policy,
     global: Option<GlobalControl>,
     default_zone: Tz,
@@ -153,13 +155,17 @@ impl Stage {
         let retention_us = caps.chain(cooldowns).fold(WEEK, i64::max);
         Stage {
             retention_us,
-            rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            rules: rules
+                .into_iter()
+                .map(|r| (r.name.clone(), std::sync::Arc::new(r)))
+                .collect(),
+            zones: HashMap::default(),
             policy,
             global,
             default_zone,
             assigner: Assigner::default(),
-            history: HashMap::new(),
-            opt_outs: HashMap::new(),
+            history: HashMap::default(),
+            opt_outs: HashMap::default(),
             pending: Vec::new(),
             priority_wait_us: 3_600_000_000,
         }
@@ -216,6 +222,14 @@ impl Stage {
                 _ => {}
             }
         }
+    }
+
+    /// Adds a past message to a customer's history (benchmarks, imports).
+    pub fn add_history(&mut self, customer_id: &str, message: PastMessage) {
+        self.history
+            .entry(customer_id.to_string())
+            .or_default()
+            .push(message);
     }
 
     /// Messages waiting (deferred, or the scheduled arm).
@@ -316,11 +330,17 @@ impl Stage {
                 .get("preferred_channel")
                 .and_then(Value::as_str)
                 .and_then(Channel::parse);
-            let zone: Tz = t
-                .get("timezone")
-                .and_then(Value::as_str)
-                .and_then(|z| z.parse().ok())
-                .unwrap_or(self.default_zone);
+            let zone: Tz = match t.get("timezone").and_then(Value::as_str) {
+                Some(z) => match self.zones.get(z) {
+                    Some(tz) => *tz,
+                    None => {
+                        let tz = z.parse().unwrap_or(self.default_zone);
+                        self.zones.insert(z.to_string(), tz);
+                        tz
+                    }
+                },
+                None => self.default_zone,
+            };
             // Assignment first, before any policy.
             let in_control = !rule.transactional
                 && self
