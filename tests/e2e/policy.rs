@@ -2,11 +2,10 @@
 //! holdout, the scheduled arm and its cancellation, recorded in `sends/`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Server, post, read_table, strings};
+use crate::support::{Server, post, read_table, strings, wait_clock};
 
 fn rule(dir: &Path, name: &str, header: &str) {
     std::fs::write(
@@ -16,24 +15,6 @@ fn rule(dir: &Path, name: &str, header: &str) {
         ),
     )
     .expect("write rule");
-}
-
-fn wait_clock(dir: &Path, at: &str) {
-    let want = chrono::DateTime::parse_from_rfc3339(at)
-        .expect("time")
-        .timestamp_micros();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = std::fs::read(dir.join("_kairos/rules/checkpoint.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["done"] == true && v["clock_us"].as_i64().unwrap_or(0) >= want);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rules never reached {at}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test]

@@ -4,11 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Server, post, read_table, strings};
+use crate::support::{Server, post, read_table, strings, wait_clock};
 
 /// Rules on the event clock, ticking every 100 ms.
 const CONFIG: &str =
@@ -41,25 +40,6 @@ fn firings(dir: &Path) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-/// Waits until the rules checkpoint reached `at` (the event clock).
-fn wait_clock(dir: &Path, at: &str) {
-    let want = chrono::DateTime::parse_from_rfc3339(at)
-        .expect("time")
-        .timestamp_micros();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let cp = std::fs::read(dir.join("_kairos/rules/checkpoint.json")).ok();
-        let done = cp
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["done"] == true && v["clock_us"].as_i64().unwrap_or(0) >= want);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rules never reached {at}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test]

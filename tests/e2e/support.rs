@@ -276,3 +276,22 @@ pub async fn post(server: &Server, path: &str, body: &serde_json::Value) -> reqw
         .await
         .expect("send")
 }
+
+/// Waits until the rules checkpoint reached `at` (the event clock).
+pub fn wait_clock(dir: &Path, at: &str) {
+    let want = chrono::DateTime::parse_from_rfc3339(at)
+        .expect("time")
+        .timestamp_micros();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cp = std::fs::read(dir.join("_kairos/rules/checkpoint.json")).ok();
+        let done = cp
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["done"] == true && v["clock_us"].as_i64().unwrap_or(0) >= want);
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rules never reached {at}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -276,17 +276,7 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
         tags: rule.tags.clone(),
         defer_on_conflict: rule.on_conflict == WhenBlocked::Defer,
         defer_when_capped: rule.on_cap == WhenBlocked::Defer,
-        design: kairos_experiments::Design::from_percent(
-            &rule.salt,
-            rule.split.holdout,
-            rule.split.scheduled,
-        )
-        .with_variants(
-            rule.variants
-                .iter()
-                .map(|v| (v.name.clone(), v.weight))
-                .collect(),
-        ),
+        design: rule.design(),
         scheduled_at_minutes: rule.scheduled_at_minutes,
     }
 }

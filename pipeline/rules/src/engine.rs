@@ -174,19 +174,7 @@ impl Engine {
             .into_iter()
             .map(|rule| {
                 let sql = rule.sql.to_lowercase();
-                let design = (!rule.variants.is_empty()).then(|| {
-                    kairos_experiments::Design::from_percent(
-                        &rule.salt,
-                        rule.split.holdout,
-                        rule.split.scheduled,
-                    )
-                    .with_variants(
-                        rule.variants
-                            .iter()
-                            .map(|v| (v.name.clone(), v.weight))
-                            .collect(),
-                    )
-                });
+                let design = (!rule.variants.is_empty()).then(|| rule.design());
                 Compiled {
                     design,
                     overrides: overrides.get(&rule.name).cloned().unwrap_or_default(),

@@ -237,6 +237,21 @@ impl Rule {
         Ok(out)
     }
 
+    /// The rule's experiment design: its split, salt and variants.
+    pub fn design(&self) -> kairos_experiments::Design {
+        kairos_experiments::Design::from_percent(
+            &self.salt,
+            self.split.holdout,
+            self.split.scheduled,
+        )
+        .with_variants(
+            self.variants
+                .iter()
+                .map(|v| (v.name.clone(), v.weight))
+                .collect(),
+        )
+    }
+
     fn err_at_sql(&self, at: &str, message: &str) -> RuleError {
         let offset = self.sql.len() - at.len();
         let line = self.sql_line + self.sql[..offset].matches('\n').count();
