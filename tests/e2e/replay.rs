@@ -17,22 +17,7 @@ fn sql_dir() -> std::path::PathBuf {
 
 /// (rule, customer_id, dedupe_key) of every firing.
 fn firing_set(dir: &Path) -> (usize, BTreeSet<(String, String, String)>) {
-    let b = read_table(dir, "firings");
-    let r = strings(&b, "rule");
-    let c = strings(&b, "customer_id");
-    let k = strings(&b, "dedupe_key");
-    let all: Vec<_> = r
-        .into_iter()
-        .zip(c)
-        .zip(k)
-        .map(|((r, c), k)| {
-            (
-                r.unwrap_or_default(),
-                c.unwrap_or_default(),
-                k.unwrap_or_default(),
-            )
-        })
-        .collect();
+    let all = crate::support::firings(dir);
     (all.len(), all.into_iter().collect())
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::support::{Server, post, read_table, strings, wait_clock};
+use crate::support::{Server, firings, post, wait_clock};
 
 /// Rules on the event clock, ticking every 100 ms.
 const CONFIG: &str =
@@ -21,25 +21,6 @@ fn event(
     props: serde_json::Value,
 ) -> serde_json::Value {
     json!({"type": "track", "userId": user, "messageId": id, "event": name, "timestamp": at, "properties": props})
-}
-
-/// (rule, customer_id, dedupe_key) of every firing, duplicates kept.
-fn firings(dir: &Path) -> Vec<(String, String, String)> {
-    let batches = read_table(dir, "firings");
-    let r = strings(&batches, "rule");
-    let c = strings(&batches, "customer_id");
-    let k = strings(&batches, "dedupe_key");
-    r.into_iter()
-        .zip(c)
-        .zip(k)
-        .map(|((r, c), k)| {
-            (
-                r.unwrap_or_default(),
-                c.unwrap_or_default(),
-                k.unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

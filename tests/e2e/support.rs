@@ -295,3 +295,22 @@ pub fn wait_clock(dir: &Path, at: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// (rule, customer_id, dedupe_key) of every firing, duplicates kept.
+pub fn firings(dir: &Path) -> Vec<(String, String, String)> {
+    let batches = read_table(dir, "firings");
+    let r = strings(&batches, "rule");
+    let c = strings(&batches, "customer_id");
+    let k = strings(&batches, "dedupe_key");
+    r.into_iter()
+        .zip(c)
+        .zip(k)
+        .map(|((r, c), k)| {
+            (
+                r.unwrap_or_default(),
+                c.unwrap_or_default(),
+                k.unwrap_or_default(),
+            )
+        })
+        .collect()
+}

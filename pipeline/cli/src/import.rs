@@ -110,16 +110,7 @@ pub(crate) fn read_items(config: &Config, kind: ImportKind, file: &Path) -> anyh
 fn ndjson(config: &Config, file: &Path) -> anyhow::Result<Items> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let normalizer = Normalizer::new(
-        EventTypes::new(&config.events.mapping),
-        config.ingest.max_event_bytes,
-        config.ingest.max_future_hours,
-    );
-    let env = Envelope {
-        source: IMPORT_SOURCE,
-        received_at_us: now_us(),
-        batch_sent_at_us: None,
-    };
+    let (normalizer, env) = validation(config);
     let mut items = Items {
         rows: 0,
         staged: Vec::new(),
@@ -142,6 +133,21 @@ fn ndjson(config: &Config, file: &Path) -> anyhow::Result<Items> {
         }
     }
     Ok(items)
+}
+
+/// Imported rows are validated like HTTP calls received now.
+fn validation(config: &Config) -> (Normalizer, Envelope<'static>) {
+    let normalizer = Normalizer::new(
+        EventTypes::new(&config.events.mapping),
+        config.ingest.max_event_bytes,
+        config.ingest.max_future_hours,
+    );
+    let env = Envelope {
+        source: IMPORT_SOURCE,
+        received_at_us: now_us(),
+        batch_sent_at_us: None,
+    };
+    (normalizer, env)
 }
 
 /// One tabular row: column name -> value (absent when empty/null).
@@ -245,16 +251,7 @@ fn export_time(v: &Value) -> Option<String> {
 
 /// Tabular rows (CSV, Parquet) into `track` calls, validated like HTTP ones.
 fn event_rows(config: &Config, rows: Vec<Row>) -> anyhow::Result<Items> {
-    let normalizer = Normalizer::new(
-        EventTypes::new(&config.events.mapping),
-        config.ingest.max_event_bytes,
-        config.ingest.max_future_hours,
-    );
-    let env = Envelope {
-        source: IMPORT_SOURCE,
-        received_at_us: now_us(),
-        batch_sent_at_us: None,
-    };
+    let (normalizer, env) = validation(config);
     let mut items = Items {
         rows: rows.len(),
         staged: Vec::new(),

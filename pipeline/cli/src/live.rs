@@ -66,6 +66,25 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
     })
 }
 
+/// Adds the policy stage for the runner's rules to every batch, its memory
+/// rebuilt from `sends/` and `assignments/` (without the batch `skip`
+/// being redone).
+pub async fn add_policy_stage(
+    config: &Config,
+    runner: &mut Runner,
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> anyhow::Result<()> {
+    let rules = runner
+        .engine
+        .rules()
+        .map(kairos_policy::tables::rule_meta)
+        .collect();
+    let stage = policy_stage(config, rules, root, skip).await?;
+    runner.add_stage(Box::new(stage));
+    Ok(())
+}
+
 /// The policy stage from `[policy]` and `[experiments]`, its memory rebuilt
 /// from `sends/` and `assignments/` (without the batch being redone).
 pub async fn policy_stage(
@@ -156,13 +175,7 @@ pub async fn recover(
     .await
     .context("rebuilding the rule engine's state from the data root")?;
     let mut runner = rec.runner;
-    let metas = runner
-        .engine
-        .rules()
-        .map(kairos_policy::tables::rule_meta)
-        .collect();
-    let stage = policy_stage(config, metas, root, rec.redo_batch.as_deref()).await?;
-    runner.add_stage(Box::new(stage));
+    add_policy_stage(config, &mut runner, root, rec.redo_batch.as_deref()).await?;
     tracing::info!(
         events = rec.rebuilt_events,
         customers = runner.engine.state.len(),

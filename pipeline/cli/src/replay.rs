@@ -80,13 +80,7 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     )
     .await?;
     let mut runner = rec.runner;
-    let metas = runner
-        .engine
-        .rules()
-        .map(kairos_policy::tables::rule_meta)
-        .collect();
-    let stage = live::policy_stage(&config, metas, &root, rec.redo_batch.as_deref()).await?;
-    runner.add_stage(Box::new(stage));
+    live::add_policy_stage(&config, &mut runner, &root, rec.redo_batch.as_deref()).await?;
     if let Some((redo, at)) = rec.redo {
         runner.redo(redo, at).await?;
     }

@@ -361,28 +361,12 @@ pub fn parse_cap(s: &str) -> Result<Cap, String> {
     Ok(Cap { max, scope, window })
 }
 
-/// `90s`, `15m`, `24h`, `7d`, `2w` and sums like `1h30m`, in µs.
+/// A duration in the rules' syntax (`24h`, `7d`, `1h30m`), in µs.
 fn parse_duration_us(s: &str) -> Option<i64> {
-    let mut total: i64 = 0;
-    let mut digits = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().ok()?;
-        digits.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    (digits.is_empty() && total > 0).then_some(total * 1_000_000)
+    kairos_rules::rule::parse_duration(s)
+        .ok()
+        .filter(|secs| *secs > 0)
+        .and_then(|secs| i64::try_from(secs).ok()?.checked_mul(1_000_000))
 }
 
 #[cfg(test)]

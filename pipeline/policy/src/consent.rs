@@ -133,6 +133,11 @@ impl Consent {
         c
     }
 
+    /// Whether `event_type` is an opt-out [`Consent::apply_event`] acts on.
+    pub fn is_opt_out(event_type: &str) -> bool {
+        Consent::default().apply_event(event_type)
+    }
+
     /// Applies an opt-out event by canonical type; false when it is not one.
     pub fn apply_event(&mut self, event_type: &str) -> bool {
         match event_type {

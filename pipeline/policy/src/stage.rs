@@ -131,7 +131,8 @@ pub struct Stage {
     assigner: Assigner,
     history: HashMap<String, Vec<PastMessage>>,
     opt_outs: HashMap<String, Vec<String>>,
-    pending: Vec<Pending>,
+    /// Waiting messages by customer: an event looks only at its customer's.
+    pending: HashMap<String, Vec<Pending>>,
     /// How long a message that lost on priority waits when deferred, µs.
     pub priority_wait_us: i64,
     /// How far back history is kept: the longest cap window or cooldown.
@@ -166,7 +167,7 @@ impl Stage {
             assigner: Assigner::default(),
             history: HashMap::default(),
             opt_outs: HashMap::default(),
-            pending: Vec::new(),
+            pending: HashMap::default(),
             priority_wait_us: 3_600_000_000,
         }
     }
@@ -205,12 +206,16 @@ impl Stage {
                         });
                     if at > last {
                         let cancel_on = rule.map(|r| r.cancel_on.clone()).unwrap_or_default();
-                        self.pending.push(Pending { row, cancel_on });
+                        self.pending
+                            .entry(row.customer_id.clone())
+                            .or_default()
+                            .push(Pending { row, cancel_on });
                     }
                 }
                 (Decision::Cancelled, ..) => {
-                    let same = |r: &SendRow| r.send_id == row.send_id;
-                    self.pending.retain(|p| !same(&p.row));
+                    if let Some(waiting) = self.pending.get_mut(&row.customer_id) {
+                        waiting.retain(|p| p.row.send_id != row.send_id);
+                    }
                     if let Some(h) = self.history.get_mut(&row.customer_id) {
                         h.retain(|m| {
                             !(m.rule == row.rule
@@ -234,7 +239,7 @@ impl Stage {
 
     /// Messages waiting (deferred, or the scheduled arm).
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.values().map(Vec::len).sum()
     }
 
     /// An event of the batch: opt-outs change consent; `cancel_on` events
@@ -246,14 +251,17 @@ impl Stage {
         at: i64,
         now: i64,
     ) -> Vec<SendRow> {
-        if Consent::default().apply_event(event_type) {
+        if Consent::is_opt_out(event_type) {
             self.opt_outs
                 .entry(customer_id.to_string())
                 .or_default()
                 .push(event_type.to_string());
         }
         let mut cancelled = Vec::new();
-        self.pending.retain(|p| {
+        let Some(waiting) = self.pending.get_mut(customer_id) else {
+            return cancelled;
+        };
+        waiting.retain(|p| {
             let hit = p.row.customer_id == customer_id
                 && p.row.send_at.is_some_and(|s| s > at)
                 && p.cancel_on.iter().any(|c| c == event_type);
@@ -280,12 +288,19 @@ impl Stage {
 
     /// Pending messages whose time has come by `now` (for delivery).
     pub fn due(&mut self, now: i64) -> Vec<SendRow> {
-        let (due, keep): (Vec<Pending>, Vec<Pending>) = self
-            .pending
-            .drain(..)
-            .partition(|p| p.row.send_at.is_some_and(|s| s <= now));
-        self.pending = keep;
-        due.into_iter().map(|p| p.row).collect()
+        let mut due = Vec::new();
+        self.pending.retain(|_, waiting| {
+            waiting.retain(|p| {
+                let ready = p.row.send_at.is_some_and(|s| s <= now);
+                if ready {
+                    due.push(p.row.clone());
+                }
+                !ready
+            });
+            !waiting.is_empty()
+        });
+        due.sort_by(|a, b| a.send_at.cmp(&b.send_at).then(a.send_id.cmp(&b.send_id)));
+        due
     }
 
     /// Decides the batch's firings at `now`; `traits` gives a customer's profile.
@@ -426,10 +441,13 @@ impl Stage {
                     },
                 });
                 if at > now {
-                    self.pending.push(Pending {
-                        row: row.clone(),
-                        cancel_on: rule.cancel_on.clone(),
-                    });
+                    self.pending
+                        .entry(row.customer_id.clone())
+                        .or_default()
+                        .push(Pending {
+                            row: row.clone(),
+                            cancel_on: rule.cancel_on.clone(),
+                        });
                 }
             }
             rows.push(row);

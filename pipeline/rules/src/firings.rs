@@ -83,20 +83,8 @@ pub async fn write(
     batch: &str,
     clock_us: i64,
 ) -> Result<ObjectPath, StorageError> {
-    let path = firings_path(batch, clock_us);
     let data = firings_batch(firings, batch, kairos_core::time::now_us());
-    // No bloom filter: a batch's file is small, and a default-sized filter
-    // cost more than the rest of the write.
-    let props = tables::writer_properties(&FIRINGS_SCHEMA, "customer_id", &[], 65_536);
-    let bytes = tables::encode_parquet(&data, props, path.as_ref())?;
-    root.store
-        .put(&path, Bytes::from(bytes).into())
-        .await
-        .map_err(|source| StorageError::ObjectStore {
-            path: path.to_string(),
-            source,
-        })?;
-    Ok(path)
+    write_table(root, FIRINGS, &data, batch, clock_us).await
 }
 
 /// Writes a later stage's rows for batch `batch` to
@@ -112,6 +100,8 @@ pub async fn write_table(
         "{}/{batch}.parquet",
         partition_dir(table, clock_us)
     ));
+    // No bloom filter: a batch's file is small, and a default-sized filter
+    // cost more than the rest of the write.
     let props = tables::writer_properties(&rows.schema(), "customer_id", &[], 65_536);
     let bytes = tables::encode_parquet(rows, props, path.as_ref())?;
     root.store
