@@ -238,27 +238,30 @@ pub async fn bench_policy(
             stage.add_history(
                 &id,
                 PastMessage {
-                    rule: names[rng.random_range(0..names.len())].clone(),
+                    rule: names[rng.random_range(0..names.len())].as_str().into(),
+                    priority: 0,
                     step: 0,
                     dedupe_key: format!("k{}", rng.random_range(0..1_000_000)),
                     transactional: false,
                     sent: SentMessage {
                         at: CLOCK - rng.random_range(0..7 * DAY_US),
-                        channel: "email".into(),
-                        tags: Vec::new(),
+                        channel: kairos_policy::Channel::Email,
+                        tags: std::sync::Arc::from(Vec::new()),
                     },
                 },
             );
         }
     }
     let build = started.elapsed();
-    let traits: serde_json::Map<String, serde_json::Value> = serde_json::json!({
-        "email": "x@example.com", "phone": "+15550100", "timezone": "Europe/Berlin",
-        "consent": {"email": true, "sms": true, "push": true}
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default();
+    let everyone = kairos_policy::stage::Profiles {
+        default: serde_json::json!({
+            "email": "x@example.com", "phone": "+15550100", "timezone": "Europe/Berlin",
+            "consent": {"email": true, "sms": true, "push": true}
+        })
+        .as_object()
+        .cloned(),
+        ..Default::default()
+    };
     let mut times = Vec::new();
     let mut decided = 0;
     for run in 0..5 {
@@ -271,7 +274,7 @@ pub async fn bench_policy(
             .collect();
         let t = Instant::now();
         decided += stage
-            .decide(&fired, CLOCK + run * 2_000_000, |_| Some(&traits))
+            .decide(&fired, CLOCK + run * 2_000_000, &everyone)
             .len();
         times.push(t.elapsed());
     }

@@ -117,6 +117,9 @@ pub async fn policy_stage(
             p.default_timezone
         )
     })?;
+    let priority_window_us = kairos_rules::rule::parse_duration(&p.priority_window)
+        .map_err(|e| anyhow::anyhow!("policy.priority_window: {e}"))
+        .map(|secs| secs.saturating_mul(1_000_000).min(i64::MAX as u64) as i64)?;
     let pct = config.experiments.global_control_percent;
     anyhow::ensure!(
         (0.0..=100.0).contains(&pct),
@@ -126,7 +129,11 @@ pub async fn policy_stage(
         (pct > 0.0).then(|| kairos_experiments::GlobalControl::new("kairos-global-control", pct));
     let mut stage = kairos_policy::stage::Stage::new(
         rules,
-        kairos_policy::chain::Policy { caps, quiet },
+        kairos_policy::chain::Policy {
+            caps,
+            quiet,
+            priority_window_us,
+        },
         global,
         zone,
     );

@@ -132,6 +132,9 @@ pub struct PolicyConfig {
     pub quiet_hours: String,
     /// IANA zone for customers whose profile has no `timezone`.
     pub default_timezone: String,
+    /// Duration within which a higher-priority rule's message wins
+    /// (`0s`: the same micro-batch only).
+    pub priority_window: String,
 }
 
 /// `[experiments]`.

@@ -8,6 +8,9 @@
 //! allowed, so the caller can skip it or defer it there.
 
 use std::borrow::Borrow;
+use std::sync::Arc;
+
+use crate::consent::Channel;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +23,7 @@ pub enum CapScope {
     /// Every marketing message.
     All,
     /// Messages on one channel.
-    Channel(String),
+    Channel(Channel),
     /// Messages of rules with this tag.
     Tag(String),
 }
@@ -55,9 +58,9 @@ pub struct SentMessage {
     /// When, µs since the epoch.
     pub at: i64,
     /// Channel used.
-    pub channel: String,
-    /// The rule's tags.
-    pub tags: Vec<String>,
+    pub channel: Channel,
+    /// The rule's tags (shared: every message of a rule has the same).
+    pub tags: Arc<[String]>,
 }
 
 /// Why a message may not go now.
@@ -73,15 +76,15 @@ impl Cap {
     fn counts(&self, m: &SentMessage) -> bool {
         match &self.scope {
             CapScope::All => true,
-            CapScope::Channel(c) => &m.channel == c,
+            CapScope::Channel(c) => m.channel == *c,
             CapScope::Tag(t) => m.tags.iter().any(|x| x == t),
         }
     }
 
-    fn applies(&self, channel: &str, tags: &[String]) -> bool {
+    fn applies(&self, channel: Channel, tags: &[String]) -> bool {
         match &self.scope {
             CapScope::All => true,
-            CapScope::Channel(c) => c == channel,
+            CapScope::Channel(c) => *c == channel,
             CapScope::Tag(t) => tags.iter().any(|x| x == t),
         }
     }
@@ -192,7 +195,7 @@ pub fn check<M: Borrow<SentMessage>>(
     caps: &[Cap],
     history: &[M],
     at: i64,
-    channel: &str,
+    channel: Channel,
     tags: &[String],
     offset_us: i64,
 ) -> Option<Capped> {
@@ -229,8 +232,8 @@ mod tests {
     fn sent(at: i64, channel: &str) -> SentMessage {
         SentMessage {
             at,
-            channel: channel.into(),
-            tags: vec!["promo".into()],
+            channel: Channel::parse(channel).expect("channel"),
+            tags: Arc::from(vec!["promo".to_string()]),
         }
     }
 
@@ -242,29 +245,29 @@ mod tests {
     fn rolling_cap_defers_until_the_oldest_message_leaves() {
         let caps = [cap(2, CapScope::All, CapWindow::Rolling(24 * H))];
         let history = [sent(10 * H, "email"), sent(12 * H, "sms")];
-        let c = check(&caps, &history, 20 * H, "email", &[], 0).expect("capped");
+        let c = check(&caps, &history, 20 * H, Channel::Email, &[], 0).expect("capped");
         assert_eq!(c.allowed_at, 34 * H, "10:00 + 24h");
-        assert_eq!(check(&caps, &history, 34 * H, "email", &[], 0), None);
+        assert_eq!(check(&caps, &history, 34 * H, Channel::Email, &[], 0), None);
     }
 
     #[test]
     fn channel_and_tag_scopes_count_only_their_messages() {
         let caps = [cap(
             1,
-            CapScope::Channel("sms".into()),
+            CapScope::Channel(Channel::Sms),
             CapWindow::Rolling(24 * H),
         )];
         let history = [sent(10 * H, "email")];
-        assert_eq!(check(&caps, &history, 11 * H, "sms", &[], 0), None);
-        assert!(check(&caps, &[sent(10 * H, "sms")], 11 * H, "sms", &[], 0).is_some());
+        assert_eq!(check(&caps, &history, 11 * H, Channel::Sms, &[], 0), None);
+        assert!(check(&caps, &[sent(10 * H, "sms")], 11 * H, Channel::Sms, &[], 0).is_some());
         assert_eq!(
-            check(&caps, &[sent(10 * H, "sms")], 11 * H, "email", &[], 0),
+            check(&caps, &[sent(10 * H, "sms")], 11 * H, Channel::Email, &[], 0),
             None
         );
         let caps = [cap(1, CapScope::Tag("promo".into()), CapWindow::Day)];
-        assert!(check(&caps, &history, 11 * H, "push", &["promo".into()], 0).is_some());
+        assert!(check(&caps, &history, 11 * H, Channel::Push, &["promo".into()], 0).is_some());
         assert_eq!(
-            check(&caps, &history, 11 * H, "push", &["service".into()], 0),
+            check(&caps, &history, 11 * H, Channel::Push, &["service".into()], 0),
             None
         );
     }
@@ -274,9 +277,9 @@ mod tests {
         let caps = [cap(1, CapScope::All, CapWindow::Day)];
         // Sent at 22:00 UTC. In UTC+3 that is 01:00 the next local day.
         let history = [sent(22 * H, "email")];
-        let c = check(&caps, &history, 23 * H, "email", &[], 0).expect("same UTC day");
+        let c = check(&caps, &history, 23 * H, Channel::Email, &[], 0).expect("same UTC day");
         assert_eq!(c.allowed_at, 24 * H, "next UTC midnight");
-        let c = check(&caps, &history, 23 * H, "email", &[], 3 * H).expect("same local day");
+        let c = check(&caps, &history, 23 * H, Channel::Email, &[], 3 * H).expect("same local day");
         assert_eq!(
             c.allowed_at,
             45 * H,
@@ -290,10 +293,10 @@ mod tests {
         let monday = 4 * 24 * H;
         let caps = [cap(1, CapScope::All, CapWindow::Week)];
         let history = [sent(monday + H, "email")];
-        let c = check(&caps, &history, monday + 3 * 24 * H, "email", &[], 0).expect("same week");
+        let c = check(&caps, &history, monday + 3 * 24 * H, Channel::Email, &[], 0).expect("same week");
         assert_eq!(c.allowed_at, monday + 7 * 24 * H);
         assert_eq!(
-            check(&caps, &history, monday - H, "email", &[], 0),
+            check(&caps, &history, monday - H, Channel::Email, &[], 0),
             None,
             "the Sunday before is another week"
         );
@@ -311,7 +314,7 @@ mod tests {
             sent(49 * H, "email"),
         ];
         // Day cap frees at 72h, but the 7-day cap holds until 1h + 7d.
-        let c = check(&caps, &history, 50 * H, "email", &[], 0).expect("capped");
+        let c = check(&caps, &history, 50 * H, Channel::Email, &[], 0).expect("capped");
         assert_eq!(c.allowed_at, H + 7 * 24 * H);
         assert_eq!(c.cap, 0);
     }
@@ -334,14 +337,14 @@ pub fn parse_cap(s: &str) -> Result<Cap, String> {
             let scope = match w.strip_prefix("tag:") {
                 Some(t) if !t.is_empty() => CapScope::Tag(t.to_string()),
                 Some(_) => return Err(bad()),
-                None if crate::consent::Channel::parse(w).is_some() => {
-                    CapScope::Channel(w.to_string())
-                }
-                None => {
-                    return Err(format!(
-                        "{s:?}: {w:?} is not a channel (email, sms, whatsapp, push, webhook) or tag:NAME"
-                    ));
-                }
+                None => match Channel::parse(w) {
+                    Some(c) => CapScope::Channel(c),
+                    None => {
+                        return Err(format!(
+                            "{s:?}: {w:?} is not a channel (email, sms, whatsapp, push, webhook) or tag:NAME"
+                        ));
+                    }
+                },
             };
             (scope, tail)
         }
@@ -387,7 +390,7 @@ mod parse_tests {
             parse_cap("1 sms per day"),
             Ok(Cap {
                 max: 1,
-                scope: CapScope::Channel("sms".into()),
+                scope: CapScope::Channel(Channel::Sms),
                 window: CapWindow::Day
             })
         );

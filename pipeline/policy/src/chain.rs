@@ -6,6 +6,8 @@
 //! recorded and counted against caps, never delivered, so suppression and
 //! timing weigh the same on every arm.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Days, LocalResult, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
@@ -18,7 +20,9 @@ use crate::quiet::QuietHours;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PastMessage {
     /// Rule.
-    pub rule: String,
+    pub rule: Arc<str>,
+    /// The rule's priority, for priority across a time window.
+    pub priority: i64,
     /// Sequence step (0: the rule's first message).
     pub step: u32,
     /// Trigger instance.
@@ -34,6 +38,8 @@ pub struct PastMessage {
 pub struct Message<'a> {
     /// Rule.
     pub rule: &'a str,
+    /// The rule's priority.
+    pub priority: i64,
     /// Sequence step.
     pub step: u32,
     /// Trigger instance.
@@ -53,8 +59,11 @@ pub struct Message<'a> {
     pub not_before: i64,
     /// A holdout message: decided and counted, never delivered.
     pub ghost: bool,
-    /// Lost to a higher-priority rule: `(winner, defer)`.
+    /// Lost to a higher-priority rule of the same batch: `(winner, defer)`.
     pub lost_to: Option<(&'a str, bool)>,
+    /// Defer (true) or suppress when a higher-priority message is within
+    /// the policy's priority window.
+    pub defer_on_conflict: bool,
     /// How long a message deferred by priority waits, µs.
     pub priority_wait_us: i64,
 }
@@ -79,6 +88,10 @@ pub struct Policy {
     pub caps: Vec<Cap>,
     /// Quiet hours, if any.
     pub quiet: Option<QuietHours>,
+    /// A marketing message loses to a higher-priority rule's message sent
+    /// or due within this long of it, µs (0: only firings of the same
+    /// batch compete).
+    pub priority_window_us: i64,
 }
 
 /// What happens to a message.
@@ -114,16 +127,19 @@ pub enum Outcome {
 pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: i64) -> Outcome {
     let suppressed = |reason: String| Outcome::Suppressed { reason };
     // 1. Dedupe: one message per (rule, step, customer, key), ever; then
-    //    re-eligibility after the rule's cooldown.
-    let mine = customer.history.iter().filter(|p| p.rule == msg.rule);
+    //    re-eligibility: the rule's cooldown runs from its last first
+    //    message (a sequence's own follow-ups are not re-triggers).
     let mut last = None;
-    for p in mine {
+    for p in customer.history.iter().filter(|p| *p.rule == *msg.rule) {
         if p.step == msg.step && p.dedupe_key == msg.dedupe_key {
             return suppressed("duplicate".into());
         }
-        last = last.max(Some(p.sent.at));
+        if p.step == 0 {
+            last = last.max(Some(p.sent.at));
+        }
     }
     if let Some(at) = last
+        && msg.step == 0
         && msg.cooldown_us > 0
         && now - at < msg.cooldown_us
     {
@@ -139,12 +155,32 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
     };
     let mut at = msg.not_before.max(now);
     let mut reason = (at > now).then(|| "scheduled".to_string());
-    // 3. Priority.
-    if let Some((winner, defer)) = msg.lost_to {
+    // 3. Priority: a higher-priority rule fired in the same batch
+    //    (`lost_to`), or has a message within the window of this one.
+    //    Deferred, the message waits `priority_wait_us` after the batch, or
+    //    until the winner's window has passed.
+    let lost_to = match msg.lost_to {
+        Some((winner, defer)) => Some((winner, defer, now + msg.priority_wait_us)),
+        None if !msg.transactional && policy.priority_window_us > 0 => customer
+            .history
+            .iter()
+            .filter(|p| !p.transactional && p.priority > msg.priority)
+            .filter(|p| (p.sent.at - at).abs() < policy.priority_window_us)
+            .max_by_key(|p| (p.priority, p.sent.at))
+            .map(|p| {
+                (
+                    &*p.rule,
+                    msg.defer_on_conflict,
+                    p.sent.at + policy.priority_window_us,
+                )
+            }),
+        None => None,
+    };
+    if let Some((winner, defer, earliest)) = lost_to {
         if !defer {
             return suppressed(format!("priority:{winner}"));
         }
-        at = at.max(now + msg.priority_wait_us);
+        at = at.max(earliest);
         reason = Some(format!("priority:{winner}"));
     }
     if !msg.transactional {
@@ -163,7 +199,7 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
                 &policy.caps,
                 &counted,
                 at,
-                channel.as_str(),
+                channel,
                 msg.tags,
                 offset,
             ) {
@@ -253,6 +289,7 @@ mod tests {
     fn msg(rule: &'static str, key: &'static str) -> Message<'static> {
         Message {
             rule,
+            priority: 0,
             step: 0,
             dedupe_key: key,
             channel: Some(Channel::Email),
@@ -263,6 +300,7 @@ mod tests {
             not_before: 0,
             ghost: false,
             lost_to: None,
+            defer_on_conflict: false,
             priority_wait_us: H,
         }
     }
@@ -270,13 +308,14 @@ mod tests {
     fn past(rule: &str, key: &str, at: i64) -> PastMessage {
         PastMessage {
             rule: rule.into(),
+            priority: 0,
             step: 0,
             dedupe_key: key.into(),
             transactional: false,
             sent: SentMessage {
                 at,
-                channel: "email".into(),
-                tags: vec![],
+                channel: Channel::Email,
+                tags: Arc::from(Vec::new()),
             },
         }
     }
@@ -325,8 +364,8 @@ mod tests {
             ..utc_customer(&c, &[])
         };
         let p = Policy {
-            caps: vec![],
             quiet: Some(QuietHours::parse("21:00", "08:00").expect("valid")),
+            ..Policy::default()
         };
         let now = DAY0 + 20 * H; // 22:00 in Berlin
         assert_eq!(
@@ -355,6 +394,7 @@ mod tests {
                 window: CapWindow::Day,
             }],
             quiet: Some(QuietHours::parse("00:00", "07:00").expect("valid")),
+            ..Policy::default()
         };
         let mut m = msg("cart", "k");
         m.ghost = true;
@@ -408,6 +448,61 @@ mod tests {
                 channel: Channel::Email,
                 at: DAY0 + H,
                 reason: Some("priority:cart".into())
+            }
+        );
+    }
+
+    #[test]
+    fn priority_holds_across_the_window_and_cooldown_ignores_follow_ups() {
+        let c = consent();
+        let mut cart = past("cart", "c", DAY0);
+        cart.priority = 60;
+        let history = [cart];
+        let cust = utc_customer(&c, &history);
+        let p = Policy {
+            priority_window_us: 2 * H,
+            ..Policy::default()
+        };
+        let mut browse = msg("browse", "b");
+        browse.priority = 40;
+        assert_eq!(
+            decide(&browse, &cust, &p, DAY0 + H),
+            Outcome::Suppressed {
+                reason: "priority:cart".into()
+            },
+            "an hour after a higher-priority message"
+        );
+        browse.defer_on_conflict = true;
+        assert_eq!(
+            decide(&browse, &cust, &p, DAY0 + H),
+            Outcome::Send {
+                channel: Channel::Email,
+                at: DAY0 + 2 * H,
+                reason: Some("priority:cart".into())
+            },
+            "deferred until the window has passed"
+        );
+        assert!(
+            matches!(decide(&browse, &cust, &p, DAY0 + 3 * H), Outcome::Send { reason: None, .. }),
+            "outside the window"
+        );
+        let mut higher = msg("vip", "v");
+        higher.priority = 90;
+        assert!(matches!(decide(&higher, &cust, &p, DAY0 + H), Outcome::Send { reason: None, .. }));
+
+        // A sequence's step 1 is not held back by its own step 0's cooldown.
+        let history = [past("welcome", "w", DAY0)];
+        let cust = utc_customer(&c, &history);
+        let mut step1 = msg("welcome", "w");
+        step1.step = 1;
+        step1.cooldown_us = 30 * 24 * H;
+        assert!(matches!(decide(&step1, &cust, &Policy::default(), DAY0 + 24 * H), Outcome::Send { .. }));
+        let mut again = msg("welcome", "w2");
+        again.cooldown_us = 30 * 24 * H;
+        assert_eq!(
+            decide(&again, &cust, &Policy::default(), DAY0 + 24 * H),
+            Outcome::Suppressed {
+                reason: "cooldown".into()
             }
         );
     }

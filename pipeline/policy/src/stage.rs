@@ -6,10 +6,18 @@
 //! message history. Holdout firings become ghosts; the scheduled arm waits
 //! for the rule's local send time. Messages that wait are kept as pending
 //! and cancelled when one of the rule's `cancel_on` events arrives first.
-//! Every decision becomes one [`SendRow`].
+//!
+//! A rule with follow-up steps starts a sequence when it fires: each step
+//! is decided through the chain on its own when its time comes (also on a
+//! batch without events), in the arm the firing was assigned. A `cancel_on`
+//! event (the conversion) ends the sequence; a step's own `stop_on` events
+//! skip that step. Every decision becomes one [`SendRow`].
 
 /// Maps keyed by customer: a seeded fast hash, not SipHash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -20,6 +28,19 @@ use crate::caps::SentMessage;
 use crate::chain::{self, Customer, Message, Outcome, PastMessage, Policy};
 use crate::consent::{Channel, Consent};
 use crate::priority::{self, Contender};
+
+/// A follow-up step as the stage needs it.
+#[derive(Debug, Clone)]
+pub struct StepMeta {
+    /// 1, 2, …
+    pub number: u32,
+    /// After the sequence started, µs.
+    pub after_us: i64,
+    /// Channel; `None` for `preferred`.
+    pub channel: Option<Channel>,
+    /// Events that skip this step.
+    pub stop_on: Vec<String>,
+}
 
 /// What the stage needs of a rule.
 #[derive(Debug, Clone)]
@@ -32,12 +53,12 @@ pub struct RuleMeta {
     pub priority: i64,
     /// Cooldown, µs.
     pub cooldown_us: i64,
-    /// Events that cancel a pending message.
+    /// Events that cancel a pending message and end a sequence.
     pub cancel_on: Vec<String>,
     /// Transactional: no caps, quiet hours, marketing consent or control group.
     pub transactional: bool,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: Arc<[String]>,
     /// Lost to a higher priority: defer (true) or suppress.
     pub defer_on_conflict: bool,
     /// Capped: defer (true) or skip.
@@ -46,6 +67,8 @@ pub struct RuleMeta {
     pub design: Design,
     /// Scheduled arm's local send time, minutes after midnight.
     pub scheduled_at_minutes: u32,
+    /// Follow-up steps (empty: one message).
+    pub steps: Vec<StepMeta>,
 }
 
 /// A firing handed to the stage.
@@ -59,6 +82,49 @@ pub struct Fired {
     pub dedupe_key: String,
 }
 
+/// What the stage reads of a customer: profile traits and the opt-out
+/// events they sent. The rules' [`kairos_rules::state::State`] is one.
+pub trait Customers {
+    /// Profile traits (addresses, consent, zone, preferred channel).
+    fn traits(&self, customer_id: &str) -> Option<&Map<String, Value>>;
+    /// Opt-out event types the customer sent, ever.
+    fn opt_outs(&self, customer_id: &str) -> impl Iterator<Item = &str>;
+}
+
+impl Customers for kairos_rules::state::State {
+    fn traits(&self, customer_id: &str) -> Option<&Map<String, Value>> {
+        kairos_rules::state::State::traits(self, customer_id)
+    }
+    fn opt_outs(&self, customer_id: &str) -> impl Iterator<Item = &str> {
+        // Iterators are not covariant in their item: shorten it here.
+        kairos_rules::state::State::opt_outs(self, customer_id).map(|e| -> &str { e })
+    }
+}
+
+/// Customers held in memory (tests and benchmarks).
+#[derive(Debug, Default, Clone)]
+pub struct Profiles {
+    /// Traits by customer.
+    pub traits: HashMap<String, Map<String, Value>>,
+    /// Traits of any customer not in `traits`.
+    pub default: Option<Map<String, Value>>,
+    /// Opt-out events by customer.
+    pub opt_outs: HashMap<String, Vec<String>>,
+}
+
+impl Customers for Profiles {
+    fn traits(&self, customer_id: &str) -> Option<&Map<String, Value>> {
+        self.traits.get(customer_id).or(self.default.as_ref())
+    }
+    fn opt_outs(&self, customer_id: &str) -> impl Iterator<Item = &str> {
+        self.opt_outs
+            .get(customer_id)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+}
+
 /// What was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -68,7 +134,7 @@ pub enum Decision {
     Ghost,
     /// Not sent; see the reason.
     Suppressed,
-    /// A pending message cancelled before its time.
+    /// A pending message or a sequence step cancelled before its time.
     Cancelled,
 }
 
@@ -115,24 +181,75 @@ pub struct SendRow {
     pub new_assignment: bool,
 }
 
+/// `rule:step:customer:key`.
+fn send_id(rule: &str, step: u32, customer_id: &str, key: &str) -> String {
+    format!("{rule}:{step}:{customer_id}:{key}")
+}
+
 #[derive(Debug, Clone)]
 struct Pending {
     row: SendRow,
     cancel_on: Vec<String>,
 }
 
-/// The stage's memory: assignments, message history, pending messages.
+/// A sequence under way: the steps not yet decided.
+#[derive(Debug, Clone)]
+struct Running {
+    rule: Arc<RuleMeta>,
+    dedupe_key: String,
+    arm: Arm,
+    variant: Option<String>,
+    started: i64,
+    /// Step numbers still to decide, in order.
+    left: Vec<u32>,
+}
+
+impl Running {
+    fn due(&self, number: u32) -> i64 {
+        self.started + self.step(number).map_or(0, |s| s.after_us)
+    }
+
+    fn step(&self, number: u32) -> Option<&StepMeta> {
+        self.rule.steps.get(number as usize - 1)
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.left.first().map(|n| self.due(*n))
+    }
+}
+
+/// One message to decide: a firing's (step 0) or a sequence step's.
+struct Ask<'a> {
+    rule: &'a Arc<RuleMeta>,
+    customer_id: &'a str,
+    dedupe_key: &'a str,
+    step: u32,
+    channel: Option<Channel>,
+    arm: Arm,
+    variant: Option<String>,
+    new_assignment: bool,
+    not_before: i64,
+    lost_to: Option<&'a str>,
+}
+
+/// The stage's memory: assignments, message history, pending messages,
+/// sequences under way.
 pub struct Stage {
-    rules: HashMap<String, std::sync::Arc<RuleMeta>>,
+    rules: HashMap<String, Arc<RuleMeta>>,
     zones: HashMap<String, Tz>,
     policy: Policy,
     global: Option<GlobalControl>,
     default_zone: Tz,
     assigner: Assigner,
     history: HashMap<String, Vec<PastMessage>>,
-    opt_outs: HashMap<String, Vec<String>>,
     /// Waiting messages by customer: an event looks only at its customer's.
     pending: HashMap<String, Vec<Pending>>,
+    /// Sequences under way by customer.
+    sequences: HashMap<String, Vec<Running>>,
+    /// (next step due, customer): which sequences to look at, in time
+    /// order. Entries may be stale (the step was cancelled); they are
+    /// checked when they come up.
+    steps_due: BTreeSet<(i64, String)>,
     /// How long a message that lost on priority waits when deferred, µs.
     pub priority_wait_us: i64,
     /// How far back history is kept: the longest cap window or cooldown.
@@ -153,12 +270,15 @@ impl Stage {
             crate::caps::CapWindow::Day | crate::caps::CapWindow::Week => WEEK,
         });
         let cooldowns = rules.iter().map(|r| r.cooldown_us);
-        let retention_us = caps.chain(cooldowns).fold(WEEK, i64::max);
+        let retention_us = caps
+            .chain(cooldowns)
+            .chain(std::iter::once(policy.priority_window_us))
+            .fold(WEEK, i64::max);
         Stage {
             retention_us,
             rules: rules
                 .into_iter()
-                .map(|r| (r.name.clone(), std::sync::Arc::new(r)))
+                .map(|r| (r.name.clone(), Arc::new(r)))
                 .collect(),
             zones: HashMap::default(),
             policy,
@@ -166,8 +286,9 @@ impl Stage {
             default_zone,
             assigner: Assigner::default(),
             history: HashMap::default(),
-            opt_outs: HashMap::default(),
             pending: HashMap::default(),
+            sequences: HashMap::default(),
+            steps_due: BTreeSet::new(),
             priority_wait_us: 3_600_000_000,
         }
     }
@@ -182,28 +303,30 @@ impl Stage {
         self.assigner.remember(experiment, customer_id, a);
     }
 
-    /// Rebuilds history and pending messages from past `sends/` rows, in
-    /// decision order.
+    /// Rebuilds history, pending messages and sequences from past `sends/`
+    /// rows, in decision order.
     pub fn restore(&mut self, rows: Vec<SendRow>) {
         let last = rows.iter().map(|r| r.decided_at).max().unwrap_or(i64::MIN);
         for row in rows {
+            let rule = self.rules.get(&row.rule).cloned();
+            if let Some(rule) = &rule
+                && !rule.steps.is_empty()
+            {
+                self.restore_sequence(rule, &row);
+            }
             match (row.decision, row.channel, row.send_at) {
                 (Decision::Send | Decision::Ghost, Some(ch), Some(at)) => {
-                    let rule = self.rules.get(&row.rule);
                     self.history
                         .entry(row.customer_id.clone())
                         .or_default()
-                        .push(PastMessage {
-                            rule: row.rule.clone(),
-                            step: row.step,
-                            dedupe_key: row.dedupe_key.clone(),
-                            transactional: rule.is_some_and(|r| r.transactional),
-                            sent: SentMessage {
-                                at,
-                                channel: ch.as_str().into(),
-                                tags: rule.map(|r| r.tags.clone()).unwrap_or_default(),
-                            },
-                        });
+                        .push(past_message(
+                            rule.as_deref(),
+                            &row.rule,
+                            row.step,
+                            &row.dedupe_key,
+                            ch,
+                            at,
+                        ));
                     if at > last {
                         let cancel_on = rule.map(|r| r.cancel_on.clone()).unwrap_or_default();
                         self.pending
@@ -216,16 +339,54 @@ impl Stage {
                     if let Some(waiting) = self.pending.get_mut(&row.customer_id) {
                         waiting.retain(|p| p.row.send_id != row.send_id);
                     }
-                    if let Some(h) = self.history.get_mut(&row.customer_id) {
-                        h.retain(|m| {
-                            !(m.rule == row.rule
-                                && m.step == row.step
-                                && m.dedupe_key == row.dedupe_key)
-                        });
-                    }
+                    self.forget(&row);
                 }
                 _ => {}
             }
+        }
+        for (customer, runs) in &self.sequences {
+            for due in runs.iter().filter_map(Running::next_due) {
+                self.steps_due.insert((due, customer.clone()));
+            }
+        }
+    }
+
+    /// A step-0 row starts a sequence; a later step's row (whatever was
+    /// decided) marks that step done.
+    fn restore_sequence(&mut self, rule: &Arc<RuleMeta>, row: &SendRow) {
+        if row.step == 0 {
+            if starts_sequence(row) {
+                self.sequences
+                    .entry(row.customer_id.clone())
+                    .or_default()
+                    .push(Running {
+                        rule: rule.clone(),
+                        dedupe_key: row.dedupe_key.clone(),
+                        arm: row.arm,
+                        variant: row.variant.clone(),
+                        started: row.decided_at,
+                        left: rule.steps.iter().map(|s| s.number).collect(),
+                    });
+            }
+            return;
+        }
+        if let Some(runs) = self.sequences.get_mut(&row.customer_id) {
+            for r in runs
+                .iter_mut()
+                .filter(|r| r.rule.name == row.rule && r.dedupe_key == row.dedupe_key)
+            {
+                r.left.retain(|n| *n != row.step);
+            }
+            runs.retain(|r| !r.left.is_empty());
+        }
+    }
+
+    /// A cancelled message no longer counts against caps.
+    fn forget(&mut self, row: &SendRow) {
+        if let Some(h) = self.history.get_mut(&row.customer_id) {
+            h.retain(|m| {
+                !(*m.rule == *row.rule && m.step == row.step && m.dedupe_key == row.dedupe_key)
+            });
         }
     }
 
@@ -242,8 +403,24 @@ impl Stage {
         self.pending.values().map(Vec::len).sum()
     }
 
-    /// An event of the batch: opt-outs change consent; `cancel_on` events
-    /// cancel the customer's pending messages due after `at`.
+    /// Sequence steps not yet decided.
+    pub fn steps_waiting(&self) -> usize {
+        self.sequences
+            .values()
+            .flatten()
+            .map(|r| r.left.len())
+            .sum()
+    }
+
+    /// Whether a sequence step is due by `now`: a batch without events
+    /// still has work.
+    pub fn has_due_steps(&self, now: i64) -> bool {
+        self.steps_due.first().is_some_and(|(due, _)| *due <= now)
+    }
+
+    /// An event of the batch: a `cancel_on` event cancels the customer's
+    /// pending messages due after `at` and ends their sequences; a step's
+    /// `stop_on` event skips that step.
     pub fn observe(
         &mut self,
         customer_id: &str,
@@ -251,37 +428,61 @@ impl Stage {
         at: i64,
         now: i64,
     ) -> Vec<SendRow> {
-        if Consent::is_opt_out(event_type) {
-            self.opt_outs
-                .entry(customer_id.to_string())
-                .or_default()
-                .push(event_type.to_string());
-        }
         let mut cancelled = Vec::new();
-        let Some(waiting) = self.pending.get_mut(customer_id) else {
-            return cancelled;
-        };
-        waiting.retain(|p| {
-            let hit = p.row.customer_id == customer_id
-                && p.row.send_at.is_some_and(|s| s > at)
-                && p.cancel_on.iter().any(|c| c == event_type);
-            if hit {
-                let mut row = p.row.clone();
-                row.decision = Decision::Cancelled;
-                row.reason = Some(format!("cancel_on:{event_type}"));
-                row.decided_at = now;
-                row.new_assignment = false;
-                cancelled.push(row);
-            }
-            !hit
-        });
-        // A cancelled message no longer counts against caps.
+        if let Some(waiting) = self.pending.get_mut(customer_id) {
+            waiting.retain(|p| {
+                let hit = p.row.send_at.is_some_and(|s| s > at)
+                    && p.cancel_on.iter().any(|c| c == event_type);
+                if hit {
+                    let mut row = p.row.clone();
+                    row.decision = Decision::Cancelled;
+                    row.reason = Some(format!("cancel_on:{event_type}"));
+                    row.decided_at = now;
+                    row.new_assignment = false;
+                    cancelled.push(row);
+                }
+                !hit
+            });
+        }
         for row in &cancelled {
-            if let Some(h) = self.history.get_mut(customer_id) {
-                h.retain(|m| {
-                    !(m.rule == row.rule && m.dedupe_key == row.dedupe_key && m.step == row.step)
+            self.forget(row);
+        }
+        if let Some(runs) = self.sequences.get_mut(customer_id) {
+            // Steps due before the event still go; later ones stop.
+            for run in runs.iter_mut().filter(|r| r.started < at) {
+                let exit = run.rule.cancel_on.iter().any(|c| c == event_type);
+                let (rule, started) = (run.rule.clone(), run.started);
+                run.left.retain(|n| {
+                    let Some(step) = rule.steps.get(*n as usize - 1) else {
+                        return false;
+                    };
+                    let own = step.stop_on.iter().any(|c| c == event_type);
+                    if started + step.after_us <= at || !(exit || own) {
+                        return true;
+                    }
+                    cancelled.push(SendRow {
+                        send_id: send_id(&rule.name, *n, customer_id, &run.dedupe_key),
+                        rule: rule.name.clone(),
+                        step: *n,
+                        customer_id: customer_id.to_string(),
+                        dedupe_key: run.dedupe_key.clone(),
+                        arm: run.arm,
+                        variant: run.variant.clone(),
+                        channel: step.channel,
+                        decision: Decision::Cancelled,
+                        reason: Some(if exit {
+                            format!("exit:{event_type}")
+                        } else {
+                            format!("stop_on:{event_type}")
+                        }),
+                        send_at: None,
+                        decided_at: now,
+                        new_assignment: false,
+                    });
+                    false
                 });
             }
+            runs.retain(|r| !r.left.is_empty());
         }
         cancelled
     }
@@ -303,13 +504,15 @@ impl Stage {
         due
     }
 
-    /// Decides the batch's firings at `now`; `traits` gives a customer's profile.
-    pub fn decide<'a>(
+    /// Decides, at `now`: first the sequence steps that have come due, then
+    /// the batch's firings.
+    pub fn decide(
         &mut self,
         fired: &[Fired],
         now: i64,
-        traits: impl Fn(&str) -> Option<&'a Map<String, Value>>,
+        customers: &impl Customers,
     ) -> Vec<SendRow> {
+        let mut rows = self.decide_due_steps(now, customers);
         let contenders: Vec<Contender> = fired
             .iter()
             .filter_map(|f| {
@@ -330,31 +533,9 @@ impl Stage {
             .iter()
             .filter(|f| self.rules.contains_key(&f.rule))
             .collect();
-        let mut rows = Vec::new();
         for (f, lost_to) in known.into_iter().zip(lost) {
             let Some(rule) = self.rules.get(&f.rule).cloned() else {
                 continue;
-            };
-            let empty = Map::new();
-            let t = traits(&f.customer_id).unwrap_or(&empty);
-            let mut consent = Consent::from_traits(t);
-            for e in self.opt_outs.get(&f.customer_id).into_iter().flatten() {
-                consent.apply_event(e);
-            }
-            let preferred = t
-                .get("preferred_channel")
-                .and_then(Value::as_str)
-                .and_then(Channel::parse);
-            let zone: Tz = match t.get("timezone").and_then(Value::as_str) {
-                Some(z) => match self.zones.get(z) {
-                    Some(tz) => *tz,
-                    None => {
-                        let tz = z.parse().unwrap_or(self.default_zone);
-                        self.zones.insert(z.to_string(), tz);
-                        tz
-                    }
-                },
-                None => self.default_zone,
             };
             // Assignment first, before any policy.
             let in_control = !rule.transactional
@@ -370,37 +551,169 @@ impl Stage {
                     .assign(&rule.name, &rule.design, &f.customer_id);
                 (a.arm, a.variant, new)
             };
-            let not_before = match arm {
-                Arm::Scheduled => chain::next_local_time(now, rule.scheduled_at_minutes, zone),
-                _ => now,
+            let row = self.decide_one(
+                Ask {
+                    rule: &rule,
+                    customer_id: &f.customer_id,
+                    dedupe_key: &f.dedupe_key,
+                    step: 0,
+                    channel: rule.channel,
+                    arm,
+                    variant,
+                    new_assignment,
+                    not_before: now,
+                    lost_to: lost_to.as_deref(),
+                },
+                now,
+                customers,
+            );
+            if !rule.steps.is_empty() && starts_sequence(&row) {
+                let run = Running {
+                    rule: rule.clone(),
+                    dedupe_key: f.dedupe_key.clone(),
+                    arm: row.arm,
+                    variant: row.variant.clone(),
+                    started: now,
+                    left: rule.steps.iter().map(|s| s.number).collect(),
+                };
+                if let Some(due) = run.next_due() {
+                    self.steps_due.insert((due, f.customer_id.clone()));
+                }
+                self.sequences
+                    .entry(f.customer_id.clone())
+                    .or_default()
+                    .push(run);
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// Decides every sequence step due by `now`, in due order.
+    fn decide_due_steps(&mut self, now: i64, customers: &impl Customers) -> Vec<SendRow> {
+        let mut rows = Vec::new();
+        while let Some((due, customer)) = self.steps_due.first().cloned()
+            && due <= now
+        {
+            self.steps_due.pop_first();
+            let Some(mut runs) = self.sequences.remove(&customer) else {
+                continue;
             };
-            let keep_from = now - self.retention_us;
-            let history = self.history.entry(f.customer_id.clone()).or_default();
-            // Only caps and cooldowns look back; "once ever" is the rule
-            // engine's (it never fires a (rule, customer, key) twice).
-            history.retain(|m| m.sent.at >= keep_from);
-            let msg = Message {
-                rule: &rule.name,
-                step: 0,
-                dedupe_key: &f.dedupe_key,
-                channel: rule.channel,
-                tags: &rule.tags,
-                transactional: rule.transactional,
-                cooldown_us: rule.cooldown_us,
-                defer_when_capped: rule.defer_when_capped,
-                not_before,
-                ghost: arm == Arm::Holdout,
-                lost_to: lost_to.as_deref().map(|w| (w, rule.defer_on_conflict)),
-                priority_wait_us: self.priority_wait_us,
-            };
-            let customer = Customer {
-                consent: &consent,
-                preferred,
-                zone,
-                history,
-            };
-            let outcome = chain::decide(&msg, &customer, &self.policy, now);
-            let (decision, channel, send_at, reason) = match outcome {
+            for run in &mut runs {
+                while let Some(&n) = run.left.first() {
+                    let due = run.due(n);
+                    if due > now {
+                        break;
+                    }
+                    run.left.remove(0);
+                    let Some(step) = run.step(n).cloned() else {
+                        continue;
+                    };
+                    let not_before = match run.arm {
+                        Arm::Scheduled => chain::next_local_time(
+                            due,
+                            run.rule.scheduled_at_minutes,
+                            self.zone(customers.traits(&customer)),
+                        ),
+                        _ => due,
+                    };
+                    rows.push(self.decide_one(
+                        Ask {
+                            rule: &run.rule,
+                            customer_id: &customer,
+                            dedupe_key: &run.dedupe_key,
+                            step: n,
+                            channel: step.channel,
+                            arm: run.arm,
+                            variant: run.variant.clone(),
+                            new_assignment: false,
+                            not_before,
+                            lost_to: None,
+                        },
+                        now,
+                        customers,
+                    ));
+                }
+                if let Some(next) = run.next_due() {
+                    self.steps_due.insert((next, customer.clone()));
+                }
+            }
+            runs.retain(|r| !r.left.is_empty());
+            if !runs.is_empty() {
+                self.sequences.insert(customer, runs);
+            }
+        }
+        rows
+    }
+
+    fn zone(&mut self, traits: Option<&Map<String, Value>>) -> Tz {
+        let Some(z) = traits.and_then(|t| t.get("timezone")).and_then(Value::as_str) else {
+            return self.default_zone;
+        };
+        if let Some(tz) = self.zones.get(z) {
+            return *tz;
+        }
+        let tz = z.parse().unwrap_or(self.default_zone);
+        self.zones.insert(z.to_string(), tz);
+        tz
+    }
+
+    /// One message through the chain; records it in history (and pending,
+    /// when it waits).
+    fn decide_one(&mut self, ask: Ask<'_>, now: i64, customers: &impl Customers) -> SendRow {
+        let rule = ask.rule;
+        let traits = customers.traits(ask.customer_id);
+        let mut consent = traits.map(Consent::from_traits).unwrap_or_default();
+        for e in customers.opt_outs(ask.customer_id) {
+            consent.apply_event(e);
+        }
+        let preferred = traits
+            .and_then(|t| t.get("preferred_channel"))
+            .and_then(Value::as_str)
+            .and_then(Channel::parse);
+        let zone = self.zone(traits);
+        let not_before = match (ask.step, ask.arm) {
+            (0, Arm::Scheduled) => chain::next_local_time(now, rule.scheduled_at_minutes, zone),
+            _ => ask.not_before,
+        };
+        let keep_from = now - self.retention_us;
+        // Look up before inserting: `entry` would allocate the key each time.
+        if !self.history.contains_key(ask.customer_id) {
+            self.history
+                .insert(ask.customer_id.to_string(), Vec::new());
+        }
+        let history = self
+            .history
+            .get_mut(ask.customer_id)
+            .expect("inserted above");
+        // Only caps, cooldowns and the priority window look back; "once
+        // ever" is the rule engine's (it never fires a (rule, customer,
+        // key) twice).
+        history.retain(|m| m.sent.at >= keep_from);
+        let msg = Message {
+            rule: &rule.name,
+            priority: rule.priority,
+            step: ask.step,
+            dedupe_key: ask.dedupe_key,
+            channel: ask.channel,
+            tags: &rule.tags,
+            transactional: rule.transactional,
+            cooldown_us: rule.cooldown_us,
+            defer_when_capped: rule.defer_when_capped,
+            not_before,
+            ghost: ask.arm == Arm::Holdout,
+            lost_to: ask.lost_to.map(|w| (w, rule.defer_on_conflict)),
+            defer_on_conflict: rule.defer_on_conflict,
+            priority_wait_us: self.priority_wait_us,
+        };
+        let customer = Customer {
+            consent: &consent,
+            preferred,
+            zone,
+            history,
+        };
+        let (decision, channel, send_at, reason) =
+            match chain::decide(&msg, &customer, &self.policy, now) {
                 Outcome::Send {
                     channel,
                     at,
@@ -413,46 +726,72 @@ impl Stage {
                 } => (Decision::Ghost, Some(channel), Some(at), reason),
                 Outcome::Suppressed { reason } => (Decision::Suppressed, None, None, Some(reason)),
             };
-            let row = SendRow {
-                send_id: format!("{}:0:{}:{}", rule.name, f.customer_id, f.dedupe_key),
-                rule: rule.name.clone(),
-                step: 0,
-                customer_id: f.customer_id.clone(),
-                dedupe_key: f.dedupe_key.clone(),
-                arm,
-                variant,
-                channel,
-                decision,
-                reason,
-                send_at,
-                decided_at: now,
-                new_assignment,
-            };
-            if let (Some(ch), Some(at)) = (channel, send_at) {
-                history.push(PastMessage {
-                    rule: rule.name.clone(),
-                    step: 0,
-                    dedupe_key: f.dedupe_key.clone(),
-                    transactional: rule.transactional,
-                    sent: SentMessage {
-                        at,
-                        channel: ch.as_str().into(),
-                        tags: rule.tags.clone(),
-                    },
-                });
-                if at > now {
-                    self.pending
-                        .entry(row.customer_id.clone())
-                        .or_default()
-                        .push(Pending {
-                            row: row.clone(),
-                            cancel_on: rule.cancel_on.clone(),
-                        });
-                }
+        let row = SendRow {
+            send_id: send_id(&rule.name, ask.step, ask.customer_id, ask.dedupe_key),
+            rule: rule.name.clone(),
+            step: ask.step,
+            customer_id: ask.customer_id.to_string(),
+            dedupe_key: ask.dedupe_key.to_string(),
+            arm: ask.arm,
+            variant: ask.variant,
+            channel,
+            decision,
+            reason,
+            send_at,
+            decided_at: now,
+            new_assignment: ask.new_assignment,
+        };
+        if let (Some(ch), Some(at)) = (channel, send_at) {
+            history.push(past_message(
+                Some(rule),
+                &rule.name,
+                ask.step,
+                ask.dedupe_key,
+                ch,
+                at,
+            ));
+            if at > now {
+                self.pending
+                    .entry(row.customer_id.clone())
+                    .or_default()
+                    .push(Pending {
+                        row: row.clone(),
+                        cancel_on: rule.cancel_on.clone(),
+                    });
             }
-            rows.push(row);
         }
-        rows
+        row
+    }
+}
+
+/// Whether a step-0 decision starts the rule's sequence: unless the
+/// trigger itself was not eligible (a duplicate, or within the cooldown).
+/// A step 0 suppressed for consent or priority still starts it; later
+/// steps may go on other channels.
+fn starts_sequence(row: &SendRow) -> bool {
+    !(row.decision == Decision::Suppressed
+        && matches!(row.reason.as_deref(), Some("duplicate" | "cooldown")))
+}
+
+fn past_message(
+    rule: Option<&RuleMeta>,
+    name: &str,
+    step: u32,
+    dedupe_key: &str,
+    channel: Channel,
+    at: i64,
+) -> PastMessage {
+    PastMessage {
+        rule: Arc::from(name),
+        priority: rule.map_or(0, |r| r.priority),
+        step,
+        dedupe_key: dedupe_key.to_string(),
+        transactional: rule.is_some_and(|r| r.transactional),
+        sent: SentMessage {
+            at,
+            channel,
+            tags: rule.map_or_else(|| Arc::from(Vec::new()), |r| r.tags.clone()),
+        },
     }
 }
 
@@ -473,11 +812,12 @@ mod tests {
             cooldown_us: 0,
             cancel_on: vec!["purchase".into()],
             transactional: false,
-            tags: vec![],
+            tags: Arc::from(Vec::new()),
             defer_on_conflict: false,
             defer_when_capped: true,
             design: Design::from_percent(name, holdout, scheduled),
             scheduled_at_minutes: 600,
+            steps: vec![],
         }
     }
 
@@ -489,11 +829,13 @@ mod tests {
         }
     }
 
-    fn traits() -> Map<String, Value> {
-        json!({"email": "a@x.example", "consent": {"email": true}, "timezone": "UTC"})
-            .as_object()
-            .expect("object")
-            .clone()
+    fn profiles() -> Profiles {
+        Profiles {
+            default: json!({"email": "a@x.example", "phone": "+15550100", "consent": {"email": true, "sms": true}, "timezone": "UTC"})
+                .as_object()
+                .cloned(),
+            ..Profiles::default()
+        }
     }
 
     #[test]
@@ -504,11 +846,11 @@ mod tests {
             None,
             chrono_tz::UTC,
         );
-        let t = traits();
+        let t = profiles();
         let rows = s.decide(
             &[fired("browse", "c1"), fired("cart", "c1")],
             DAY0 + 12 * H,
-            |_| Some(&t),
+            &t,
         );
         let got: Vec<(&str, Decision, Option<&str>)> = rows
             .iter()
@@ -531,8 +873,8 @@ mod tests {
             None,
             chrono_tz::UTC,
         );
-        let t = traits();
-        let rows = s.decide(&[fired("cart", "c1")], DAY0, |_| Some(&t));
+        let t = profiles();
+        let rows = s.decide(&[fired("cart", "c1")], DAY0, &t);
         assert_eq!(
             (rows[0].arm, rows[0].decision),
             (Arm::Holdout, Decision::Ghost)
@@ -547,9 +889,7 @@ mod tests {
             Some(GlobalControl::new("g", 100.0)),
             chrono_tz::UTC,
         );
-        let rows = s.decide(&[fired("cart", "c1"), fired("order", "c1")], DAY0, |_| {
-            Some(&t)
-        });
+        let rows = s.decide(&[fired("cart", "c1"), fired("order", "c1")], DAY0, &t);
         assert_eq!(
             (rows[0].decision, rows[0].variant.as_deref()),
             (Decision::Ghost, Some("global_control"))
@@ -568,11 +908,9 @@ mod tests {
             None,
             chrono_tz::UTC,
         );
-        let t = traits();
+        let t = profiles();
         let now = DAY0 + 12 * H; // noon UTC: the next 10:00 is tomorrow
-        let rows = s.decide(&[fired("cart", "c1"), fired("cart", "c2")], now, |_| {
-            Some(&t)
-        });
+        let rows = s.decide(&[fired("cart", "c1"), fired("cart", "c2")], now, &t);
         assert_eq!(rows[0].send_at, Some(DAY0 + 34 * H));
         assert_eq!(rows[0].reason.as_deref(), Some("scheduled"));
         assert_eq!(s.pending(), 2);
@@ -602,12 +940,134 @@ mod tests {
             None,
             chrono_tz::UTC,
         );
-        let t = traits();
-        s.observe("c1", "email_unsubscribe", DAY0, DAY0);
-        let rows = s.decide(&[fired("cart", "c1")], DAY0 + H, |_| Some(&t));
+        let mut t = profiles();
+        t.opt_outs.insert("c1".into(), vec!["email_unsubscribe".into()]);
+        let rows = s.decide(&[fired("cart", "c1")], DAY0 + H, &t);
         assert_eq!(
             (rows[0].decision, rows[0].reason.as_deref()),
             (Decision::Suppressed, Some("no_consent:email"))
+        );
+    }
+
+    fn welcome_sequence() -> RuleMeta {
+        let mut r = rule("welcome", 10, 0, 0);
+        r.cancel_on = vec!["purchase".into()];
+        r.steps = vec![
+            StepMeta {
+                number: 1,
+                after_us: 72 * H,
+                channel: Some(Channel::Sms),
+                stop_on: vec![],
+            },
+            StepMeta {
+                number: 2,
+                after_us: 7 * 24 * H,
+                channel: Some(Channel::Email),
+                stop_on: vec!["review".into()],
+            },
+        ];
+        r
+    }
+
+    fn steps(rows: &[SendRow]) -> Vec<(u32, Decision, Option<&str>)> {
+        rows.iter()
+            .map(|r| (r.step, r.decision, r.reason.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn a_sequence_sends_each_step_when_due_and_exits_on_purchase() {
+        let mut s = Stage::new(
+            vec![welcome_sequence()],
+            Policy::default(),
+            None,
+            chrono_tz::UTC,
+        );
+        let t = profiles();
+        let start = DAY0 + 12 * H;
+        let rows = s.decide(&[fired("welcome", "c1"), fired("welcome", "c2")], start, &t);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(s.steps_waiting(), 4);
+        assert!(!s.has_due_steps(start + 72 * H - 1));
+        assert!(s.has_due_steps(start + 72 * H));
+        // Step 1 (SMS, three days later) for both, on an idle batch.
+        let rows = s.decide(&[], start + 72 * H + 5, &t);
+        assert_eq!(steps(&rows), vec![(1, Decision::Send, None), (1, Decision::Send, None)]);
+        assert_eq!(rows[0].channel, Some(Channel::Sms));
+        assert_eq!(rows[0].send_id, "welcome:1:c1:k");
+        // c1 buys on day 5: step 2 of c1 ends, recorded; c2's goes on.
+        let cancelled = s.observe("c1", "purchase", start + 120 * H, start + 120 * H);
+        assert_eq!(steps(&cancelled), vec![(2, Decision::Cancelled, Some("exit:purchase"))]);
+        let rows = s.decide(&[], start + 7 * 24 * H, &t);
+        assert_eq!(
+            rows.iter().map(|r| (r.customer_id.as_str(), r.step)).collect::<Vec<_>>(),
+            vec![("c2", 2)]
+        );
+        assert_eq!(s.steps_waiting(), 0);
+        assert!(!s.has_due_steps(i64::MAX));
+    }
+
+    #[test]
+    fn a_step_s_stop_on_skips_only_that_step_and_late_events_do_not_undo_sent_steps() {
+        let mut s = Stage::new(
+            vec![welcome_sequence()],
+            Policy::default(),
+            None,
+            chrono_tz::UTC,
+        );
+        let t = profiles();
+        s.decide(&[fired("welcome", "c1")], DAY0, &t);
+        // A review before step 2 skips step 2 only.
+        let rows = s.observe("c1", "review", DAY0 + H, DAY0 + H);
+        assert_eq!(steps(&rows), vec![(2, Decision::Cancelled, Some("stop_on:review"))]);
+        // A purchase (arriving late) dated after step 1 was due leaves step 1
+        // to be decided: it was due before the purchase.
+        let rows = s.observe("c1", "purchase", DAY0 + 80 * H, DAY0 + 90 * H);
+        assert!(rows.is_empty(), "{rows:?}");
+        let rows = s.decide(&[], DAY0 + 90 * H, &t);
+        assert_eq!(steps(&rows), vec![(1, Decision::Send, None)]);
+    }
+
+    #[test]
+    fn holdout_sequences_are_ghosts_and_a_restart_resumes_where_it_stopped() {
+        let mut r = welcome_sequence();
+        r.design = Design::from_percent("welcome", 100, 0);
+        let mut s = Stage::new(vec![r.clone()], Policy::default(), None, chrono_tz::UTC);
+        let t = profiles();
+        let mut all = s.decide(&[fired("welcome", "c1")], DAY0, &t);
+        all.extend(s.decide(&[], DAY0 + 72 * H, &t));
+        assert_eq!(steps(&all), vec![(0, Decision::Ghost, None), (1, Decision::Ghost, None)]);
+
+        // A new stage from the recorded rows knows step 2 is still to come.
+        let mut again = Stage::new(vec![r], Policy::default(), None, chrono_tz::UTC);
+        again.restore(all);
+        assert_eq!(again.steps_waiting(), 1);
+        assert!(again.decide(&[], DAY0 + 100 * H, &t).is_empty());
+        let rows = again.decide(&[], DAY0 + 7 * 24 * H, &t);
+        assert_eq!(steps(&rows), vec![(2, Decision::Ghost, None)]);
+        assert_eq!(rows[0].arm, Arm::Holdout);
+    }
+
+    #[test]
+    fn steps_pass_the_chain_on_their_own() {
+        let mut s = Stage::new(
+            vec![welcome_sequence()],
+            Policy::default(),
+            None,
+            chrono_tz::UTC,
+        );
+        let mut t = profiles();
+        // No SMS consent: step 0 (email) and step 2 go, step 1 is suppressed.
+        t.opt_outs.insert("c1".into(), vec!["sms_opt_out".into()]);
+        let mut rows = s.decide(&[fired("welcome", "c1")], DAY0, &t);
+        rows.extend(s.decide(&[], DAY0 + 7 * 24 * H, &t));
+        assert_eq!(
+            steps(&rows),
+            vec![
+                (0, Decision::Send, None),
+                (1, Decision::Suppressed, Some("no_consent:sms")),
+                (2, Decision::Send, None)
+            ]
         );
     }
 }

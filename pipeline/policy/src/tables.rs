@@ -22,7 +22,7 @@ use kairos_storage::tables::read_parquet;
 use kairos_storage::{DataRoot, StorageError};
 
 use crate::consent::Channel;
-use crate::stage::{Decision, Fired, RuleMeta, SendRow, Stage};
+use crate::stage::{Decision, Fired, RuleMeta, SendRow, Stage, StepMeta};
 
 /// `sends/`: one row per decision.
 pub const SENDS: &str = "sends";
@@ -258,7 +258,7 @@ pub async fn restore(
 /// [`RuleMeta`] of a rule file.
 pub fn rule_meta(rule: &Rule) -> RuleMeta {
     use kairos_rules::rule::{Channel as RuleChannel, WhenBlocked};
-    let channel = match rule.channel {
+    let channel = |c: RuleChannel| match c {
         RuleChannel::Email => Some(Channel::Email),
         RuleChannel::Sms => Some(Channel::Sms),
         RuleChannel::Whatsapp => Some(Channel::Whatsapp),
@@ -268,20 +268,36 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
     };
     RuleMeta {
         name: rule.name.clone(),
-        channel,
+        channel: channel(rule.channel),
         priority: rule.priority,
         cooldown_us: rule.cooldown_secs as i64 * 1_000_000,
         cancel_on: rule.cancel_on.clone(),
         transactional: rule.transactional,
-        tags: rule.tags.clone(),
+        tags: rule.tags.clone().into(),
         defer_on_conflict: rule.on_conflict == WhenBlocked::Defer,
         defer_when_capped: rule.on_cap == WhenBlocked::Defer,
         design: rule.design(),
         scheduled_at_minutes: rule.scheduled_at_minutes,
+        steps: rule
+            .steps
+            .iter()
+            .map(|s| StepMeta {
+                number: s.number,
+                after_us: i64::try_from(s.after_secs)
+                    .unwrap_or(i64::MAX / 1_000_000)
+                    .saturating_mul(1_000_000),
+                channel: channel(s.channel),
+                stop_on: s.stop_on.clone(),
+            })
+            .collect(),
     }
 }
 
 impl BatchStage for Stage {
+    fn has_work(&self, clock_us: i64) -> bool {
+        self.has_due_steps(clock_us)
+    }
+
     fn process(
         &mut self,
         report: &TickReport,
@@ -301,7 +317,7 @@ impl BatchStage for Stage {
                 dedupe_key: f.dedupe_key.clone(),
             })
             .collect();
-        rows.extend(self.decide(&fired, clock_us, |c| state.traits(c)));
+        rows.extend(self.decide(&fired, clock_us, state));
         vec![
             (SENDS, sends_batch(&rows)),
             (ASSIGNMENTS, assignments_batch(&rows)),

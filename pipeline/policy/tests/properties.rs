@@ -21,7 +21,7 @@ fn policy() -> Policy {
             },
             Cap {
                 max: 1,
-                scope: CapScope::Channel("sms".into()),
+                scope: CapScope::Channel(Channel::Sms),
                 window: CapWindow::Day,
             },
             Cap {
@@ -31,6 +31,7 @@ fn policy() -> Policy {
             },
         ],
         quiet: Some(QuietHours::parse("21:00", "08:00").expect("valid")),
+        priority_window_us: 0,
     }
 }
 
@@ -56,6 +57,7 @@ fn run(stream: &[(u32, usize, usize, bool)], zone: &str, sms_ok: bool) -> Vec<(i
         let key = format!("k{i}");
         let m = Message {
             rule: rules[*rule % 3],
+            priority: 0,
             step: 0,
             dedupe_key: &key,
             channel: channels[*channel % 3],
@@ -66,6 +68,7 @@ fn run(stream: &[(u32, usize, usize, bool)], zone: &str, sms_ok: bool) -> Vec<(i
             not_before: now,
             ghost: false,
             lost_to: None,
+            defer_on_conflict: false,
             priority_wait_us: H,
         };
         let customer = Customer {
@@ -77,13 +80,14 @@ fn run(stream: &[(u32, usize, usize, bool)], zone: &str, sms_ok: bool) -> Vec<(i
         if let Outcome::Send { channel, at, .. } = decide(&m, &customer, &p, now) {
             history.push(PastMessage {
                 rule: m.rule.into(),
+                priority: 0,
                 step: 0,
                 dedupe_key: key.clone(),
                 transactional: false,
                 sent: SentMessage {
                     at,
-                    channel: channel.as_str().into(),
-                    tags: vec![],
+                    channel,
+                    tags: std::sync::Arc::from(Vec::new()),
                 },
             });
             delivered.push((at, channel));

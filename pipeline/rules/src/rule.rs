@@ -23,6 +23,7 @@
 //! | `salt` | experiment hash salt; a new salt starts a new experiment | the rule name |
 //! | `param NAME` | a parameter default: duration, integer, number, `true`/`false` or `'text'` | |
 //! | `variant NAME` | a variant of the triggered arm: `param=value ...`, optional `template=NAME` and `weight=N` | none |
+//! | `step N` | a follow-up message N = 1, 2, …: `after=DURATION`, optional `channel=…`, `template=…`, `stop_on=EVENT,…` | none |
 //!
 //! Durations are `30s`, `15m`, `6h`, `7d`, `2w` or sums like `1h30m`.
 //! In the SQL, `${NAME}` becomes the parameter as a SQL literal (durations
@@ -156,6 +157,23 @@ pub struct Variant {
     pub template: Option<String>,
 }
 
+/// A follow-up message of a rule's sequence (the rule's own message is
+/// step 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// 1, 2, … in header order.
+    pub number: u32,
+    /// Seconds after the sequence started (the firing's decision).
+    pub after_secs: u64,
+    /// Channel (default: the rule's).
+    pub channel: Channel,
+    /// Template (default: `<rule template>_step<N>`).
+    pub template: String,
+    /// Events that skip this step alone; the rule's `cancel_on` events end
+    /// the whole sequence.
+    pub stop_on: Vec<String>,
+}
+
 /// One parsed rule file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -195,6 +213,8 @@ pub struct Rule {
     pub salt: String,
     /// Variants of the triggered arm (empty: none).
     pub variants: Vec<Variant>,
+    /// Follow-up steps, by increasing `after` (empty: a single message).
+    pub steps: Vec<Step>,
     /// Parameter defaults, by name.
     pub params: BTreeMap<String, Param>,
     /// The SQL body as written (with `${…}` placeholders).
@@ -425,6 +445,47 @@ fn parse_variant(
     Ok(v)
 }
 
+/// `after=3d channel=sms template=welcome_sms stop_on=purchase`.
+fn parse_step(number: &str, value: &str, rule_channel: Channel) -> Result<Step, String> {
+    let number = number
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("step {number:?}: number steps 1, 2, 3, …"))?;
+    let mut step = Step {
+        number,
+        after_secs: 0,
+        channel: rule_channel,
+        template: String::new(),
+        stop_on: Vec::new(),
+    };
+    let mut after = None;
+    for part in value.split_whitespace() {
+        let (k, val) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: write key=value"))?;
+        match k {
+            "after" => after = Some(parse_duration(val)?),
+            "channel" => step.channel = parse_channel(val)?,
+            "template" => step.template = val.to_string(),
+            "stop_on" => {
+                step.stop_on = val
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            other => {
+                return Err(format!(
+                    "unknown step key {other:?}; use after, channel, template, stop_on"
+                ));
+            }
+        }
+    }
+    step.after_secs = after.ok_or("a step needs `after=DURATION` (time after the first message)")?;
+    Ok(step)
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "true" => Ok(true),
@@ -449,6 +510,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     let mut fields: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     let mut params = BTreeMap::new();
     let mut variant_lines: Vec<(usize, String, String)> = Vec::new();
+    let mut step_lines: Vec<(usize, String, String)> = Vec::new();
     let mut sql_start = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -496,6 +558,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             variant_lines.push((line, name.trim().to_string(), value.to_string()));
             continue;
         }
+        if let Some(number) = key.strip_prefix("step ") {
+            step_lines.push((line, number.trim().to_string(), value.to_string()));
+            continue;
+        }
         const KEYS: [&str; 16] = [
             "name",
             "description",
@@ -518,7 +584,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             errors.push(err(
                 line,
                 format!(
-                    "unknown header key {key:?}; known: {}, param NAME, variant NAME",
+                    "unknown header key {key:?}; known: {}, param NAME, variant NAME, step N",
                     KEYS.join(", ")
                 ),
             ));
@@ -601,6 +667,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             Err(e) => errors.push(err(*line, format!("variant {vname}: {e}"))),
         }
     }
+    let rule_channel = channel
+        .and_then(|(_, v)| parse_channel(v).ok())
+        .unwrap_or(Channel::Email);
+    let rule_template = template.clone().unwrap_or_else(|| stem.clone());
+    let mut steps: Vec<Step> = Vec::new();
+    for (line, number, value) in &step_lines {
+        match parse_step(number, value, rule_channel) {
+            Ok(mut s) => {
+                let expected = steps.len() as u32 + 1;
+                if s.number != expected {
+                    errors.push(err(*line, format!("step {}: expected step {expected} (steps are numbered 1, 2, … in order)", s.number)));
+                } else if steps.last().is_some_and(|p| p.after_secs >= s.after_secs) {
+                    errors.push(err(*line, format!("step {}: `after` must be later than the previous step's", s.number)));
+                } else if s.after_secs == 0 {
+                    errors.push(err(*line, format!("step {}: `after` must be positive (step 0 is the rule's own message)", s.number)));
+                }
+                if s.template.is_empty() {
+                    s.template = format!("{rule_template}_step{}", s.number);
+                }
+                steps.push(s);
+            }
+            Err(e) => errors.push(err(*line, format!("step {number}: {e}"))),
+        }
+    }
     if let Some((line, n)) = &name {
         if *n != stem {
             errors.push(err(*line, format!("name {n:?} must equal the file name {stem:?} (the rule id used in logs, metrics and reports)")));
@@ -611,10 +701,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
         file: file.to_path_buf(),
         name: name.map(|(_, n)| n).unwrap_or_default(),
         description,
-        channel: channel
-            .and_then(|(_, v)| parse_channel(v).ok())
-            .unwrap_or(Channel::Email),
-        template: template.unwrap_or_else(|| stem.clone()),
+        channel: rule_channel,
+        template: rule_template,
         priority: priority.and_then(|(_, v)| v.parse().ok()).unwrap_or(0),
         cooldown_secs: cooldown
             .and_then(|(_, v)| parse_duration(v).ok())
@@ -662,6 +750,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
             .unwrap_or(WhenBlocked::Defer),
         salt: salt.unwrap_or_else(|| stem.clone()),
         variants,
+        steps,
         params,
         sql,
         sql_line: sql_index + 1,
@@ -794,6 +883,40 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
                 .any(|(l, m)| *l == 14 && m.contains("`skip` or `defer`")),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn steps_parse_in_order_with_defaults_and_errors_name_their_line() {
+        let text = CART.replacen(
+            "-- param delay: 1h30m",
+            "-- param delay: 1h30m\n-- step 1: after=1d channel=sms stop_on=sms_reply\n-- step 2: after=3d template=last_call",
+            1,
+        );
+        let r = parse(&path("cart_abandonment"), &text).expect("valid");
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(
+            (r.steps[0].after_secs, r.steps[0].channel, r.steps[0].template.as_str()),
+            (86_400, Channel::Sms, "cart_abandonment_step1")
+        );
+        assert_eq!(r.steps[0].stop_on, vec!["sms_reply"]);
+        assert_eq!(
+            (r.steps[1].channel, r.steps[1].template.as_str()),
+            (Channel::Email, "last_call")
+        );
+
+        let text = CART.replacen(
+            "-- param delay: 1h30m",
+            "-- param delay: 1h30m\n-- step 1: after=3d\n-- step 2: after=1d\n-- step 4: after=9d\n-- step 5: channel=sms",
+            1,
+        );
+        let errors = parse(&path("cart_abandonment"), &text).expect_err("invalid");
+        let lines: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert!(lines.iter().any(|(l, m)| *l == 13 && m.contains("later than")), "{lines:?}");
+        assert!(lines.iter().any(|(l, m)| *l == 14 && m.contains("expected step 3")), "{lines:?}");
+        assert!(lines.iter().any(|(l, m)| *l == 15 && m.contains("after=DURATION")), "{lines:?}");
     }
 
     #[test]

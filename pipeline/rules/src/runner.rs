@@ -84,6 +84,13 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<StagedItem>, serde_json::Err
 /// memory from its tables before the runner starts, leaving out the files
 /// of [`Recovered::redo_batch`].
 pub trait BatchStage: Send + Sync {
+    /// Whether the stage has work at `clock_us` without any new input
+    /// (e.g. a sequence step come due), so an idle tick must still run
+    /// and be recorded.
+    fn has_work(&self, _clock_us: i64) -> bool {
+        false
+    }
+
     /// Decides what the batch means for this stage; returns (table, rows).
     fn process(
         &mut self,
@@ -258,12 +265,12 @@ impl Runner {
         };
         if items.is_empty() {
             // A tick without input changes nothing a restart could not
-            // recompute: unless it fired, record nothing (no object-store
-            // writes while idle). If it fired, it is recorded like any
-            // batch, and a redo (no input, same clock and rule clocks)
-            // fires the same.
+            // recompute: unless it fired or a later stage has work due,
+            // record nothing (no object-store writes while idle).
+            // Otherwise it is recorded like any batch, and a redo (no
+            // input, same clock and rule clocks) does the same.
             let report = self.engine.tick(Vec::new(), clock_us).await;
-            if report.firings.is_empty() {
+            if report.firings.is_empty() && !self.stages.iter().any(|s| s.has_work(clock_us)) {
                 return Ok(report);
             }
             self.put(&planned).await?;

@@ -122,6 +122,17 @@ struct CartAdd {
     value: f64,
 }
 
+/// Events that withdraw consent (a channel's, or everything for
+/// `unsubscribe`). Kept in the state so that a restart, which rebuilds the
+/// state from the lake, never forgets one.
+pub const OPT_OUT_EVENTS: [&str; 5] = [
+    "unsubscribe",
+    "email_unsubscribe",
+    "sms_opt_out",
+    "whatsapp_opt_out",
+    "push_opt_out",
+];
+
 /// One customer's folded history.
 #[derive(Debug, Default, Clone)]
 struct Customer {
@@ -139,6 +150,8 @@ struct Customer {
     ticket: Option<(i64, Option<String>)>,
     /// (event time, zone).
     timezone: Option<(i64, String)>,
+    /// Opt-out events seen, one bit per [`OPT_OUT_EVENTS`] entry; sticky.
+    opt_outs: u8,
     cart_adds: Vec<CartAdd>,
     purchases: Vec<i64>,
     views: Vec<(i64, u32)>,
@@ -240,6 +253,16 @@ impl State {
     /// A customer's current profile traits.
     pub fn traits(&self, customer_id: &str) -> Option<&serde_json::Map<String, Value>> {
         self.profiles.get(customer_id)
+    }
+
+    /// The opt-out events a customer has sent (see [`OPT_OUT_EVENTS`]).
+    pub fn opt_outs(&self, customer_id: &str) -> impl Iterator<Item = &'static str> + use<> {
+        let bits = self.customers.get(customer_id).map_or(0, |c| c.opt_outs);
+        OPT_OUT_EVENTS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| bits & (1 << i) != 0)
+            .map(|(_, e)| *e)
     }
 
     /// The canonical customer id of `id` (the user id an anonymous id was linked to).
@@ -368,6 +391,9 @@ impl State {
                 Some((_, n)) => *n += 1,
                 None => c.categories.push((cat, 1)),
             }
+        }
+        if let Some(i) = OPT_OUT_EVENTS.iter().position(|o| *o == e.event_type) {
+            c.opt_outs |= 1 << i;
         }
         match e.event_type {
             "signup" => c.signed_up = min_opt(c.signed_up, at),
