@@ -6,6 +6,9 @@
 -- cadence: batch
 -- split: holdout=10 scheduled=20 triggered=70
 -- scheduled_at: 10:00
+-- cancel_on: purchase
+-- step 1: after=3d channel=sms template=welcome_first_order
+-- step 2: after=7d template=welcome_best_sellers
 
 -- The key is constant: one welcome per customer, ever, however many
 -- signup events arrive (client retries, a second device).

@@ -8,6 +8,7 @@
 -- cancel_on: purchase
 -- split: holdout=20 scheduled=40 triggered=40
 -- param inactive: 30d
+-- step 1: after=7d template=win_back_last_chance
 
 -- One per stretch of inactivity: the key is the day of the last visit.
 SELECT customer_id,

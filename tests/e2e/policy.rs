@@ -99,3 +99,113 @@ async fn decisions_are_recorded_with_their_reasons() {
         "one per rule for c1"
     );
 }
+
+/// (rule, step, customer, decision, reason, channel) of every `sends/` row, sorted.
+fn decisions(dir: &Path) -> Vec<(String, String, String, String, String, String)> {
+    let sends = read_table(dir, "sends");
+    let col = |n: &str| strings(&sends, n);
+    let (rule, cust, decision, reason, channel) = (
+        col("rule"),
+        col("customer_id"),
+        col("decision"),
+        col("reason"),
+        col("channel"),
+    );
+    let step: Vec<i64> = sends
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column_by_name("step")
+                .expect("step")
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("int64")
+                .clone();
+            a.values().to_vec()
+        })
+        .collect();
+    let mut got: Vec<_> = (0..rule.len())
+        .map(|i| {
+            (
+                rule[i].clone().unwrap_or_default(),
+                step[i].to_string(),
+                cust[i].clone().unwrap_or_default(),
+                decision[i].clone().unwrap_or_default(),
+                reason[i].clone().unwrap_or_default(),
+                channel[i].clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+#[tokio::test]
+async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase() {
+    let rules = tempfile::tempdir().expect("tempdir");
+    rule(
+        rules.path(),
+        "onboarding",
+        "-- cancel_on: purchase\n-- step 1: after=1d\n-- step 2: after=3d channel=sms",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_with_env(
+        dir.path().to_str().expect("utf8"),
+        "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
+        vec![(
+            "KAIROS__RULES__DIR".into(),
+            rules.path().display().to_string(),
+        )],
+    );
+    let traits = |c: &str| {
+        json!({"email": format!("{c}@example.com"), "phone": "+15550100",
+               "consent": {"email": true, "sms": true}})
+    };
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "c1", "messageId": "i1", "timestamp": "2026-09-01T11:00:00Z", "traits": traits("c1")},
+        {"type": "identify", "userId": "c2", "messageId": "i2", "timestamp": "2026-09-01T11:00:00Z", "traits": traits("c2")},
+        {"type": "track", "userId": "c1", "messageId": "e1", "event": "Promo Seen", "timestamp": "2026-09-01T12:00:00Z"},
+        {"type": "track", "userId": "c2", "messageId": "e2", "event": "Promo Seen", "timestamp": "2026-09-01T12:00:00Z"},
+    ]});
+    assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T12:00:00Z");
+    // Another customer's event moves the event clock past step 1's time.
+    let ping = |id: &str, at: &str| {
+        json!({"type": "track", "userId": "c3", "messageId": id, "event": "Page Viewed", "timestamp": at})
+    };
+    let tick = ping("p1", "2026-09-02T13:00:00Z");
+    assert_eq!(post(&server, "/v1/track", &tick).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-02T13:00:00Z");
+    // A crash mid-sequence: the restart knows which steps are left.
+    server.kill9();
+    server.restart();
+    let buy = json!({"type": "track", "userId": "c1", "messageId": "b1", "event": "Order Completed",
+        "timestamp": "2026-09-03T10:00:00Z", "properties": {"order_id": "o1", "revenue": 25}});
+    assert_eq!(post(&server, "/v1/track", &buy).await.status(), 200);
+    let tick = ping("p2", "2026-09-04T13:00:00Z");
+    assert_eq!(post(&server, "/v1/track", &tick).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-04T13:00:00Z");
+    server.stop();
+
+    let row = |step: &str, c: &str, d: &str, r: &str, ch: &str| {
+        (
+            "onboarding".to_string(),
+            step.to_string(),
+            c.to_string(),
+            d.to_string(),
+            r.to_string(),
+            ch.to_string(),
+        )
+    };
+    assert_eq!(
+        decisions(dir.path()),
+        vec![
+            row("0", "c1", "send", "", "email"),
+            row("0", "c2", "send", "", "email"),
+            row("1", "c1", "send", "", "email"),
+            row("1", "c2", "send", "", "email"),
+            row("2", "c1", "cancelled", "exit:purchase", "sms"),
+            row("2", "c2", "send", "", "sms"),
+        ]
+    );
+}
