@@ -4,8 +4,10 @@
 //! (no message), **scheduled** (the next scheduled batch send) or
 //! **triggered** (sent at once, optionally split into variants) — before
 //! any policy decides whether a message goes out, so suppression and
-//! timing cannot bias the comparison. Reports compare the arms.
+//! timing cannot bias the comparison. Reports compare the arms with the
+//! [`stats`] engine.
 
 pub mod assign;
+pub mod stats;
 
 pub use assign::{Arm, Assigner, Assignment, BUCKETS, Design, GlobalControl, bucket};
