@@ -7,6 +7,7 @@
 -- lookback: 7d
 -- cadence: 15m
 -- cancel_on: purchase
+-- on_cap: skip
 -- split: holdout=10 scheduled=20 triggered=70
 -- param min_views: 3
 -- param delay: 2h

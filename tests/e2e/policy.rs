@@ -170,9 +170,7 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
     assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
     wait_clock(dir.path(), "2026-09-01T12:00:00Z");
     // Another customer's event moves the event clock past step 1's time.
-    let ping = |id: &str, at: &str| {
-        json!({"type": "track", "userId": "c3", "messageId": id, "event": "Page Viewed", "timestamp": at})
-    };
+    let ping = |id: &str, at: &str| json!({"type": "track", "userId": "c3", "messageId": id, "event": "Page Viewed", "timestamp": at});
     let tick = ping("p1", "2026-09-02T13:00:00Z");
     assert_eq!(post(&server, "/v1/track", &tick).await.status(), 200);
     wait_clock(dir.path(), "2026-09-02T13:00:00Z");

@@ -18,7 +18,7 @@ use kairos_rules::{Engine, Firing};
 use kairos_storage::DataRoot;
 
 use crate::live;
-use crate::replay::batches;
+use crate::replay::timeline;
 
 /// What to backtest.
 pub struct Backtest {
@@ -77,12 +77,7 @@ pub async fn backtest(config: Config, bt: Backtest) -> anyhow::Result<()> {
     let mut firings: Vec<Firing> = engine.tick(Vec::new(), bt.from_us).await.firings;
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
     let events = window.len();
-    for batch in batches(window, bt.span_us) {
-        let clock = batch
-            .iter()
-            .map(StagedItem::timestamp_us)
-            .max()
-            .unwrap_or(bt.from_us);
+    for (clock, batch) in timeline(window, bt.span_us) {
         let report = engine.tick(batch, clock).await;
         firings.extend(report.firings);
         for f in report.failures {

@@ -4,7 +4,8 @@
 //! published with dedupe and profile merging) and run through the same
 //! durable batches as `serve`, with the rule clock following event time:
 //! events are sorted by timestamp and cut into batches of `--batch-span` of
-//! event time, each run at the clock of its latest event. Months replay in
+//! event time, each run at the clock of its latest event (a stretch without
+//! events passes a span at a time, as a live clock would). Months replay in
 //! minutes, and a later `serve` on the same data root carries on from the
 //! replay's checkpoint without firing anything old.
 
@@ -40,6 +41,33 @@ pub fn batches(items: Vec<StagedItem>, span_us: i64) -> Vec<Vec<StagedItem>> {
                 out.push(vec![item]);
             }
         }
+    }
+    out
+}
+
+/// The batches of [`batches`] with the clock each runs at (its latest
+/// event), and between them empty ticks a span apart wherever event time
+/// has a gap longer than a span, as a live clock would pass it: sweeps see
+/// their deadlines and sequence steps come due on time instead of at the
+/// next event. A tick never passes the next batch's first event.
+pub fn timeline(items: Vec<StagedItem>, span_us: i64) -> Vec<(i64, Vec<StagedItem>)> {
+    let mut out = Vec::new();
+    let mut last: Option<i64> = None;
+    for batch in batches(items, span_us) {
+        let first = batch.first().map_or(0, StagedItem::timestamp_us);
+        let clock = batch
+            .iter()
+            .map(StagedItem::timestamp_us)
+            .max()
+            .unwrap_or(first);
+        while let Some(prev) = last
+            && prev + span_us < first
+        {
+            out.push((prev + span_us, Vec::new()));
+            last = Some(prev + span_us);
+        }
+        out.push((clock, batch));
+        last = Some(clock);
     }
     out
 }
@@ -101,12 +129,14 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     let mut done = 0;
     let mut staged = 0;
     let mut last_progress = Instant::now();
-    for batch in batches(items, span_us) {
-        let clock = batch
-            .iter()
-            .map(StagedItem::timestamp_us)
-            .max()
-            .unwrap_or(0);
+    for (clock, batch) in timeline(items, span_us) {
+        if batch.is_empty() {
+            let report = runner.run(batch, &BTreeMap::new(), clock).await?;
+            for f in &report.firings {
+                *per_rule.entry(f.rule.clone()).or_default() += 1;
+            }
+            continue;
+        }
         let mut frame = Vec::new();
         for item in &batch {
             serde_json::to_writer(&mut frame, item)?;
@@ -170,6 +200,13 @@ mod tests {
             timestamp_us: t,
             received_at_us: t,
         })
+    }
+
+    #[test]
+    fn the_timeline_ticks_through_gaps_without_passing_an_event() {
+        let t = timeline([0, 10, 100, 105].into_iter().map(item).collect(), 25);
+        let got: Vec<(i64, usize)> = t.iter().map(|(c, b)| (*c, b.len())).collect();
+        assert_eq!(got, vec![(10, 2), (35, 0), (60, 0), (85, 0), (105, 2)]);
     }
 
     #[test]

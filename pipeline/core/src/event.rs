@@ -212,6 +212,9 @@ pub const SPEC_EVENT_TYPES: &[(&str, &str)] = &[
     ("Support Ticket Closed", "ticket_close"),
     ("Email Unsubscribed", "email_unsubscribe"),
     ("SMS Opted Out", "sms_opt_out"),
+    ("WhatsApp Opted Out", "whatsapp_opt_out"),
+    ("Push Opted Out", "push_opt_out"),
+    ("Unsubscribed", "unsubscribe"),
     // Raw clickstream names (e.g. REES46 exports).
     ("view", "product_view"),
     ("cart", "cart_add"),

@@ -261,13 +261,27 @@ mod tests {
         assert_eq!(check(&caps, &history, 11 * H, Channel::Sms, &[], 0), None);
         assert!(check(&caps, &[sent(10 * H, "sms")], 11 * H, Channel::Sms, &[], 0).is_some());
         assert_eq!(
-            check(&caps, &[sent(10 * H, "sms")], 11 * H, Channel::Email, &[], 0),
+            check(
+                &caps,
+                &[sent(10 * H, "sms")],
+                11 * H,
+                Channel::Email,
+                &[],
+                0
+            ),
             None
         );
         let caps = [cap(1, CapScope::Tag("promo".into()), CapWindow::Day)];
         assert!(check(&caps, &history, 11 * H, Channel::Push, &["promo".into()], 0).is_some());
         assert_eq!(
-            check(&caps, &history, 11 * H, Channel::Push, &["service".into()], 0),
+            check(
+                &caps,
+                &history,
+                11 * H,
+                Channel::Push,
+                &["service".into()],
+                0
+            ),
             None
         );
     }
@@ -293,7 +307,8 @@ mod tests {
         let monday = 4 * 24 * H;
         let caps = [cap(1, CapScope::All, CapWindow::Week)];
         let history = [sent(monday + H, "email")];
-        let c = check(&caps, &history, monday + 3 * 24 * H, Channel::Email, &[], 0).expect("same week");
+        let c =
+            check(&caps, &history, monday + 3 * 24 * H, Channel::Email, &[], 0).expect("same week");
         assert_eq!(c.allowed_at, monday + 7 * 24 * H);
         assert_eq!(
             check(&caps, &history, monday - H, Channel::Email, &[], 0),

@@ -195,14 +195,7 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
         for _ in 0..16 {
             let start = at;
             let offset = offset_us(customer.zone, at);
-            if let Some(c) = caps::check(
-                &policy.caps,
-                &counted,
-                at,
-                channel,
-                msg.tags,
-                offset,
-            ) {
+            if let Some(c) = caps::check(&policy.caps, &counted, at, channel, msg.tags, offset) {
                 if !msg.defer_when_capped {
                     return suppressed(format!("capped:{}", c.cap));
                 }
@@ -483,12 +476,18 @@ mod tests {
             "deferred until the window has passed"
         );
         assert!(
-            matches!(decide(&browse, &cust, &p, DAY0 + 3 * H), Outcome::Send { reason: None, .. }),
+            matches!(
+                decide(&browse, &cust, &p, DAY0 + 3 * H),
+                Outcome::Send { reason: None, .. }
+            ),
             "outside the window"
         );
         let mut higher = msg("vip", "v");
         higher.priority = 90;
-        assert!(matches!(decide(&higher, &cust, &p, DAY0 + H), Outcome::Send { reason: None, .. }));
+        assert!(matches!(
+            decide(&higher, &cust, &p, DAY0 + H),
+            Outcome::Send { reason: None, .. }
+        ));
 
         // A sequence's step 1 is not held back by its own step 0's cooldown.
         let history = [past("welcome", "w", DAY0)];
@@ -496,7 +495,10 @@ mod tests {
         let mut step1 = msg("welcome", "w");
         step1.step = 1;
         step1.cooldown_us = 30 * 24 * H;
-        assert!(matches!(decide(&step1, &cust, &Policy::default(), DAY0 + 24 * H), Outcome::Send { .. }));
+        assert!(matches!(
+            decide(&step1, &cust, &Policy::default(), DAY0 + 24 * H),
+            Outcome::Send { .. }
+        ));
         let mut again = msg("welcome", "w2");
         again.cooldown_us = 30 * 24 * H;
         assert_eq!(

@@ -647,7 +647,10 @@ impl Stage {
     }
 
     fn zone(&mut self, traits: Option<&Map<String, Value>>) -> Tz {
-        let Some(z) = traits.and_then(|t| t.get("timezone")).and_then(Value::as_str) else {
+        let Some(z) = traits
+            .and_then(|t| t.get("timezone"))
+            .and_then(Value::as_str)
+        else {
             return self.default_zone;
         };
         if let Some(tz) = self.zones.get(z) {
@@ -679,8 +682,7 @@ impl Stage {
         let keep_from = now - self.retention_us;
         // Look up before inserting: `entry` would allocate the key each time.
         if !self.history.contains_key(ask.customer_id) {
-            self.history
-                .insert(ask.customer_id.to_string(), Vec::new());
+            self.history.insert(ask.customer_id.to_string(), Vec::new());
         }
         let history = self
             .history
@@ -941,7 +943,8 @@ mod tests {
             chrono_tz::UTC,
         );
         let mut t = profiles();
-        t.opt_outs.insert("c1".into(), vec!["email_unsubscribe".into()]);
+        t.opt_outs
+            .insert("c1".into(), vec!["email_unsubscribe".into()]);
         let rows = s.decide(&[fired("cart", "c1")], DAY0 + H, &t);
         assert_eq!(
             (rows[0].decision, rows[0].reason.as_deref()),
@@ -992,15 +995,23 @@ mod tests {
         assert!(s.has_due_steps(start + 72 * H));
         // Step 1 (SMS, three days later) for both, on an idle batch.
         let rows = s.decide(&[], start + 72 * H + 5, &t);
-        assert_eq!(steps(&rows), vec![(1, Decision::Send, None), (1, Decision::Send, None)]);
+        assert_eq!(
+            steps(&rows),
+            vec![(1, Decision::Send, None), (1, Decision::Send, None)]
+        );
         assert_eq!(rows[0].channel, Some(Channel::Sms));
         assert_eq!(rows[0].send_id, "welcome:1:c1:k");
         // c1 buys on day 5: step 2 of c1 ends, recorded; c2's goes on.
         let cancelled = s.observe("c1", "purchase", start + 120 * H, start + 120 * H);
-        assert_eq!(steps(&cancelled), vec![(2, Decision::Cancelled, Some("exit:purchase"))]);
+        assert_eq!(
+            steps(&cancelled),
+            vec![(2, Decision::Cancelled, Some("exit:purchase"))]
+        );
         let rows = s.decide(&[], start + 7 * 24 * H, &t);
         assert_eq!(
-            rows.iter().map(|r| (r.customer_id.as_str(), r.step)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (r.customer_id.as_str(), r.step))
+                .collect::<Vec<_>>(),
             vec![("c2", 2)]
         );
         assert_eq!(s.steps_waiting(), 0);
@@ -1019,7 +1030,10 @@ mod tests {
         s.decide(&[fired("welcome", "c1")], DAY0, &t);
         // A review before step 2 skips step 2 only.
         let rows = s.observe("c1", "review", DAY0 + H, DAY0 + H);
-        assert_eq!(steps(&rows), vec![(2, Decision::Cancelled, Some("stop_on:review"))]);
+        assert_eq!(
+            steps(&rows),
+            vec![(2, Decision::Cancelled, Some("stop_on:review"))]
+        );
         // A purchase (arriving late) dated after step 1 was due leaves step 1
         // to be decided: it was due before the purchase.
         let rows = s.observe("c1", "purchase", DAY0 + 80 * H, DAY0 + 90 * H);
@@ -1036,7 +1050,10 @@ mod tests {
         let t = profiles();
         let mut all = s.decide(&[fired("welcome", "c1")], DAY0, &t);
         all.extend(s.decide(&[], DAY0 + 72 * H, &t));
-        assert_eq!(steps(&all), vec![(0, Decision::Ghost, None), (1, Decision::Ghost, None)]);
+        assert_eq!(
+            steps(&all),
+            vec![(0, Decision::Ghost, None), (1, Decision::Ghost, None)]
+        );
 
         // A new stage from the recorded rows knows step 2 is still to come.
         let mut again = Stage::new(vec![r], Policy::default(), None, chrono_tz::UTC);

@@ -482,7 +482,8 @@ fn parse_step(number: &str, value: &str, rule_channel: Channel) -> Result<Step, 
             }
         }
     }
-    step.after_secs = after.ok_or("a step needs `after=DURATION` (time after the first message)")?;
+    step.after_secs =
+        after.ok_or("a step needs `after=DURATION` (time after the first message)")?;
     Ok(step)
 }
 
@@ -679,9 +680,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
                 if s.number != expected {
                     errors.push(err(*line, format!("step {}: expected step {expected} (steps are numbered 1, 2, … in order)", s.number)));
                 } else if steps.last().is_some_and(|p| p.after_secs >= s.after_secs) {
-                    errors.push(err(*line, format!("step {}: `after` must be later than the previous step's", s.number)));
+                    errors.push(err(
+                        *line,
+                        format!(
+                            "step {}: `after` must be later than the previous step's",
+                            s.number
+                        ),
+                    ));
                 } else if s.after_secs == 0 {
-                    errors.push(err(*line, format!("step {}: `after` must be positive (step 0 is the rule's own message)", s.number)));
+                    errors.push(err(
+                        *line,
+                        format!(
+                            "step {}: `after` must be positive (step 0 is the rule's own message)",
+                            s.number
+                        ),
+                    ));
                 }
                 if s.template.is_empty() {
                     s.template = format!("{rule_template}_step{}", s.number);
@@ -895,7 +908,11 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
         let r = parse(&path("cart_abandonment"), &text).expect("valid");
         assert_eq!(r.steps.len(), 2);
         assert_eq!(
-            (r.steps[0].after_secs, r.steps[0].channel, r.steps[0].template.as_str()),
+            (
+                r.steps[0].after_secs,
+                r.steps[0].channel,
+                r.steps[0].template.as_str()
+            ),
             (86_400, Channel::Sms, "cart_abandonment_step1")
         );
         assert_eq!(r.steps[0].stop_on, vec!["sms_reply"]);
@@ -914,9 +931,24 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
             .iter()
             .map(|e| (e.line, e.message.as_str()))
             .collect();
-        assert!(lines.iter().any(|(l, m)| *l == 13 && m.contains("later than")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 14 && m.contains("expected step 3")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 15 && m.contains("after=DURATION")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 13 && m.contains("later than")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 14 && m.contains("expected step 3")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 15 && m.contains("after=DURATION")),
+            "{lines:?}"
+        );
     }
 
     #[test]
