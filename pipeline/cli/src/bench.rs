@@ -221,7 +221,7 @@ pub async fn bench_policy(
     use kairos_policy::chain::PastMessage;
     let rules = crate::live::load_rules(&config).await?;
     let metas: Vec<_> = rules.iter().map(kairos_policy::tables::rule_meta).collect();
-    let names: Vec<String> = metas.iter().map(|m| m.name.clone()).collect();
+    let names: Vec<String> = metas.iter().map(|m| m.name.to_string()).collect();
     let root = kairos_storage::DataRoot::open(
         std::env::temp_dir()
             .join("kairos-bench-policy-empty")

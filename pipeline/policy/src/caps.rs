@@ -7,7 +7,6 @@
 //! exceed a cap, [`check`] says which cap and the first moment it would be
 //! allowed, so the caller can skip it or defer it there.
 
-use std::borrow::Borrow;
 use std::sync::Arc;
 
 use crate::consent::Channel;
@@ -61,6 +60,19 @@ pub struct SentMessage {
     pub channel: Channel,
     /// The rule's tags (shared: every message of a rule has the same).
     pub tags: Arc<[String]>,
+}
+
+/// A message as the caps see it: `None` when it does not count
+/// (transactional), so a customer's whole history can be passed as is.
+pub trait Counted {
+    /// The message, if caps count it.
+    fn counted(&self) -> Option<&SentMessage>;
+}
+
+impl Counted for SentMessage {
+    fn counted(&self) -> Option<&SentMessage> {
+        Some(self)
+    }
 }
 
 /// Why a message may not go now.
@@ -140,7 +152,7 @@ impl Cap {
     }
 
     /// When this cap would next allow one more message at or after `at`.
-    fn next_allowed<M: Borrow<SentMessage>>(&self, history: &[M], at: i64, offset_us: i64) -> i64 {
+    fn next_allowed<M: Counted>(&self, history: &[M], at: i64, offset_us: i64) -> i64 {
         // Fast path, no allocation: fewer messages near `at` than the cap
         // allows means every window containing `at` has room.
         let (lo, hi) = match self.window {
@@ -149,7 +161,7 @@ impl Cap {
         };
         let near = history
             .iter()
-            .map(Borrow::borrow)
+            .filter_map(Counted::counted)
             .filter(|m| m.at >= lo && m.at < hi && self.counts(m))
             .count();
         if (near as u32) < self.max {
@@ -157,7 +169,7 @@ impl Cap {
         }
         let mut times: Vec<i64> = history
             .iter()
-            .map(Borrow::borrow)
+            .filter_map(Counted::counted)
             .filter(|m| self.counts(m))
             .map(|m| m.at)
             .collect();
@@ -191,7 +203,7 @@ impl Cap {
 /// Checks a marketing message on `channel` (rule `tags`) at `at` against
 /// every cap; `history` is the customer's past messages, `offset_us` their
 /// local UTC offset. `None` means it may go now.
-pub fn check<M: Borrow<SentMessage>>(
+pub fn check<M: Counted>(
     caps: &[Cap],
     history: &[M],
     at: i64,

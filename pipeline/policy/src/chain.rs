@@ -33,6 +33,12 @@ pub struct PastMessage {
     pub sent: SentMessage,
 }
 
+impl caps::Counted for PastMessage {
+    fn counted(&self) -> Option<&SentMessage> {
+        (!self.transactional).then_some(&self.sent)
+    }
+}
+
 /// One message to decide.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message<'a> {
@@ -186,16 +192,17 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
     if !msg.transactional {
         // 4 and 5 interact (a quiet-hours deferral can land in a capped
         // window and back), so alternate until both agree.
-        let counted: Vec<&SentMessage> = customer
-            .history
-            .iter()
-            .filter(|p| !p.transactional)
-            .map(|p| &p.sent)
-            .collect();
         for _ in 0..16 {
             let start = at;
             let offset = offset_us(customer.zone, at);
-            if let Some(c) = caps::check(&policy.caps, &counted, at, channel, msg.tags, offset) {
+            if let Some(c) = caps::check(
+                &policy.caps,
+                customer.history,
+                at,
+                channel,
+                msg.tags,
+                offset,
+            ) {
                 if !msg.defer_when_capped {
                     return suppressed(format!("capped:{}", c.cap));
                 }

@@ -138,6 +138,15 @@ impl Consent {
         Consent::default().apply_event(event_type)
     }
 
+    /// Whether opt-out event `event_type` withdraws marketing consent for
+    /// `channel` (`unsubscribe` withdraws every channel's).
+    pub fn opts_out_of(event_type: &str, channel: Channel) -> bool {
+        let mut c = Consent::default();
+        c.address = [true; 5];
+        c.said = [Some(true); 5];
+        c.apply_event(event_type) && c.usable(channel, false).is_err()
+    }
+
     /// Applies an opt-out event by canonical type; false when it is not one.
     pub fn apply_event(&mut self, event_type: &str) -> bool {
         match event_type {

@@ -45,8 +45,9 @@ pub struct StepMeta {
 /// What the stage needs of a rule.
 #[derive(Debug, Clone)]
 pub struct RuleMeta {
-    /// Rule name (also the experiment name).
-    pub name: String,
+    /// Rule name (also the experiment name); shared by every message in
+    /// the history.
+    pub name: Arc<str>,
     /// Channel; `None` for `preferred`.
     pub channel: Option<Channel>,
     /// Priority.
@@ -190,6 +191,7 @@ fn send_id(rule: &str, step: u32, customer_id: &str, key: &str) -> String {
 struct Pending {
     row: SendRow,
     cancel_on: Vec<String>,
+    transactional: bool,
 }
 
 /// A sequence under way: the steps not yet decided.
@@ -278,7 +280,7 @@ impl Stage {
             retention_us,
             rules: rules
                 .into_iter()
-                .map(|r| (r.name.clone(), Arc::new(r)))
+                .map(|r| (r.name.to_string(), Arc::new(r)))
                 .collect(),
             zones: HashMap::default(),
             policy,
@@ -328,11 +330,19 @@ impl Stage {
                             at,
                         ));
                     if at > last {
-                        let cancel_on = rule.map(|r| r.cancel_on.clone()).unwrap_or_default();
+                        let cancel_on = rule
+                            .as_ref()
+                            .map(|r| r.cancel_on.clone())
+                            .unwrap_or_default();
+                        let transactional = rule.is_some_and(|r| r.transactional);
                         self.pending
                             .entry(row.customer_id.clone())
                             .or_default()
-                            .push(Pending { row, cancel_on });
+                            .push(Pending {
+                                row,
+                                cancel_on,
+                                transactional,
+                            });
                     }
                 }
                 (Decision::Cancelled, ..) => {
@@ -373,7 +383,7 @@ impl Stage {
         if let Some(runs) = self.sequences.get_mut(&row.customer_id) {
             for r in runs
                 .iter_mut()
-                .filter(|r| r.rule.name == row.rule && r.dedupe_key == row.dedupe_key)
+                .filter(|r| *r.rule.name == *row.rule && r.dedupe_key == row.dedupe_key)
             {
                 r.left.retain(|n| *n != row.step);
             }
@@ -420,7 +430,8 @@ impl Stage {
 
     /// An event of the batch: a `cancel_on` event cancels the customer's
     /// pending messages due after `at` and ends their sequences; a step's
-    /// `stop_on` event skips that step.
+    /// `stop_on` event skips that step; an opt-out cancels the marketing
+    /// messages waiting for the channel it closes.
     pub fn observe(
         &mut self,
         customer_id: &str,
@@ -431,12 +442,22 @@ impl Stage {
         let mut cancelled = Vec::new();
         if let Some(waiting) = self.pending.get_mut(customer_id) {
             waiting.retain(|p| {
-                let hit = p.row.send_at.is_some_and(|s| s > at)
-                    && p.cancel_on.iter().any(|c| c == event_type);
+                let later = p.row.send_at.is_some_and(|s| s > at);
+                let converted = p.cancel_on.iter().any(|c| c == event_type);
+                let opted_out = !p.transactional
+                    && p.row.decision == Decision::Send
+                    && p.row
+                        .channel
+                        .is_some_and(|ch| Consent::opts_out_of(event_type, ch));
+                let hit = later && (converted || opted_out);
                 if hit {
                     let mut row = p.row.clone();
                     row.decision = Decision::Cancelled;
-                    row.reason = Some(format!("cancel_on:{event_type}"));
+                    row.reason = Some(if converted {
+                        format!("cancel_on:{event_type}")
+                    } else {
+                        format!("opt_out:{event_type}")
+                    });
                     row.decided_at = now;
                     row.new_assignment = false;
                     cancelled.push(row);
@@ -462,7 +483,7 @@ impl Stage {
                     }
                     cancelled.push(SendRow {
                         send_id: send_id(&rule.name, *n, customer_id, &run.dedupe_key),
-                        rule: rule.name.clone(),
+                        rule: rule.name.to_string(),
                         step: *n,
                         customer_id: customer_id.to_string(),
                         dedupe_key: run.dedupe_key.clone(),
@@ -730,7 +751,7 @@ impl Stage {
             };
         let row = SendRow {
             send_id: send_id(&rule.name, ask.step, ask.customer_id, ask.dedupe_key),
-            rule: rule.name.clone(),
+            rule: rule.name.to_string(),
             step: ask.step,
             customer_id: ask.customer_id.to_string(),
             dedupe_key: ask.dedupe_key.to_string(),
@@ -759,6 +780,7 @@ impl Stage {
                     .push(Pending {
                         row: row.clone(),
                         cancel_on: rule.cancel_on.clone(),
+                        transactional: rule.transactional,
                     });
             }
         }
@@ -784,7 +806,7 @@ fn past_message(
     at: i64,
 ) -> PastMessage {
     PastMessage {
-        rule: Arc::from(name),
+        rule: rule.map_or_else(|| Arc::from(name), |r| r.name.clone()),
         priority: rule.map_or(0, |r| r.priority),
         step,
         dedupe_key: dedupe_key.to_string(),

@@ -267,7 +267,7 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
         RuleChannel::Preferred => None,
     };
     RuleMeta {
-        name: rule.name.clone(),
+        name: rule.name.as_str().into(),
         channel: channel(rule.channel),
         priority: rule.priority,
         cooldown_us: rule.cooldown_secs as i64 * 1_000_000,
