@@ -183,76 +183,89 @@ pub async fn restore(
             }
         }
     }
+    stage.restore(read_sends(root, skip).await?);
+    Ok(())
+}
+
+/// Every `sends/` row in decision order, leaving out the file of batch
+/// `skip` (being redone).
+pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendRow>, StorageError> {
     let mut rows = Vec::new();
     for path in files(root, SENDS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
-            let s = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-            };
-            let t = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-                    .cloned()
-            };
-            let step = b
-                .column_by_name("step")
-                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                .cloned();
-            let (
-                Some(id),
-                Some(rule),
-                Some(step),
-                Some(cust),
-                Some(key),
-                Some(a),
-                Some(v),
-                Some(ch),
-                Some(d),
-                Some(reason),
-                Some(at),
-                Some(decided),
-            ) = (
-                s("send_id"),
-                s("rule"),
-                step,
-                s("customer_id"),
-                s("dedupe_key"),
-                s("arm"),
-                s("variant"),
-                s("channel"),
-                s("decision"),
-                s("reason"),
-                t("send_at"),
-                t("decided_at"),
-            )
-            else {
-                continue;
-            };
-            for i in 0..b.num_rows() {
-                let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
-                rows.push(SendRow {
-                    send_id: id.value(i).to_string(),
-                    rule: rule.value(i).to_string(),
-                    step: u32::try_from(step.value(i)).unwrap_or(0),
-                    customer_id: cust.value(i).to_string(),
-                    dedupe_key: key.value(i).to_string(),
-                    arm: arm(a.value(i)),
-                    variant: opt(&v),
-                    channel: opt(&ch).as_deref().and_then(Channel::parse),
-                    decision: decision(d.value(i)),
-                    reason: opt(&reason),
-                    send_at: at.is_valid(i).then(|| at.value(i)),
-                    decided_at: decided.value(i),
-                    new_assignment: false,
-                });
-            }
+            rows.extend(send_rows(&b));
         }
     }
     rows.sort_by_key(|r| r.decided_at);
-    stage.restore(rows);
-    Ok(())
+    Ok(rows)
+}
+
+/// The rows of one `sends/` record batch (as written, or as read back).
+pub fn send_rows(b: &RecordBatch) -> Vec<SendRow> {
+    let s = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .cloned()
+    };
+    let t = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .cloned()
+    };
+    let step = b
+        .column_by_name("step")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .cloned();
+    let (
+        Some(id),
+        Some(rule),
+        Some(step),
+        Some(cust),
+        Some(key),
+        Some(a),
+        Some(v),
+        Some(ch),
+        Some(d),
+        Some(reason),
+        Some(at),
+        Some(decided),
+    ) = (
+        s("send_id"),
+        s("rule"),
+        step,
+        s("customer_id"),
+        s("dedupe_key"),
+        s("arm"),
+        s("variant"),
+        s("channel"),
+        s("decision"),
+        s("reason"),
+        t("send_at"),
+        t("decided_at"),
+    )
+    else {
+        return Vec::new();
+    };
+    (0..b.num_rows())
+        .map(|i| {
+            let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
+            SendRow {
+                send_id: id.value(i).to_string(),
+                rule: rule.value(i).to_string(),
+                step: u32::try_from(step.value(i)).unwrap_or(0),
+                customer_id: cust.value(i).to_string(),
+                dedupe_key: key.value(i).to_string(),
+                arm: arm(a.value(i)),
+                variant: opt(&v),
+                channel: opt(&ch).as_deref().and_then(Channel::parse),
+                decision: decision(d.value(i)),
+                reason: opt(&reason),
+                send_at: at.is_valid(i).then(|| at.value(i)),
+                decided_at: decided.value(i),
+                new_assignment: false,
+            }
+        })
+        .collect()
 }
 
 /// [`RuleMeta`] of a rule file.
@@ -303,6 +316,7 @@ impl BatchStage for Stage {
         report: &TickReport,
         state: &State,
         clock_us: i64,
+        _earlier: &[(&'static str, RecordBatch)],
     ) -> Vec<(&'static str, RecordBatch)> {
         let mut rows = Vec::new();
         for e in &report.events {

@@ -91,12 +91,15 @@ pub trait BatchStage: Send + Sync {
         false
     }
 
-    /// Decides what the batch means for this stage; returns (table, rows).
+    /// Decides what the batch means for this stage, given the tables the
+    /// stages before it wrote for this batch (data flows one way); returns
+    /// (table, rows).
     fn process(
         &mut self,
         report: &TickReport,
         state: &State,
         clock_us: i64,
+        earlier: &[(&'static str, datafusion::arrow::array::RecordBatch)],
     ) -> Vec<(&'static str, datafusion::arrow::array::RecordBatch)>;
 }
 
@@ -300,7 +303,8 @@ impl Runner {
         }
         let mut outputs = Vec::new();
         for stage in &mut self.stages {
-            outputs.extend(stage.process(&report, &self.engine.state, planned.clock_us));
+            let out = stage.process(&report, &self.engine.state, planned.clock_us, &outputs);
+            outputs.extend(out);
         }
         for (table, rows) in outputs {
             if rows.num_rows() > 0 {

@@ -1,0 +1,69 @@
+//! What a channel adapter is given and what it answers.
+
+use std::time::Duration;
+
+use kairos_policy::Channel;
+use serde::Serialize;
+
+use crate::template::Rendered;
+
+/// A message ready to go: rendered, addressed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outgoing {
+    /// `rule:step:customer:key`, stable: the idempotency key.
+    pub send_id: String,
+    /// Rule.
+    pub rule: String,
+    /// Sequence step.
+    pub step: u32,
+    /// Canonical customer id.
+    pub customer_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Address: email, phone number, push token (empty for webhooks).
+    pub to: String,
+    /// Rendered headers and body.
+    #[serde(skip)]
+    pub rendered: Rendered,
+    /// The link that unsubscribes the customer from this channel.
+    pub unsubscribe_url: Option<String>,
+    /// When the policy said it may go, µs.
+    pub send_at: i64,
+}
+
+/// A provider's acceptance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// Provider name, e.g. `outbox`, `smtp`.
+    pub provider: String,
+    /// The provider's id for the message (or where it was written).
+    pub provider_message_id: String,
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// Worth retrying (timeout, 5xx, 429), after `retry_after` if given.
+    #[error("retryable: {reason}")]
+    Retryable {
+        /// What the provider said.
+        reason: String,
+        /// The provider's Retry-After.
+        retry_after: Option<Duration>,
+    },
+    /// Never retried (invalid address, other 4xx, a message over a limit).
+    #[error("permanent: {reason}")]
+    Permanent {
+        /// What the provider said.
+        reason: String,
+    },
+}
+
+/// A delivery channel: one provider's API.
+#[async_trait::async_trait]
+pub trait Adapter: Send + Sync {
+    /// Provider name for `deliveries/`.
+    fn provider(&self) -> &str;
+    /// Sends one message.
+    async fn send(&self, message: &Outgoing) -> Result<Receipt, Failure>;
+}

@@ -1,0 +1,972 @@
+//! Delivery: from the policy's `send` decisions to provider calls, with an
+//! intent log so a crash never silently sends twice, and `deliveries/`.
+//!
+//! Two halves, so a slow provider never holds up the micro-batch loop:
+//!
+//! - [`Messaging`], a stage of each durable batch, queues every `send`
+//!   decision (dropping those cancelled later), and when one is due renders
+//!   it (template, profile, computed traits, the firing's columns) and hands
+//!   it to the channel's worker. A message that cannot be rendered or has no
+//!   address is recorded as failed in the batch's own `deliveries/` file.
+//! - [`Dispatcher`] runs one worker per channel. A worker takes the messages
+//!   that are waiting (up to [`CHUNK`]), writes an intent file listing them,
+//!   sends them (rate-limited, retried with exponential backoff and jitter),
+//!   writes every attempt to a `deliveries/` file, then deletes the intent.
+//!
+//! On start, [`recover`] reads `deliveries/` (what is finished), leftover
+//! intents (sends in doubt: started, outcome unknown) and `sends/` (what
+//! should go), and re-queues the rest. A send in doubt is retried
+//! (at-least-once) or recorded as `in_doubt_dropped` (at-most-once) per the
+//! channel's setting; the outbox is idempotent (same file), so it retries.
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use object_store::ObjectStoreExt as _;
+use object_store::path::Path as ObjectPath;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use kairos_policy::Channel;
+use kairos_policy::stage::{Decision, SendRow};
+use kairos_policy::tables::{SENDS, send_rows};
+use kairos_rules::runner::BatchStage;
+use kairos_rules::state::State;
+use kairos_rules::{Rule, TickReport};
+use kairos_storage::tables::read_parquet;
+use kairos_storage::{DataRoot, StorageError};
+
+use crate::channel::{Adapter, Failure, Outgoing};
+use crate::limits;
+use crate::template::Templates;
+
+/// `deliveries/`: every attempt and final status.
+pub const DELIVERIES: &str = "deliveries";
+/// Where intents wait until their deliveries are written.
+pub const INTENTS_DIR: &str = "_kairos/deliveries/intents";
+/// Messages a worker takes at once (one intent file, one deliveries file).
+pub const CHUNK: usize = 256;
+
+/// `deliveries/` schema.
+pub static DELIVERIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let ts = |n: &str| {
+        Field::new(
+            n,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("send_id", DataType::Utf8, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("provider", DataType::Utf8, false),
+        Field::new("attempt", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("provider_message_id", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("latency_ms", DataType::Float64, false),
+        ts("at"),
+    ]))
+});
+
+/// One row of `deliveries/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    /// The send.
+    pub send_id: String,
+    /// Rule.
+    pub rule: String,
+    /// Step.
+    pub step: u32,
+    /// Customer.
+    pub customer_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Provider.
+    pub provider: String,
+    /// 1, 2, …; 0 for rows written without a provider call.
+    pub attempt: u32,
+    /// `sent`, `retry` (this attempt failed, another follows), `failed`
+    /// (final), `in_doubt_dropped`.
+    pub status: &'static str,
+    /// The provider's message id.
+    pub provider_message_id: Option<String>,
+    /// The provider's reason.
+    pub error: Option<String>,
+    /// How long the call took, ms.
+    pub latency_ms: f64,
+    /// When, µs.
+    pub at: i64,
+}
+
+impl DeliveryRow {
+    fn is_final(&self) -> bool {
+        self.status != "retry"
+    }
+}
+
+/// Rows of `deliveries/`.
+pub fn deliveries_batch(rows: &[DeliveryRow]) -> RecordBatch {
+    let s = |f: &dyn Fn(&DeliveryRow) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let cols: Vec<ArrayRef> = vec![
+        s(&|r| Some(&r.send_id)),
+        s(&|r| Some(&r.rule)),
+        Arc::new(
+            rows.iter()
+                .map(|r| i64::from(r.step))
+                .collect::<Int64Array>(),
+        ),
+        s(&|r| Some(&r.customer_id)),
+        s(&|r| Some(r.channel.as_str())),
+        s(&|r| Some(&r.provider)),
+        Arc::new(
+            rows.iter()
+                .map(|r| i64::from(r.attempt))
+                .collect::<Int64Array>(),
+        ),
+        s(&|r| Some(r.status)),
+        s(&|r| r.provider_message_id.as_deref()),
+        s(&|r| r.error.as_deref()),
+        Arc::new(rows.iter().map(|r| r.latency_ms).collect::<Float64Array>()),
+        Arc::new(
+            TimestampMicrosecondArray::from(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(DELIVERIES_SCHEMA.clone(), cols)
+        .unwrap_or_else(|_| RecordBatch::new_empty(DELIVERIES_SCHEMA.clone()))
+}
+
+/// When a send's outcome is unknown after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InDoubt {
+    /// Send again (at-least-once).
+    Retry,
+    /// Record `in_doubt_dropped` (at-most-once).
+    Drop,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Attempts per message, first included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time, with jitter.
+    pub base_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+    /// Per channel: messages per second (none: unlimited).
+    pub rate_per_second: HashMap<Channel, f64>,
+    /// Per channel: what a crash leaves in doubt becomes.
+    pub in_doubt: HashMap<Channel, InDoubt>,
+    /// Base URL of this server, for unsubscribe links.
+    pub public_url: String,
+    /// Key signing unsubscribe links.
+    pub link_key: Vec<u8>,
+    /// Longest SMS, in segments.
+    pub max_sms_segments: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+            rate_per_second: HashMap::default(),
+            in_doubt: HashMap::default(),
+            public_url: "http://127.0.0.1:8080".into(),
+            link_key: Vec::new(),
+            max_sms_segments: 3,
+        }
+    }
+}
+
+/// A signed token naming (customer, channel): the unsubscribe link's.
+pub fn unsubscribe_token(key: &[u8], customer_id: &str, channel: Channel) -> String {
+    use base64::Engine as _;
+    let payload = format!("{customer_id}\n{}", channel.as_str());
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        payload.as_bytes(),
+    );
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}",
+        b64.encode(payload),
+        b64.encode(&tag.as_ref()[..16])
+    )
+}
+
+/// The (customer, channel) of a token, if its signature holds.
+pub fn verify_unsubscribe_token(key: &[u8], token: &str) -> Option<(String, Channel)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (payload, tag) = token.split_once('.')?;
+    let payload = String::from_utf8(b64.decode(payload).ok()?).ok()?;
+    let (customer, channel) = payload.split_once('\n')?;
+    let channel = Channel::parse(channel)?;
+    (unsubscribe_token(key, customer, channel).split_once('.')?.1 == tag)
+        .then(|| (customer.to_string(), channel))
+}
+
+/// Templates of a rule: (variant or step) -> template name.
+#[derive(Debug, Clone, Default)]
+struct RuleTemplates {
+    template: String,
+    variants: HashMap<String, String>,
+    steps: HashMap<u32, String>,
+}
+
+/// A `send` decision waiting for its time.
+#[derive(Debug, Clone)]
+struct Job {
+    row: SendRow,
+}
+
+/// The batch stage: queues `send` decisions and hands due ones, rendered,
+/// to the channel workers.
+pub struct Messaging {
+    templates: Arc<Templates>,
+    rules: HashMap<String, RuleTemplates>,
+    settings: Settings,
+    queue: BTreeMap<(i64, String), Job>,
+    queued: HashMap<String, i64>,
+    /// Firing columns by (rule, customer, key).
+    contexts: HashMap<(String, String, String), Map<String, Value>>,
+    finished: HashSet<String>,
+    workers: HashMap<Channel, mpsc::UnboundedSender<Outgoing>>,
+}
+
+impl Messaging {
+    /// A stage for `rules`, handing messages to `dispatcher`'s workers.
+    pub fn new(
+        rules: &[Rule],
+        templates: Arc<Templates>,
+        settings: Settings,
+        dispatcher: &Dispatcher,
+    ) -> Messaging {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    RuleTemplates {
+                        template: r.template.clone(),
+                        variants: r
+                            .variants
+                            .iter()
+                            .filter_map(|v| Some((v.name.clone(), v.template.clone()?)))
+                            .collect(),
+                        steps: r
+                            .steps
+                            .iter()
+                            .map(|s| (s.number, s.template.clone()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        Messaging {
+            templates,
+            rules,
+            settings,
+            queue: BTreeMap::new(),
+            queued: HashMap::default(),
+            contexts: HashMap::default(),
+            finished: HashSet::default(),
+            workers: dispatcher.senders(),
+        }
+    }
+
+    /// Messages waiting for their time.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn accept(&mut self, row: SendRow) {
+        match row.decision {
+            Decision::Send if !self.finished.contains(&row.send_id) => {
+                let at = row.send_at.unwrap_or(row.decided_at);
+                if let Some(old) = self.queued.insert(row.send_id.clone(), at) {
+                    self.queue.remove(&(old, row.send_id.clone()));
+                }
+                self.queue.insert((at, row.send_id.clone()), Job { row });
+            }
+            Decision::Cancelled => {
+                if let Some(at) = self.queued.remove(&row.send_id) {
+                    self.queue.remove(&(at, row.send_id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn template_of(&self, row: &SendRow) -> Option<String> {
+        let t = self.rules.get(&row.rule)?;
+        if row.step > 0 {
+            return t.steps.get(&row.step).cloned();
+        }
+        Some(
+            row.variant
+                .as_ref()
+                .and_then(|v| t.variants.get(v))
+                .unwrap_or(&t.template)
+                .clone(),
+        )
+    }
+
+    /// Renders and addresses a due send.
+    fn prepare(&self, row: &SendRow, state: &State) -> Result<Outgoing, String> {
+        let channel = row.channel.ok_or("no channel chosen")?;
+        let name = self
+            .template_of(row)
+            .ok_or_else(|| format!("rule {} is not loaded", row.rule))?;
+        let traits = state.traits(&row.customer_id).cloned().unwrap_or_default();
+        let address = |k: &str| traits.get(k).and_then(Value::as_str).map(str::to_string);
+        let to = match channel {
+            Channel::Email => address("email"),
+            Channel::Sms | Channel::Whatsapp => address("phone"),
+            Channel::Push => address("push_token"),
+            Channel::Webhook => Some(String::new()),
+        }
+        .ok_or_else(|| format!("no_address:{}", channel.as_str()))?;
+        let unsubscribe_url = (channel != Channel::Webhook).then(|| {
+            format!(
+                "{}/u/{}",
+                self.settings.public_url.trim_end_matches('/'),
+                unsubscribe_token(&self.settings.link_key, &row.customer_id, channel)
+            )
+        });
+        let mut ctx = self
+            .contexts
+            .get(&(
+                row.rule.clone(),
+                row.customer_id.clone(),
+                row.dedupe_key.clone(),
+            ))
+            .cloned()
+            .unwrap_or_default();
+        ctx.insert("profile".into(), Value::Object(traits));
+        ctx.insert(
+            "customer".into(),
+            Value::Object(crate::computed_traits(state, &row.customer_id)),
+        );
+        ctx.insert(
+            "message".into(),
+            serde_json::json!({
+                "rule": row.rule, "step": row.step, "arm": row.arm.as_str(),
+                "variant": row.variant, "channel": channel.as_str(),
+                "send_id": row.send_id, "unsubscribe_url": unsubscribe_url,
+            }),
+        );
+        let rendered = self.templates.render(&name, channel.as_str(), &ctx)?;
+        match channel {
+            Channel::Sms => {
+                let size = limits::sms_size(&rendered.body);
+                if size.segments > self.settings.max_sms_segments {
+                    return Err(format!(
+                        "SMS of {} {} takes {} segments (limit {})",
+                        size.units,
+                        if size.gsm7 {
+                            "GSM-7 septets"
+                        } else {
+                            "UCS-2 units"
+                        },
+                        size.segments,
+                        self.settings.max_sms_segments
+                    ));
+                }
+            }
+            Channel::Whatsapp => limits::check_whatsapp_parameters(&rendered.parameters())?,
+            _ => {}
+        }
+        Ok(Outgoing {
+            send_id: row.send_id.clone(),
+            rule: row.rule.clone(),
+            step: row.step,
+            customer_id: row.customer_id.clone(),
+            channel,
+            to,
+            rendered,
+            unsubscribe_url,
+            send_at: row.send_at.unwrap_or(row.decided_at),
+        })
+    }
+
+    /// Restores what recovery found: sends still to go, finished ids, and
+    /// the firing columns they need.
+    pub fn restore(&mut self, r: Recovered) {
+        self.finished = r.finished;
+        self.contexts = r.contexts;
+        for row in r.sends {
+            self.accept(row);
+        }
+    }
+}
+
+impl BatchStage for Messaging {
+    fn has_work(&self, clock_us: i64) -> bool {
+        self.queue
+            .first_key_value()
+            .is_some_and(|((at, _), _)| *at <= clock_us)
+    }
+
+    fn process(
+        &mut self,
+        report: &TickReport,
+        state: &State,
+        clock_us: i64,
+        earlier: &[(&'static str, RecordBatch)],
+    ) -> Vec<(&'static str, RecordBatch)> {
+        for f in &report.firings {
+            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.context) {
+                self.contexts.insert(
+                    (f.rule.clone(), f.customer_id.clone(), f.dedupe_key.clone()),
+                    m,
+                );
+            }
+        }
+        for (table, rows) in earlier {
+            if *table == SENDS {
+                for row in send_rows(rows) {
+                    self.accept(row);
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > clock_us {
+                break;
+            }
+            let job = entry.remove();
+            self.queued.remove(&job.row.send_id);
+            let row = job.row;
+            let channel = row.channel.unwrap_or(Channel::Email);
+            let result = self.prepare(&row, state).and_then(|m| {
+                self.workers
+                    .get(&channel)
+                    .ok_or_else(|| format!("no adapter for {}", channel.as_str()))?
+                    .send(m)
+                    .map_err(|_| "the delivery workers have stopped".to_string())
+            });
+            if let Err(reason) = result {
+                self.finished.insert(row.send_id.clone());
+                failed.push(DeliveryRow {
+                    send_id: row.send_id,
+                    rule: row.rule,
+                    step: row.step,
+                    customer_id: row.customer_id,
+                    channel,
+                    provider: "kairos".into(),
+                    attempt: 0,
+                    status: "failed",
+                    provider_message_id: None,
+                    error: Some(reason),
+                    latency_ms: 0.0,
+                    at: clock_us,
+                });
+            }
+        }
+        if failed.is_empty() {
+            Vec::new()
+        } else {
+            vec![(DELIVERIES, deliveries_batch(&failed))]
+        }
+    }
+}
+
+/// What recovery found.
+#[derive(Default)]
+pub struct Recovered {
+    /// `send` and `cancelled` rows not finished, in decision order.
+    pub sends: Vec<SendRow>,
+    /// Send ids with a final delivery row.
+    pub finished: HashSet<String>,
+    /// Firing columns of the sends still to go.
+    pub contexts: HashMap<(String, String, String), Map<String, Value>>,
+    /// Sends in doubt that were dropped (at-most-once channels).
+    pub dropped: usize,
+    /// Sends in doubt that will be retried.
+    pub retried: usize,
+}
+
+async fn parquet_files(
+    root: &DataRoot,
+    table: &str,
+    skip: Option<&str>,
+) -> Result<Vec<ObjectPath>, StorageError> {
+    let skip = skip.map(|s| format!("{s}.parquet"));
+    Ok(root
+        .list(&ObjectPath::from(table))
+        .await?
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|p| {
+            let n = p.filename().unwrap_or_default();
+            n.ends_with(".parquet") && skip.as_deref() != Some(n)
+        })
+        .collect())
+}
+
+fn strings(b: &RecordBatch, name: &str) -> Option<StringArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .cloned()
+}
+
+/// Rebuilds the delivery state from the lake; `skip` is the batch being
+/// redone (its files are rewritten by the redo).
+pub async fn recover(
+    root: &DataRoot,
+    skip: Option<&str>,
+    settings: &Settings,
+) -> Result<Recovered, StorageError> {
+    let mut r = Recovered::default();
+    for path in parquet_files(root, DELIVERIES, skip).await? {
+        for b in read_parquet(root, &path, Some(&["send_id", "status"])).await? {
+            let (Some(id), Some(st)) = (strings(&b, "send_id"), strings(&b, "status")) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                if st.value(i) != "retry" {
+                    r.finished.insert(id.value(i).to_string());
+                }
+            }
+        }
+    }
+    // Intents whose deliveries file was never written: in doubt.
+    let sends = kairos_policy::tables::read_sends(root, skip).await?;
+    let by_id: HashMap<&str, &SendRow> = sends.iter().map(|s| (s.send_id.as_str(), s)).collect();
+    let mut dropped_rows = Vec::new();
+    let now = chrono::Utc::now().timestamp_micros();
+    for m in root.list(&ObjectPath::from(INTENTS_DIR)).await? {
+        let Some(bytes) = root.read(&m.location).await? else {
+            continue;
+        };
+        let ids: Vec<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+        for id in ids {
+            if r.finished.contains(&id) {
+                continue;
+            }
+            let Some(row) = by_id.get(id.as_str()) else {
+                continue;
+            };
+            let channel = row.channel.unwrap_or(Channel::Email);
+            match settings
+                .in_doubt
+                .get(&channel)
+                .copied()
+                .unwrap_or(InDoubt::Retry)
+            {
+                InDoubt::Retry => r.retried += 1,
+                InDoubt::Drop => {
+                    r.dropped += 1;
+                    r.finished.insert(id.clone());
+                    dropped_rows.push(DeliveryRow {
+                        send_id: id,
+                        rule: row.rule.clone(),
+                        step: row.step,
+                        customer_id: row.customer_id.clone(),
+                        channel,
+                        provider: "kairos".into(),
+                        attempt: 0,
+                        status: "in_doubt_dropped",
+                        provider_message_id: None,
+                        error: Some(
+                            "the process stopped during the provider call; at-most-once".into(),
+                        ),
+                        latency_ms: 0.0,
+                        at: now,
+                    });
+                }
+            }
+        }
+    }
+    if !dropped_rows.is_empty() {
+        kairos_rules::firings::write_table(
+            root,
+            DELIVERIES,
+            &deliveries_batch(&dropped_rows),
+            &format!("recovered-{now}"),
+            now,
+        )
+        .await?;
+    }
+    for m in root.list(&ObjectPath::from(INTENTS_DIR)).await? {
+        let _ = root.store.delete(&m.location).await;
+    }
+    let wanted: HashSet<(String, String, String)> = sends
+        .iter()
+        .filter(|s| s.decision == Decision::Send && !r.finished.contains(&s.send_id))
+        .map(|s| (s.rule.clone(), s.customer_id.clone(), s.dedupe_key.clone()))
+        .collect();
+    if !wanted.is_empty() {
+        for path in parquet_files(root, kairos_rules::firings::FIRINGS, None).await? {
+            for b in read_parquet(
+                root,
+                &path,
+                Some(&["rule", "customer_id", "dedupe_key", "context"]),
+            )
+            .await?
+            {
+                let (Some(rule), Some(c), Some(k), Some(ctx)) = (
+                    strings(&b, "rule"),
+                    strings(&b, "customer_id"),
+                    strings(&b, "dedupe_key"),
+                    strings(&b, "context"),
+                ) else {
+                    continue;
+                };
+                for i in 0..b.num_rows() {
+                    let key = (
+                        rule.value(i).to_string(),
+                        c.value(i).to_string(),
+                        k.value(i).to_string(),
+                    );
+                    if wanted.contains(&key)
+                        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(ctx.value(i))
+                    {
+                        r.contexts.insert(key, m);
+                    }
+                }
+            }
+        }
+    }
+    r.sends = sends
+        .into_iter()
+        .filter(|s| matches!(s.decision, Decision::Send | Decision::Cancelled))
+        .filter(|s| !r.finished.contains(&s.send_id))
+        .collect();
+    Ok(r)
+}
+
+/// The channel workers.
+pub struct Dispatcher {
+    senders: HashMap<Channel, mpsc::UnboundedSender<Outgoing>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Starts one worker per channel in `adapters`, writing to `root`.
+    pub fn start(
+        root: DataRoot,
+        adapters: Vec<(Channel, Arc<dyn Adapter>)>,
+        settings: Settings,
+    ) -> Dispatcher {
+        let mut senders = HashMap::default();
+        let mut handles = Vec::new();
+        // Unique per process: names this process's intent and deliveries files.
+        let process = format!("{:x}", chrono::Utc::now().timestamp_micros());
+        for (channel, adapter) in adapters {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.insert(channel, tx);
+            let w = Worker {
+                root: root.clone(),
+                adapter,
+                channel,
+                settings: settings.clone(),
+                name: format!("{process}-{}", channel.as_str()),
+                seq: 0,
+            };
+            handles.push(tokio::spawn(w.run(rx)));
+        }
+        Dispatcher { senders, handles }
+    }
+
+    fn senders(&self) -> HashMap<Channel, mpsc::UnboundedSender<Outgoing>> {
+        self.senders.clone()
+    }
+
+    /// Stops taking messages and waits until every queued one is delivered
+    /// and recorded (the stage must be dropped first: it holds senders too).
+    pub async fn finish(self) {
+        drop(self.senders);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+struct Worker {
+    root: DataRoot,
+    adapter: Arc<dyn Adapter>,
+    channel: Channel,
+    settings: Settings,
+    name: String,
+    seq: u64,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+        while let Some(first) = rx.recv().await {
+            let mut chunk = vec![first];
+            while chunk.len() < CHUNK {
+                match rx.try_recv() {
+                    Ok(m) => chunk.push(m),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.deliver(chunk).await {
+                tracing::error!(channel = self.channel.as_str(), error = %e, "delivery records could not be written; the sends stay in doubt until restart");
+            }
+        }
+    }
+
+    async fn deliver(&mut self, chunk: Vec<Outgoing>) -> Result<(), StorageError> {
+        self.seq += 1;
+        let id = format!("{}-{:08}", self.name, self.seq);
+        // 1. The intent: these sends are about to start.
+        let intent = ObjectPath::from(format!("{INTENTS_DIR}/{id}.json"));
+        let ids: Vec<&str> = chunk.iter().map(|m| m.send_id.as_str()).collect();
+        let body = serde_json::to_vec(&ids).unwrap_or_default();
+        self.root
+            .store
+            .put(&intent, Bytes::from(body).into())
+            .await
+            .map_err(|source| StorageError::ObjectStore {
+                path: intent.to_string(),
+                source,
+            })?;
+        // 2. The calls, rate-limited, each retried on its own.
+        let pace = self
+            .settings
+            .rate_per_second
+            .get(&self.channel)
+            .filter(|r| **r > 0.0)
+            .map(|r| Duration::from_secs_f64(1.0 / r));
+        let mut rows = Vec::new();
+        let mut calls = futures::stream::FuturesUnordered::new();
+        let start = tokio::time::Instant::now();
+        for (i, m) in chunk.iter().enumerate() {
+            let adapter = self.adapter.clone();
+            let settings = self.settings.clone();
+            let at = pace.map(|p| start + p * i as u32);
+            calls.push(async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at).await;
+                }
+                attempt_all(adapter.as_ref(), m, &settings).await
+            });
+        }
+        use futures::StreamExt as _;
+        while let Some(r) = calls.next().await {
+            rows.extend(r);
+        }
+        drop(calls);
+        // 3. The outcome, then the intent can go.
+        let now = chrono::Utc::now().timestamp_micros();
+        kairos_rules::firings::write_table(
+            &self.root,
+            DELIVERIES,
+            &deliveries_batch(&rows),
+            &id,
+            now,
+        )
+        .await?;
+        let _ = self.root.store.delete(&intent).await;
+        Ok(())
+    }
+}
+
+/// Every attempt at one message, until sent, permanently failed or out of
+/// attempts.
+async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<DeliveryRow> {
+    let mut rows = Vec::new();
+    for attempt in 1..=s.max_attempts.max(1) {
+        let t = Instant::now();
+        let result = match tokio::time::timeout(Duration::from_secs(30), adapter.send(m)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Retryable {
+                reason: "timed out after 30 s".into(),
+                retry_after: None,
+            }),
+        };
+        let latency_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let row = |status: &'static str, id: Option<String>, error: Option<String>| DeliveryRow {
+            send_id: m.send_id.clone(),
+            rule: m.rule.clone(),
+            step: m.step,
+            customer_id: m.customer_id.clone(),
+            channel: m.channel,
+            provider: adapter.provider().to_string(),
+            attempt,
+            status,
+            provider_message_id: id,
+            error,
+            latency_ms,
+            at: chrono::Utc::now().timestamp_micros(),
+        };
+        match result {
+            Ok(receipt) => {
+                rows.push(row("sent", Some(receipt.provider_message_id), None));
+                break;
+            }
+            Err(Failure::Permanent { reason }) => {
+                rows.push(row("failed", None, Some(reason)));
+                break;
+            }
+            Err(Failure::Retryable {
+                reason,
+                retry_after,
+            }) => {
+                if attempt == s.max_attempts.max(1) {
+                    rows.push(row(
+                        "failed",
+                        None,
+                        Some(format!("{reason} (after {attempt} attempts)")),
+                    ));
+                    break;
+                }
+                rows.push(row("retry", None, Some(reason)));
+                tokio::time::sleep(retry_after.unwrap_or_else(|| backoff(s, attempt))).await;
+            }
+        }
+    }
+    debug_assert!(rows.last().is_some_and(DeliveryRow::is_final));
+    rows
+}
+
+/// Exponential backoff with full jitter: uniform in [d/2, d] where d
+/// doubles per attempt up to the maximum.
+fn backoff(s: &Settings, attempt: u32) -> Duration {
+    use rand::Rng as _;
+    let d = s
+        .base_backoff
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(s.max_backoff);
+    let half = d / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsubscribe_tokens_verify_and_reject_tampering() {
+        let key = b"secret";
+        let t = unsubscribe_token(key, "cust-1", Channel::Email);
+        assert_eq!(
+            verify_unsubscribe_token(key, &t),
+            Some(("cust-1".to_string(), Channel::Email))
+        );
+        let other = unsubscribe_token(key, "cust-2", Channel::Email);
+        let forged = format!(
+            "{}.{}",
+            other.split_once('.').expect("dot").0,
+            t.split_once('.').expect("dot").1
+        );
+        assert_eq!(verify_unsubscribe_token(key, &forged), None);
+        assert_eq!(verify_unsubscribe_token(b"other", &t), None);
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let s = Settings::default();
+        for attempt in 1..6 {
+            let d = backoff(&s, attempt);
+            let full = s.base_backoff * (1 << (attempt - 1));
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+        assert!(backoff(&s, 30) <= s.max_backoff);
+    }
+
+    struct Flaky {
+        fail_first: u32,
+        calls: std::sync::atomic::AtomicU32,
+        permanent: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Adapter for Flaky {
+        fn provider(&self) -> &str {
+            "flaky"
+        }
+        async fn send(&self, _m: &Outgoing) -> Result<crate::channel::Receipt, Failure> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if self.permanent {
+                return Err(Failure::Permanent {
+                    reason: "invalid number".into(),
+                });
+            }
+            if n <= self.fail_first {
+                return Err(Failure::Retryable {
+                    reason: "503".into(),
+                    retry_after: Some(Duration::from_millis(1)),
+                });
+            }
+            Ok(crate::channel::Receipt {
+                provider: "flaky".into(),
+                provider_message_id: format!("m{n}"),
+            })
+        }
+    }
+
+    fn outgoing() -> Outgoing {
+        Outgoing {
+            send_id: "r:0:c:k".into(),
+            rule: "r".into(),
+            step: 0,
+            customer_id: "c".into(),
+            channel: Channel::Sms,
+            to: "+15550100".into(),
+            rendered: crate::template::Rendered::default(),
+            unsubscribe_url: None,
+            send_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_until_sent_and_never_retries_a_permanent_error() {
+        let s = Settings {
+            max_attempts: 4,
+            ..Settings::default()
+        };
+        let flaky = Flaky {
+            fail_first: 2,
+            calls: 0.into(),
+            permanent: false,
+        };
+        let rows = attempt_all(&flaky, &outgoing(), &s).await;
+        let got: Vec<(u32, &str)> = rows.iter().map(|r| (r.attempt, r.status)).collect();
+        assert_eq!(got, vec![(1, "retry"), (2, "retry"), (3, "sent")]);
+        assert_eq!(rows[2].provider_message_id.as_deref(), Some("m3"));
+
+        let dead = Flaky {
+            fail_first: 0,
+            calls: 0.into(),
+            permanent: true,
+        };
+        let rows = attempt_all(&dead, &outgoing(), &s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].status, rows[0].error.as_deref()),
+            ("failed", Some("invalid number"))
+        );
+        assert_eq!(dead.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let always = Flaky {
+            fail_first: 99,
+            calls: 0.into(),
+            permanent: false,
+        };
+        let rows = attempt_all(&always, &outgoing(), &s).await;
+        assert_eq!(rows.len(), 4, "max_attempts");
+        assert_eq!(rows[3].status, "failed");
+    }
+}
