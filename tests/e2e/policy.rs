@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::support::{Server, post, read_table, strings, wait_clock};
+use crate::support::{Server, post, read_table, strings, templates_with, wait_clock};
 
 fn rule(dir: &Path, name: &str, header: &str) {
     std::fs::write(
@@ -32,14 +32,27 @@ async fn decisions_are_recorded_with_their_reasons() {
         "promo_holdout",
         "-- split: holdout=100\n-- transactional: true",
     );
+    let email = "Subject: Promo\n\nHello {{ profile.first_name | default(\"you\") }}\n";
+    let templates = templates_with(&[
+        ("promo_high.email", email),
+        ("promo_low.email", email),
+        ("promo_later.email", email),
+        ("promo_holdout.email", email),
+    ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_with_env(
         dir.path().to_str().expect("utf8"),
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
-        vec![(
-            "KAIROS__RULES__DIR".into(),
-            rules.path().display().to_string(),
-        )],
+        vec![
+            (
+                "KAIROS__RULES__DIR".into(),
+                rules.path().display().to_string(),
+            ),
+            (
+                "KAIROS__MESSAGING__TEMPLATES".into(),
+                templates.path().display().to_string(),
+            ),
+        ],
     );
     let batch = json!({"batch": [
         {"type": "identify", "userId": "c1", "messageId": "i1", "timestamp": "2026-09-01T11:00:00Z",
@@ -148,14 +161,31 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
         "onboarding",
         "-- cancel_on: purchase\n-- step 1: after=1d\n-- step 2: after=3d channel=sms",
     );
+    let templates = templates_with(&[
+        ("onboarding.email", "Subject: Welcome\n\nStep 0\n"),
+        (
+            "onboarding_step1.email",
+            "Subject: Tips\n\nStep 1 for {{ profile.email }}\n",
+        ),
+        (
+            "onboarding_step2.sms",
+            "\nStep 2: 10% off. Reply STOP to opt out.\n",
+        ),
+    ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_with_env(
         dir.path().to_str().expect("utf8"),
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
-        vec![(
-            "KAIROS__RULES__DIR".into(),
-            rules.path().display().to_string(),
-        )],
+        vec![
+            (
+                "KAIROS__RULES__DIR".into(),
+                rules.path().display().to_string(),
+            ),
+            (
+                "KAIROS__MESSAGING__TEMPLATES".into(),
+                templates.path().display().to_string(),
+            ),
+        ],
     );
     let traits = |c: &str| {
         json!({"email": format!("{c}@example.com"), "phone": "+15550100",
@@ -206,4 +236,48 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
             row("2", "c2", "send", "", "sms"),
         ]
     );
+    // Delivered through the outbox, each send once, none cancelled.
+    let deliveries = read_table(dir.path(), "deliveries");
+    let sent: std::collections::BTreeSet<String> = strings(&deliveries, "send_id")
+        .into_iter()
+        .zip(strings(&deliveries, "status"))
+        .filter(|(_, s)| s.as_deref() == Some("sent"))
+        .filter_map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        sent.into_iter().collect::<Vec<_>>(),
+        vec![
+            "onboarding:0:c1:k",
+            "onboarding:0:c2:k",
+            "onboarding:1:c1:k",
+            "onboarding:1:c2:k",
+            "onboarding:2:c2:k"
+        ]
+    );
+    let files: Vec<String> = walk(&dir.path().join("outbox"));
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.iter().filter(|f| f.ends_with(".eml")).count(), 4);
+    let sms = files
+        .iter()
+        .find(|f| f.ends_with(".json"))
+        .expect("the SMS");
+    let text = std::fs::read_to_string(sms).expect("read");
+    assert!(
+        text.contains("Step 2: 10% off") && text.contains("+15550100"),
+        "{text}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out.sort();
+    out
 }

@@ -182,14 +182,22 @@ fn rules_with_a_failing_one() -> tempfile::TempDir {
 #[tokio::test]
 async fn a_failing_rule_is_isolated_and_counted() {
     let rules = rules_with_a_failing_one();
+    let templates =
+        crate::support::templates_with(&[("broken.email", "Subject: never\n\nnever sent\n")]);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_with_env(
         dir.path().to_str().expect("utf8"),
         CONFIG,
-        vec![(
-            "KAIROS__RULES__DIR".into(),
-            rules.path().display().to_string(),
-        )],
+        vec![
+            (
+                "KAIROS__RULES__DIR".into(),
+                rules.path().display().to_string(),
+            ),
+            (
+                "KAIROS__MESSAGING__TEMPLATES".into(),
+                templates.path().display().to_string(),
+            ),
+        ],
     );
     let r = post(
         &server,

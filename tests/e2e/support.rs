@@ -77,6 +77,7 @@ impl Server {
             "KAIROS__RULES__DIR",
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql"),
         )
+        .env("KAIROS__MESSAGING__TEMPLATES", repo_templates())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -313,4 +314,22 @@ pub fn firings(dir: &Path) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// The repository's `templates/` folder.
+pub fn repo_templates() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates")
+}
+
+/// A templates folder: the repository's plus `extra` (name, text) files.
+pub fn templates_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(repo_templates()).expect("templates/") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, dir.path().join(p.file_name().expect("name"))).expect("copy");
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).expect("write template");
+    }
+    dir
 }

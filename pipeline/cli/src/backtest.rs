@@ -44,7 +44,7 @@ async fn load(config: &Config, files: &[PathBuf]) -> anyhow::Result<Vec<kairos_r
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         match kairos_rules::parse(f, &text) {
             Ok(rule) => match kairos_rules::check::plan(&ctx, &rule).await {
-                Ok(()) => rules.push(rule),
+                Ok(_) => rules.push(rule),
                 Err(e) => problems.push(e.to_string()),
             },
             Err(es) => problems.extend(es.iter().map(ToString::to_string)),

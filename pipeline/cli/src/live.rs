@@ -85,6 +85,132 @@ pub async fn add_policy_stage(
     Ok(())
 }
 
+/// The stages after the rules, in the order data flows: the policy chain,
+/// then (unless `messaging.enabled` is false) delivery. Returns the
+/// delivery workers, to be finished once the runner is dropped.
+pub async fn add_stages(
+    config: &Config,
+    runner: &mut Runner,
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> anyhow::Result<Option<kairos_messaging::Dispatcher>> {
+    add_policy_stage(config, runner, root, skip).await?;
+    if !config.messaging.enabled {
+        return Ok(None);
+    }
+    let rules: Vec<kairos_rules::Rule> = runner.engine.rules().cloned().collect();
+    let (stage, dispatcher) = messaging_stage(config, &rules, root, skip).await?;
+    runner.add_stage(Box::new(stage));
+    Ok(Some(dispatcher))
+}
+
+/// Loads and checks the templates every rule sends.
+pub async fn load_templates(
+    config: &Config,
+    rules: &[kairos_rules::Rule],
+) -> anyhow::Result<kairos_messaging::Templates> {
+    let dir = &config.messaging.templates;
+    let templates = kairos_messaging::Templates::load(dir).map_err(|errors| {
+        for e in &errors {
+            tracing::error!("{e}");
+        }
+        anyhow::anyhow!(
+            "{} problem(s) in the templates folder {}: {}",
+            errors.len(),
+            dir.display(),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let errors = kairos_messaging::check_rules(rules, &templates).await;
+    anyhow::ensure!(
+        errors.is_empty(),
+        "{} template problem(s): {}",
+        errors.len(),
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(templates)
+}
+
+/// The delivery stage and its channel workers (the outbox for every
+/// channel), recovered from `deliveries/`, leftover intents and `sends/`.
+pub async fn messaging_stage(
+    config: &Config,
+    rules: &[kairos_rules::Rule],
+    root: &DataRoot,
+    skip: Option<&str>,
+) -> anyhow::Result<(kairos_messaging::Messaging, kairos_messaging::Dispatcher)> {
+    use kairos_messaging::delivery::InDoubt;
+    use kairos_policy::Channel;
+    let m = &config.messaging;
+    let templates = std::sync::Arc::new(load_templates(config, rules).await?);
+    let channel = |name: &str, what: &str| {
+        Channel::parse(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "messaging.{what}: {name:?} is not a channel (email, sms, whatsapp, push, webhook)"
+            )
+        })
+    };
+    let mut settings = kairos_messaging::Settings {
+        max_attempts: m.max_attempts.max(1),
+        public_url: m.public_url.clone(),
+        link_key: kairos_messaging::delivery::link_key(root, &m.link_key.0)
+            .await
+            .context("reading or storing _kairos/link-key")?,
+        max_sms_segments: m.max_sms_segments.max(1),
+        ..Default::default()
+    };
+    for (name, rate) in &m.rate_per_second {
+        settings
+            .rate_per_second
+            .insert(channel(name, "rate_per_second")?, *rate);
+    }
+    for (name, mode) in &m.in_doubt {
+        let mode = match mode.as_str() {
+            "retry" => InDoubt::Retry,
+            "drop" => InDoubt::Drop,
+            other => {
+                anyhow::bail!("messaging.in_doubt.{name} = {other:?}: use \"retry\" or \"drop\"")
+            }
+        };
+        settings.in_doubt.insert(channel(name, "in_doubt")?, mode);
+    }
+    let outbox: std::sync::Arc<dyn kairos_messaging::Adapter> = std::sync::Arc::new(
+        kairos_messaging::outbox::Outbox::new(root.clone(), &m.from).map_err(anyhow::Error::msg)?,
+    );
+    let adapters = [
+        Channel::Email,
+        Channel::Sms,
+        Channel::Whatsapp,
+        Channel::Push,
+        Channel::Webhook,
+    ]
+    .into_iter()
+    .map(|c| (c, outbox.clone()))
+    .collect();
+    let recovered = kairos_messaging::delivery::recover(root, skip, &settings)
+        .await
+        .context("rebuilding delivery state from deliveries/ and sends/")?;
+    if recovered.retried + recovered.dropped > 0 {
+        tracing::warn!(
+            retried = recovered.retried,
+            dropped = recovered.dropped,
+            "sends left in doubt by a crash"
+        );
+    }
+    let dispatcher = kairos_messaging::Dispatcher::start(root.clone(), adapters, settings.clone());
+    let mut stage = kairos_messaging::Messaging::new(rules, templates, settings, &dispatcher);
+    stage.restore(recovered);
+    Ok((stage, dispatcher))
+}
+
 /// The policy stage from `[policy]` and `[experiments]`, its memory rebuilt
 /// from `sends/` and `assignments/` (without the batch being redone).
 pub async fn policy_stage(
@@ -157,6 +283,9 @@ pub struct Live {
     pub clock: Clock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Delivery workers: finished (every handed message delivered and
+    /// recorded) after the last batch.
+    pub dispatcher: Option<kairos_messaging::Dispatcher>,
 }
 
 /// Recovers the engine from the lake, redoes an interrupted batch and runs
@@ -168,7 +297,7 @@ pub async fn recover(
     clock: Clock,
     metrics: &Metrics,
     writer: &WriterId,
-) -> anyhow::Result<Runner> {
+) -> anyhow::Result<(Runner, Option<kairos_messaging::Dispatcher>)> {
     let rules = load_rules(config).await?;
     let started = Instant::now();
     let rec = Runner::recover(
@@ -182,7 +311,7 @@ pub async fn recover(
     .await
     .context("rebuilding the rule engine's state from the data root")?;
     let mut runner = rec.runner;
-    add_policy_stage(config, &mut runner, root, rec.redo_batch.as_deref()).await?;
+    let dispatcher = add_stages(config, &mut runner, root, rec.redo_batch.as_deref()).await?;
     tracing::info!(
         events = rec.rebuilt_events,
         customers = runner.engine.state.len(),
@@ -208,7 +337,7 @@ pub async fn recover(
         let report = runner.run(rec.pending.items, &rec.pending.to, now).await?;
         record(metrics, &report, None);
     }
-    Ok(runner)
+    Ok((runner, dispatcher))
 }
 
 fn event_clock(last: i64, items: &[StagedItem]) -> i64 {
@@ -311,6 +440,11 @@ pub async fn run(mut live: Live) -> anyhow::Result<()> {
             }
         }
         if closed {
+            // The stages hold the workers' queues: drop them first.
+            drop(live.runner);
+            if let Some(d) = live.dispatcher {
+                d.finish().await;
+            }
             return Ok(());
         }
     }

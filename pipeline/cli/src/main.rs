@@ -180,11 +180,15 @@ enum Command {
 enum RulesCommand {
     /// Validate every rule file: header, parameters, `${...}` uses, and the
     /// SQL planned against the real table schemas with its required output
-    /// columns; errors as `file:line: message`.
+    /// columns; then every template the rules send, for each channel, and
+    /// the names it uses. Errors as `file:line: message`.
     Check {
         /// Rules folder.
         #[arg(default_value = "sql")]
         dir: PathBuf,
+        /// Templates folder.
+        #[arg(long, default_value = "templates")]
+        templates: PathBuf,
     },
 }
 
@@ -292,8 +296,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => generate_files(sample, seed, customers, days, &out),
         Command::Rules {
-            command: RulesCommand::Check { dir },
-        } => rules_check(&dir),
+            command: RulesCommand::Check { dir, templates },
+        } => rules_check(&dir, &templates),
         Command::Loadgen {
             verify: Some(dir), ..
         } => loadgen::verify(&dir),
@@ -324,20 +328,34 @@ fn reserved_name(c: &Command) -> &'static str {
     }
 }
 
-fn rules_check(dir: &std::path::Path) -> anyhow::Result<()> {
-    let (rules, errors) = runtime()?.block_on(kairos_rules::check_dir(dir));
+fn rules_check(dir: &std::path::Path, templates: &std::path::Path) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let (rules, errors) = rt.block_on(kairos_rules::check_dir(dir));
+    let template_errors = match kairos_messaging::Templates::load(templates) {
+        Ok(t) => rt.block_on(kairos_messaging::check_rules(&rules, &t)),
+        Err(e) => e,
+    };
     for e in &errors {
         eprintln!("{e}");
     }
-    if !errors.is_empty() {
+    for e in &template_errors {
+        eprintln!("{e}");
+    }
+    let problems = errors.len() + template_errors.len();
+    if problems > 0 {
         anyhow::bail!(
-            "{} problem(s) in {}; {} rule(s) valid",
-            errors.len(),
+            "{problems} problem(s) in {} and {}; {} rule(s) valid",
             dir.display(),
+            templates.display(),
             rules.len()
         );
     }
-    println!("{} rule(s) valid in {}", rules.len(), dir.display());
+    println!(
+        "{} rule(s) valid in {}, their templates in {}",
+        rules.len(),
+        dir.display(),
+        templates.display()
+    );
     Ok(())
 }
 

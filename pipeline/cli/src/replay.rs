@@ -108,7 +108,8 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     )
     .await?;
     let mut runner = rec.runner;
-    live::add_policy_stage(&config, &mut runner, &root, rec.redo_batch.as_deref()).await?;
+    let dispatcher =
+        live::add_stages(&config, &mut runner, &root, rec.redo_batch.as_deref()).await?;
     if let Some((redo, at)) = rec.redo {
         runner.redo(redo, at).await?;
     }
@@ -167,6 +168,12 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
                 per_rule.values().sum::<usize>()
             );
         }
+    }
+    // Every message handed to the workers is delivered and recorded
+    // before the replay reports.
+    drop(runner);
+    if let Some(d) = dispatcher {
+        d.finish().await;
     }
     let stats = publisher.publish().await?;
     kairos_storage::staging::remove_writer_dir(&root, &writer);

@@ -43,7 +43,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // start. The state is rebuilt in the background, so intake answers
         // at once; what arrives meanwhile waits in the feed (and staging).
         let clock = live::Clock::parse(&config.rules.clock)?;
-        live::load_rules(&config).await?;
+        let rules = live::load_rules(&config).await?;
+        if config.messaging.enabled {
+            live::load_templates(&config, &rules).await?;
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (config, root, gate, writer, metrics) = (
             config.clone(),
@@ -54,9 +57,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
         let task = tokio::spawn(async move {
             let result = async {
-                let runner = live::recover(&config, &root, gate, clock, &metrics, &writer).await?;
+                let (runner, dispatcher) =
+                    live::recover(&config, &root, gate, clock, &metrics, &writer).await?;
                 live::run(live::Live {
                     runner,
+                    dispatcher,
                     writer,
                     feed: rx,
                     interval: Duration::from_millis(config.rules.interval_ms.max(1)),

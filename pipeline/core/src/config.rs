@@ -41,6 +41,34 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[experiments]`.
     pub experiments: ExperimentsConfig,
+    /// `[messaging]`.
+    pub messaging: MessagingConfig,
+}
+
+/// `[messaging]`: templates and delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// Deliver at all (false: decide and record sends only).
+    pub enabled: bool,
+    /// Folder of message templates.
+    pub templates: std::path::PathBuf,
+    /// Sender of email.
+    pub from: String,
+    /// Base URL customers reach this server at (unsubscribe links).
+    pub public_url: String,
+    /// Key signing unsubscribe links; empty: one is made and kept in the
+    /// data root (`_kairos/link-key`).
+    pub link_key: Secret,
+    /// Attempts per message, the first included.
+    pub max_attempts: u32,
+    /// Longest SMS, in segments.
+    pub max_sms_segments: usize,
+    /// Messages per second per channel (absent: unlimited).
+    pub rate_per_second: std::collections::BTreeMap<String, f64>,
+    /// Per channel, what a crash leaves in doubt becomes: `retry`
+    /// (at-least-once) or `drop` (at-most-once).
+    pub in_doubt: std::collections::BTreeMap<String, String>,
 }
 
 /// `[storage]`

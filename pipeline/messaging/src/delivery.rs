@@ -212,6 +212,30 @@ pub fn unsubscribe_token(key: &[u8], customer_id: &str, channel: Channel) -> Str
     )
 }
 
+/// The key signing unsubscribe links: `configured`, else the one kept in
+/// the data root (made once), so links stay valid across restarts.
+pub async fn link_key(root: &DataRoot, configured: &str) -> Result<Vec<u8>, StorageError> {
+    if !configured.is_empty() {
+        return Ok(configured.as_bytes().to_vec());
+    }
+    let path = ObjectPath::from("_kairos/link-key");
+    if let Some(bytes) = root.read(&path).await? {
+        return Ok(bytes.to_vec());
+    }
+    use rand::Rng as _;
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
+        .collect();
+    root.store
+        .put(&path, Bytes::from(key.clone()).into())
+        .await
+        .map_err(|source| StorageError::ObjectStore {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(key.into_bytes())
+}
+
 /// The (customer, channel) of a token, if its signature holds.
 pub fn verify_unsubscribe_token(key: &[u8], token: &str) -> Option<(String, Channel)> {
     use base64::Engine as _;

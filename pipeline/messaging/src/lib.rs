@@ -61,3 +61,55 @@ pub fn computed_trait_names() -> std::collections::BTreeSet<String> {
         .filter(|n| n != "customer_id")
         .collect()
 }
+
+/// Checks the templates every rule sends: each exists for its channel and
+/// uses only the rule's output columns, `profile.*`, `customer.*` (computed
+/// traits) and `message.*`. A `preferred`-channel message needs a template
+/// for every channel it may take (email, SMS, WhatsApp, push).
+pub async fn check_rules(
+    rules: &[kairos_rules::Rule],
+    templates: &Templates,
+) -> Vec<template::TemplateError> {
+    use kairos_rules::rule::Channel as RuleChannel;
+    let computed = computed_trait_names();
+    let Ok(ctx) = kairos_rules::check::planning_session() else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for rule in rules {
+        let Ok(columns) = kairos_rules::check::plan(&ctx, rule).await else {
+            continue; // reported by the rules check
+        };
+        let columns: std::collections::BTreeSet<String> = columns.into_iter().collect();
+        let channels = |c: RuleChannel| -> Vec<(&'static str, bool)> {
+            match c {
+                RuleChannel::Email => vec![("email", true)],
+                RuleChannel::Sms => vec![("sms", true)],
+                RuleChannel::Whatsapp => vec![("whatsapp", true)],
+                RuleChannel::Push => vec![("push", true)],
+                RuleChannel::Webhook => vec![("webhook", true)],
+                RuleChannel::Preferred => vec![
+                    ("email", true),
+                    ("sms", true),
+                    ("whatsapp", true),
+                    ("push", true),
+                ],
+            }
+        };
+        let mut names: Vec<(String, RuleChannel)> = vec![(rule.template.clone(), rule.channel)];
+        names.extend(
+            rule.variants
+                .iter()
+                .filter_map(|v| Some((v.template.clone()?, rule.channel))),
+        );
+        names.extend(rule.steps.iter().map(|s| (s.template.clone(), s.channel)));
+        for (name, channel) in names {
+            for (ch, required) in channels(channel) {
+                if required || templates.has(&name, ch) {
+                    errors.extend(templates.check(&name, ch, &columns, &computed));
+                }
+            }
+        }
+    }
+    errors
+}

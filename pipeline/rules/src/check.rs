@@ -27,8 +27,9 @@ pub fn planning_session() -> datafusion::error::Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Plans `rule` in `ctx` and checks its output columns.
-pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<(), RuleError> {
+/// Plans `rule` in `ctx` and checks its output columns; returns their names
+/// (what the rule's templates may use).
+pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<Vec<String>, RuleError> {
     let sql = rule.render_sql(
         &Default::default(),
         &crate::engine::clock_sql(946_684_800_000_000),
@@ -77,7 +78,7 @@ pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<(), RuleError> {
             });
         }
     }
-    Ok(())
+    Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
 }
 
 /// Maps a DataFusion error to a file line: the parser's `Line: N` (relative
@@ -139,7 +140,7 @@ pub async fn check_dir(dir: &std::path::Path) -> (Vec<Rule>, Vec<RuleError>) {
     let mut good = Vec::new();
     for rule in rules {
         match plan(&ctx, &rule).await {
-            Ok(()) => good.push(rule),
+            Ok(_) => good.push(rule),
             Err(e) => errors.push(e),
         }
     }
@@ -160,7 +161,9 @@ mod tests {
     }
 
     async fn check(body: &str) -> Result<(), RuleError> {
-        plan(&planning_session().expect("session"), &rule("r", body)).await
+        plan(&planning_session().expect("session"), &rule("r", body))
+            .await
+            .map(|_| ())
     }
 
     #[tokio::test]
