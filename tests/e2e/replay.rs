@@ -25,7 +25,10 @@ fn replay(dir: &Path, span: &str) {
     let out = Command::new(kairos_bin())
         .args(["replay", "--data"])
         .arg(dir)
-        .env("KAIROS__MESSAGING__TEMPLATES", crate::support::repo_templates())
+        .env(
+            "KAIROS__MESSAGING__TEMPLATES",
+            crate::support::repo_templates(),
+        )
         .arg("--rules")
         .arg(sql_dir())
         .args(["--batch-span", span, "--input"])
@@ -261,7 +264,10 @@ fn replay_takes_clickstream_csv_and_names_bad_rows() {
     let out = Command::new(kairos_bin())
         .args(["replay", "--data"])
         .arg(&data)
-        .env("KAIROS__MESSAGING__TEMPLATES", crate::support::repo_templates())
+        .env(
+            "KAIROS__MESSAGING__TEMPLATES",
+            crate::support::repo_templates(),
+        )
         .arg("--rules")
         .arg(sql_dir())
         .arg("--input")

@@ -43,6 +43,21 @@ pub struct Config {
     pub experiments: ExperimentsConfig,
     /// `[messaging]`.
     pub messaging: MessagingConfig,
+    /// `[report]`: the experiment report API.
+    pub report: ReportConfig,
+}
+
+/// `[report]`: the experiment report API (`/api/...`) and `kairos report`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Bearer token for reading reports; empty: loopback clients only.
+    /// Ingest write keys never grant read access.
+    pub token: Secret,
+    /// Default attribution window after assignment, e.g. "7d".
+    pub window: String,
+    /// Default conversion event type (canonical `event_type`).
+    pub conversion_event: String,
 }
 
 /// `[messaging]`: templates and delivery.

@@ -1,0 +1,56 @@
+//! Kairos experiment reports: every rule is an experiment, and this crate
+//! says how its arms did.
+//!
+//! - [`lake`] registers the lake's Parquet tables (`assignments/`, `sends/`,
+//!   `events/`, `identities/`) with DataFusion, on a local directory or an
+//!   object store.
+//! - [`metrics`] computes, in one SQL query, the per-(experiment, arm,
+//!   variant) recipients, messages, conversions and revenue sums — the
+//!   sufficient statistics of `kairos_experiments::stats`.
+//! - [`report`] turns them into a [`Report`]: per-arm metrics, the analysis
+//!   of each treatment against the holdout and triggered against scheduled,
+//!   the sample-ratio check against the rule's configured split, and the
+//!   overview's headline numbers with corrected p-values.
+//! - [`http`] serves it under `/api/` (token or loopback only); [`text`]
+//!   prints it in the terminal (`kairos report`).
+//!
+//! Definitions and the JSON schemas: `docs/reports.md`.
+
+pub mod http;
+pub mod lake;
+pub mod metrics;
+pub mod options;
+pub mod report;
+pub mod text;
+
+pub use lake::Lake;
+pub use options::{Capping, ReportOptions};
+pub use report::{Overview, Report, experiment_report, overview};
+
+/// Why a report could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No experiment (rule) of that name: neither assignments nor a rule file.
+    #[error("no experiment named `{rule}`; known: {}", known.join(", "))]
+    UnknownRule {
+        /// The name asked for.
+        rule: String,
+        /// Every experiment the lake or the rules folder knows.
+        known: Vec<String>,
+    },
+    /// A report option is invalid (the query parameter or flag is named).
+    #[error("{param}: {problem}")]
+    BadOption {
+        /// The parameter, as named in the query string.
+        param: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The query over the lake failed.
+    #[error("querying the lake: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// The statistics engine refused the sums (a bug if it happens: the
+    /// sums come from the same rows).
+    #[error("analysing the sums: {0}")]
+    Stats(#[from] kairos_experiments::stats::StatsError),
+}

@@ -1,0 +1,603 @@
+//! Per (experiment, arm, variant) sums over the lake, in one SQL query.
+//!
+//! Recipients are the rows of `assignments/` (intent-to-treat: a holdout,
+//! suppressed or cancelled customer counts in the arm it was assigned).
+//! Per recipient, with `at` its `assigned_at`:
+//! - converted: any event of the conversion type in `(at, at + window]`;
+//! - revenue y: Σ `revenue` of the revenue type's events in `(at, at + window]`;
+//! - covariate x: the same in `(at − pre_period, at]`;
+//! - messages: its `send` decisions in `sends/` for the rule;
+//!
+//! with events attributed to the canonical customer (anonymous ids mapped
+//! through `identities/`, the earliest link winning). Capping cuts y and x
+//! at the cap. The arm's sums of these are the sufficient statistics.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+
+use crate::lake::Lake;
+use crate::options::{Capping, ReportOptions};
+
+/// One (experiment, arm, variant)'s sums.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ArmSums {
+    /// The experiment (rule).
+    pub experiment: String,
+    /// `holdout`, `scheduled` or `triggered`.
+    pub arm: String,
+    /// The triggered arm's variant, if the rule has variants.
+    pub variant: Option<String>,
+    /// Assigned customers.
+    pub recipients: i64,
+    /// `send` decisions to them.
+    pub messages: i64,
+    /// Recipients who converted in the window.
+    pub conversions: i64,
+    /// Σ window revenue before capping.
+    pub revenue_uncapped: f64,
+    /// Σ y (capped).
+    pub revenue_sum: f64,
+    /// Σ y².
+    pub revenue_sum_squares: f64,
+    /// Σ x (capped pre-period revenue).
+    pub covariate_sum: f64,
+    /// Σ x².
+    pub covariate_sum_squares: f64,
+    /// Σ x·y.
+    pub sum_products: f64,
+    /// The cap applied, if any.
+    pub cap: Option<f64>,
+    /// Earliest assignment, µs.
+    pub first_assigned_us: i64,
+    /// Latest assignment, µs.
+    pub last_assigned_us: i64,
+    /// Recipients whose window had not closed by `data_until`.
+    pub open_window: i64,
+}
+
+impl ArmSums {
+    /// Adds another row's sums (variants into their arm). Sums are additive.
+    pub fn add(&mut self, o: &ArmSums) {
+        self.recipients += o.recipients;
+        self.messages += o.messages;
+        self.conversions += o.conversions;
+        self.revenue_uncapped += o.revenue_uncapped;
+        self.revenue_sum += o.revenue_sum;
+        self.revenue_sum_squares += o.revenue_sum_squares;
+        self.covariate_sum += o.covariate_sum;
+        self.covariate_sum_squares += o.covariate_sum_squares;
+        self.sum_products += o.sum_products;
+        self.cap = self.cap.or(o.cap);
+        self.first_assigned_us = self.first_assigned_us.min(o.first_assigned_us);
+        self.last_assigned_us = self.last_assigned_us.max(o.last_assigned_us);
+        self.open_window += o.open_window;
+    }
+}
+
+/// A string as an SQL literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The latest event time in the lake (µs), if any: windows ending after
+/// it are still open.
+pub async fn data_until(lake: &Lake) -> datafusion::error::Result<Option<i64>> {
+    let batches = lake
+        .ctx
+        .sql("SELECT CAST(max(timestamp) AS BIGINT) AS t FROM events")
+        .await?
+        .collect()
+        .await?;
+    Ok(batches.first().and_then(|b| {
+        let c = b.column(0).as_primitive::<Int64Type>();
+        (b.num_rows() > 0 && c.is_valid(0)).then(|| c.value(0))
+    }))
+}
+
+/// The SQL computing every arm's sums; `rule` limits it to one experiment.
+pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> String {
+    let w = options.window_secs as i64 * 1_000_000;
+    let p = options.pre_period_secs as i64 * 1_000_000;
+    let conv = lit(&options.conversion_event);
+    let rev = lit(&options.revenue_event);
+    let mut filter = vec!["TRUE".to_string()];
+    if let Some(rule) = rule {
+        filter.push(format!("experiment = {}", lit(rule)));
+    }
+    if let Some(f) = options.from_us {
+        filter.push(format!("CAST(assigned_at AS BIGINT) >= {f}"));
+    }
+    if let Some(t) = options.to_us {
+        filter.push(format!("CAST(assigned_at AS BIGINT) < {t}"));
+    }
+    let filter = filter.join(" AND ");
+    let msg_filter = rule
+        .map(|r| format!(" AND rule = {}", lit(r)))
+        .unwrap_or_default();
+    let caps = match options.cap {
+        Capping::None => "SELECT DISTINCT experiment, CAST(NULL AS DOUBLE) AS cap FROM per".into(),
+        Capping::Absolute { value } => {
+            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM per")
+        }
+        // Nearest rank: the smallest y with at least p% of the positive
+        // values at or below it.
+        Capping::Percentile { percentile } => format!(
+            "SELECT experiment, max(CASE WHEN rn = k THEN y END) AS cap FROM (
+               SELECT experiment, y,
+                      row_number() OVER (PARTITION BY experiment ORDER BY y) AS rn,
+                      CAST(ceil({q:?} * count(*) OVER (PARTITION BY experiment)) AS BIGINT) AS k
+               FROM per WHERE y > 0) GROUP BY experiment",
+            q = percentile / 100.0
+        ),
+    };
+    format!(
+        "WITH link AS (
+           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
+           FROM identities GROUP BY anonymous_id),
+         rcp AS (
+           SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
+           FROM assignments WHERE {filter}),
+         ev AS (
+           SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
+                  CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
+           FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
+           WHERE e.event_type IN ({conv}, {rev})),
+         msg AS (
+           SELECT rule AS experiment, customer_id, count(*) AS messages
+           FROM sends WHERE decision = 'send'{msg_filter} GROUP BY rule, customer_id),
+         per AS (
+           SELECT r.experiment, r.arm, r.variant, r.customer_id, r.at,
+             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at AND ev.t <= r.at + {w}
+                      THEN 1 ELSE 0 END) AS converted,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at AND ev.t <= r.at + {w}
+                      THEN ev.revenue ELSE 0.0 END) AS y,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at - {p} AND ev.t <= r.at
+                      THEN ev.revenue ELSE 0.0 END) AS x
+           FROM rcp r LEFT JOIN ev ON ev.customer_id = r.customer_id
+           GROUP BY r.experiment, r.arm, r.variant, r.customer_id, r.at),
+         caps AS ({caps}),
+         c AS (
+           SELECT per.experiment, per.arm, per.variant, per.at, per.converted, per.y,
+             caps.cap,
+             CASE WHEN caps.cap IS NOT NULL AND per.y > caps.cap THEN caps.cap ELSE per.y END AS yc,
+             CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc,
+             coalesce(msg.messages, 0) AS messages
+           FROM per
+           LEFT JOIN caps ON per.experiment = caps.experiment
+           LEFT JOIN msg ON msg.experiment = per.experiment AND msg.customer_id = per.customer_id)
+         SELECT experiment, arm, variant,
+           count(*) AS recipients,
+           CAST(sum(messages) AS BIGINT) AS messages,
+           CAST(sum(converted) AS BIGINT) AS conversions,
+           sum(y) AS revenue_uncapped,
+           sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares,
+           sum(xc) AS covariate_sum, sum(xc * xc) AS covariate_sum_squares,
+           sum(xc * yc) AS sum_products,
+           max(cap) AS cap,
+           min(at) AS first_assigned, max(at) AS last_assigned,
+           CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+         FROM c GROUP BY experiment, arm, variant
+         ORDER BY experiment, arm, variant"
+    )
+}
+
+/// Every arm's sums (of `rule` only, when given), sorted by experiment,
+/// arm and variant.
+pub async fn arm_sums(
+    lake: &Lake,
+    options: &ReportOptions,
+    rule: Option<&str>,
+) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
+    let until = data_until(lake).await?;
+    let q = sql(options, rule, until.unwrap_or(i64::MIN / 2));
+    let batches = lake.ctx.sql(&q).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        read_rows(b, &mut out)?;
+    }
+    Ok((out, until))
+}
+
+fn read_rows(b: &RecordBatch, out: &mut Vec<ArmSums>) -> datafusion::error::Result<()> {
+    let col = |name: &str, ty: &DataType| -> datafusion::error::Result<_> {
+        let c = b.column_by_name(name).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!("no column {name}"))
+        })?;
+        Ok(cast(c, ty)?)
+    };
+    let (experiment, arm, variant) = (
+        col("experiment", &DataType::Utf8)?,
+        col("arm", &DataType::Utf8)?,
+        col("variant", &DataType::Utf8)?,
+    );
+    let (experiment, arm, variant) = (
+        experiment.as_string::<i32>(),
+        arm.as_string::<i32>(),
+        variant.as_string::<i32>(),
+    );
+    let ints: Vec<_> = [
+        "recipients",
+        "messages",
+        "conversions",
+        "first_assigned",
+        "last_assigned",
+        "open_window",
+    ]
+    .iter()
+    .map(|n| col(n, &DataType::Int64))
+    .collect::<Result<_, _>>()?;
+    let floats: Vec<_> = [
+        "revenue_uncapped",
+        "revenue_sum",
+        "revenue_sum_squares",
+        "covariate_sum",
+        "covariate_sum_squares",
+        "sum_products",
+        "cap",
+    ]
+    .iter()
+    .map(|n| col(n, &DataType::Float64))
+    .collect::<Result<_, _>>()?;
+    let int = |k: usize, i: usize| {
+        let a = ints[k].as_primitive::<Int64Type>();
+        if a.is_valid(i) { a.value(i) } else { 0 }
+    };
+    let float = |k: usize, i: usize| {
+        let a = floats[k].as_primitive::<Float64Type>();
+        a.is_valid(i).then(|| a.value(i))
+    };
+    for i in 0..b.num_rows() {
+        out.push(ArmSums {
+            experiment: experiment.value(i).to_string(),
+            arm: arm.value(i).to_string(),
+            variant: variant.is_valid(i).then(|| variant.value(i).to_string()),
+            recipients: int(0, i),
+            messages: int(1, i),
+            conversions: int(2, i),
+            revenue_uncapped: float(0, i).unwrap_or(0.0),
+            revenue_sum: float(1, i).unwrap_or(0.0),
+            revenue_sum_squares: float(2, i).unwrap_or(0.0),
+            covariate_sum: float(3, i).unwrap_or(0.0),
+            covariate_sum_squares: float(4, i).unwrap_or(0.0),
+            sum_products: float(5, i).unwrap_or(0.0),
+            cap: float(6, i),
+            first_assigned_us: int(3, i),
+            last_assigned_us: int(4, i),
+            open_window: int(5, i),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::Schema;
+    use kairos_storage::DataRoot;
+
+    pub const DAY: i64 = 86_400_000_000;
+    /// 2026-09-01T00:00:00Z in µs.
+    pub const T0: i64 = 1_788_220_800_000_000;
+
+    fn strs(v: &[Option<&str>]) -> ArrayRef {
+        Arc::new(v.iter().copied().collect::<StringArray>())
+    }
+    fn times(v: &[i64]) -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
+    }
+
+    /// Writes one Parquet file of `table` with `cols` (a partition folder
+    /// like the publisher's, to show the listing recurses).
+    pub fn write(root: &Path, table: &str, file: &str, cols: Vec<(&str, ArrayRef)>) {
+        let dir = root.join(table).join("date=2026-09-01/hour=00");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let fields: Vec<_> = cols
+            .iter()
+            .map(|(n, a)| datafusion::arrow::datatypes::Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            cols.into_iter().map(|(_, a)| a).collect(),
+        )
+        .expect("batch");
+        let f = std::fs::File::create(dir.join(file)).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    }
+
+    /// A tiny lake with known answers, for experiment `cart` (and a second
+    /// experiment `other` sharing customers, to show they stay apart):
+    ///
+    /// | customer | arm | assigned | in window (7d) | before |
+    /// | h1 | holdout | T0 | purchase 10 at +1d | — |
+    /// | h2 | holdout | T0 | purchase 20 at +8d (outside) | purchase 5 at −2d |
+    /// | t1 | triggered | T0 | purchases 30 at +1h and 1000 at +6d | — |
+    /// | t2 | triggered | T0+1d | — (a purchase exactly at assignment counts before) | purchase 7 at +0 |
+    /// | t3 | triggered | T0 | anonymous `anon-3` buys 40 at +2d, linked to t3 | — |
+    ///
+    /// t1 got two messages, t2 one and one suppressed; h1 a ghost.
+    pub fn tiny_lake(dir: &Path) {
+        write(
+            dir,
+            "assignments",
+            "b1.parquet",
+            vec![
+                ("experiment", strs(&[Some("cart"); 6])),
+                ("variant", strs(&[None; 6])),
+                (
+                    "customer_id",
+                    strs(&[
+                        Some("h1"),
+                        Some("h2"),
+                        Some("t1"),
+                        Some("t2"),
+                        Some("t3"),
+                        Some("z9"),
+                    ]),
+                ),
+                (
+                    "arm",
+                    strs(&[
+                        Some("holdout"),
+                        Some("holdout"),
+                        Some("triggered"),
+                        Some("triggered"),
+                        Some("triggered"),
+                        Some("triggered"),
+                    ]),
+                ),
+                (
+                    "assigned_at",
+                    times(&[T0, T0, T0, T0 + DAY, T0, T0 + 30 * DAY]),
+                ),
+                ("firing_key", strs(&[Some("k"); 6])),
+            ],
+        );
+        // Another experiment, another file: h1 is in both.
+        write(
+            dir,
+            "assignments",
+            "b2.parquet",
+            vec![
+                ("experiment", strs(&[Some("other")])),
+                ("variant", strs(&[None])),
+                ("customer_id", strs(&[Some("h1")])),
+                ("arm", strs(&[Some("triggered")])),
+                ("assigned_at", times(&[T0 - 5 * DAY])),
+                ("firing_key", strs(&[Some("k")])),
+            ],
+        );
+        write(
+            dir,
+            "sends",
+            "b1.parquet",
+            vec![
+                (
+                    "rule",
+                    strs(&[
+                        Some("cart"),
+                        Some("cart"),
+                        Some("cart"),
+                        Some("cart"),
+                        Some("cart"),
+                        Some("other"),
+                        Some("cart"),
+                    ]),
+                ),
+                (
+                    "customer_id",
+                    strs(&[
+                        Some("t1"),
+                        Some("t1"),
+                        Some("t2"),
+                        Some("t2"),
+                        Some("h1"),
+                        Some("h1"),
+                        Some("gc"),
+                    ]),
+                ),
+                (
+                    "arm",
+                    strs(&[
+                        Some("triggered"),
+                        Some("triggered"),
+                        Some("triggered"),
+                        Some("triggered"),
+                        Some("holdout"),
+                        Some("triggered"),
+                        Some("holdout"),
+                    ]),
+                ),
+                (
+                    "variant",
+                    strs(&[None, None, None, None, None, None, Some("global_control")]),
+                ),
+                (
+                    "decision",
+                    strs(&[
+                        Some("send"),
+                        Some("send"),
+                        Some("send"),
+                        Some("suppressed"),
+                        Some("ghost"),
+                        Some("send"),
+                        Some("ghost"),
+                    ]),
+                ),
+            ],
+        );
+        let ev = [
+            ("h1", "purchase", T0 + DAY, Some(10.0)),
+            ("h2", "purchase", T0 + 8 * DAY, Some(20.0)),
+            ("h2", "purchase", T0 - 2 * DAY, Some(5.0)),
+            ("h2", "checkout_start", T0 + DAY, Some(99.0)),
+            ("t1", "purchase", T0 + 3_600_000_000, Some(30.0)),
+            ("t1", "purchase", T0 + 6 * DAY, Some(1000.0)),
+            ("t2", "purchase", T0 + DAY, Some(7.0)),
+            ("t2", "product_view", T0 + 2 * DAY, None),
+            ("anon-3", "purchase", T0 + 2 * DAY, Some(40.0)),
+        ];
+        write(
+            dir,
+            "events",
+            "e1.parquet",
+            vec![
+                (
+                    "event_id",
+                    strs(&ev.iter().map(|_| Some("x")).collect::<Vec<_>>()),
+                ),
+                (
+                    "customer_id",
+                    strs(&ev.iter().map(|e| Some(e.0)).collect::<Vec<_>>()),
+                ),
+                (
+                    "event_type",
+                    strs(&ev.iter().map(|e| Some(e.1)).collect::<Vec<_>>()),
+                ),
+                (
+                    "timestamp",
+                    times(&ev.iter().map(|e| e.2).collect::<Vec<_>>()),
+                ),
+                (
+                    "revenue",
+                    Arc::new(ev.iter().map(|e| e.3).collect::<Float64Array>()),
+                ),
+            ],
+        );
+        write(
+            dir,
+            "identities",
+            "i1.parquet",
+            vec![
+                ("anonymous_id", strs(&[Some("anon-3"), Some("anon-3")])),
+                ("user_id", strs(&[Some("t3"), Some("h1")])),
+                ("call", strs(&[Some("identify"), Some("alias")])),
+                ("linked_at", times(&[T0 - DAY, T0 + 3 * DAY])),
+            ],
+        );
+    }
+
+    pub async fn sums(dir: &Path, options: &ReportOptions) -> Vec<ArmSums> {
+        let root = DataRoot::open(dir.to_str().expect("utf8")).expect("root");
+        let lake = Lake::open(&root).expect("lake");
+        arm_sums(&lake, options, Some("cart"))
+            .await
+            .expect("query")
+            .0
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * (1.0 + b.abs())
+    }
+
+    #[tokio::test]
+    async fn recipients_conversions_and_revenue_in_the_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let rows = sums(dir.path(), &ReportOptions::default()).await;
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let (h, t) = (&rows[0], &rows[1]);
+        assert_eq!((h.arm.as_str(), t.arm.as_str()), ("holdout", "triggered"));
+        assert_eq!(h.experiment, "cart");
+        // Recipients: the assignment rows; the global-control send row
+        // (`gc`) is not a recipient.
+        assert_eq!((h.recipients, t.recipients), (2, 4));
+        // Messages: `send` decisions only, of this rule.
+        assert_eq!((h.messages, t.messages), (0, 3));
+        // h1 bought inside the window, h2 only after it; t1 and t3 (via the
+        // anonymous id, the earliest link) inside; t2's purchase at the
+        // very assignment instant counts before, not after; z9 nothing.
+        assert_eq!((h.conversions, t.conversions), (1, 2));
+        assert!(
+            close(h.revenue_sum, 10.0),
+            "checkout_start revenue is not purchase revenue"
+        );
+        assert!(close(h.revenue_sum_squares, 100.0));
+        assert!(close(t.revenue_sum, 1030.0 + 40.0));
+        assert!(close(t.revenue_sum_squares, 1030.0f64.powi(2) + 1600.0));
+        // Pre-period (7 days before, up to and including the assignment):
+        // h2's 5, t2's 7.
+        assert!(close(h.covariate_sum, 5.0) && close(h.covariate_sum_squares, 25.0));
+        assert!(close(t.covariate_sum, 7.0) && close(t.covariate_sum_squares, 49.0));
+        assert!(close(h.sum_products, 0.0) && close(t.sum_products, 0.0));
+        assert_eq!(h.cap, None);
+        assert_eq!(
+            (t.first_assigned_us, t.last_assigned_us),
+            (T0, T0 + 30 * DAY)
+        );
+        // The latest event is h2's purchase at T0+8d: only z9's window
+        // (assigned at T0+30d) is still open; t2's closes exactly then.
+        assert_eq!((h.open_window, t.open_window), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn window_pre_period_and_dates_change_the_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let mut o = ReportOptions {
+            window_secs: 9 * 86_400,
+            ..ReportOptions::default()
+        };
+        o.pre_period_secs = 86_400;
+        let rows = sums(dir.path(), &o).await;
+        // h2's purchase at +8d is now inside; its −2d one outside the pre-period.
+        assert_eq!(rows[0].conversions, 2);
+        assert!(close(rows[0].revenue_sum, 30.0));
+        assert!(close(rows[0].covariate_sum, 0.0));
+        // A conversion event with no events: nobody converts, revenue stays.
+        o.conversion_event = "signup".into();
+        let rows = sums(dir.path(), &o).await;
+        assert_eq!((rows[0].conversions, rows[1].conversions), (0, 0));
+        assert!(close(rows[1].revenue_sum, 1070.0));
+        // Assigned on or after 2026-09-02: t2 and z9 only.
+        let o = ReportOptions::default()
+            .with_params(&[("from".to_string(), "2026-09-02".to_string())].into())
+            .expect("valid");
+        let rows = sums(dir.path(), &o).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].arm.as_str(), rows[0].recipients), ("triggered", 2));
+    }
+
+    #[tokio::test]
+    async fn capping_cuts_each_recipients_revenue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let o = ReportOptions {
+            cap: Capping::Absolute { value: 35.0 },
+            ..ReportOptions::default()
+        };
+        let rows = sums(dir.path(), &o).await;
+        let t = &rows[1];
+        assert_eq!(t.cap, Some(35.0));
+        // t1's 1030 becomes 35, t3's 40 becomes 35.
+        assert!(close(t.revenue_sum, 70.0), "{t:?}");
+        assert!(close(t.revenue_sum_squares, 2.0 * 35.0 * 35.0));
+        assert!(close(t.revenue_uncapped, 1070.0));
+        assert!(close(rows[0].revenue_sum, 10.0));
+        // Positive window revenues 10, 40, 1030: the 50th percentile
+        // (nearest rank, ceil(0.5·3) = 2nd) is 40.
+        let o = ReportOptions {
+            cap: Capping::Percentile { percentile: 50.0 },
+            ..ReportOptions::default()
+        };
+        let rows = sums(dir.path(), &o).await;
+        assert_eq!(rows[1].cap, Some(40.0));
+        assert!(close(rows[1].revenue_sum, 80.0));
+        assert!(close(rows[0].revenue_sum, 10.0));
+    }
+
+    #[tokio::test]
+    async fn an_empty_lake_has_no_arms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = sums(dir.path(), &ReportOptions::default()).await;
+        assert!(rows.is_empty());
+    }
+}
