@@ -14,6 +14,7 @@ mod import;
 mod live;
 mod loadgen;
 mod replay;
+mod report;
 mod serve;
 
 use std::net::SocketAddr;
@@ -166,10 +167,14 @@ enum Command {
     },
     /// Query every table with SQL (coming with the analyst tools).
     Sql,
-    /// Analyse per-arm sufficient statistics (coming with the report service).
-    Stats,
-    /// Print an experiment report (coming with the report service).
-    Report,
+    /// Analyse per-arm sufficient statistics from a JSON file (schema in
+    /// docs/reports.md) and print the analysis JSON, as POST /api/analyze.
+    Stats {
+        /// The sufficient statistics, JSON.
+        file: PathBuf,
+    },
+    /// Print a rule's experiment report (as GET /api/experiments/RULE).
+    Report(report::ReportArgs),
     /// Merge small files per closed hour (coming with the analyst tools).
     Compact,
     /// Load data-samples and serve the report pages (coming with the analyst tools).
@@ -302,6 +307,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             verify: Some(dir), ..
         } => loadgen::verify(&dir),
         Command::Loadgen { args, verify: None } => runtime()?.block_on(loadgen::run(args)),
+        Command::Report(args) => runtime()?.block_on(report::report(config()?, args)),
+        Command::Stats { file } => report::stats(&file),
         other => anyhow::bail!(
             "`kairos {}` is reserved and not built yet; this release has serve, import, generate and loadgen",
             reserved_name(&other)
@@ -312,8 +319,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn reserved_name(c: &Command) -> &'static str {
     match c {
         Command::Sql => "sql",
-        Command::Stats => "stats",
-        Command::Report => "report",
         Command::Compact => "compact",
         Command::Demo => "demo",
         Command::Serve { .. }
@@ -324,6 +329,8 @@ fn reserved_name(c: &Command) -> &'static str {
         | Command::BenchPolicy { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
+        | Command::Report(_)
+        | Command::Stats { .. }
         | Command::Rules { .. } => "?",
     }
 }

@@ -127,6 +127,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let m = metrics.clone();
     let app = Router::new()
         .merge(kairos_ingest::router(state))
+        .merge(report_router(&config, &root)?)
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
@@ -163,6 +164,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     kairos_storage::staging::remove_writer_dir(&root, &writer);
     tracing::info!("stopped; everything staged is published");
     Ok(())
+}
+
+/// `/api/...`: experiment reports over the same data root.
+fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
+    let token = config.report.token.0.trim();
+    if token.is_empty() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.server.listen, "no report.token configured: only loopback clients may read reports");
+    }
+    Ok(kairos_report::http::router(Arc::new(
+        kairos_report::http::ReportState {
+            root: root.clone(),
+            rules_dir: config.rules.dir.clone(),
+            defaults: kairos_report::ReportOptions::from_config(config)?,
+            token: (!token.is_empty()).then(|| token.to_string()),
+        },
+    )))
 }
 
 /// Staged bytes that trigger a publish before the interval is up.
