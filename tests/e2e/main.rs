@@ -12,6 +12,7 @@ mod messaging;
 mod policy;
 mod readers;
 mod replay;
+mod report;
 mod rules;
 mod rules_live;
 mod s3;
