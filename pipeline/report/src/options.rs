@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(o.pre_period_secs, 14 * 86_400);
         assert_eq!(o.cap, Capping::Percentile { percentile: 99.5 });
         assert!(!o.cuped);
-        assert_eq!(o.to_us.unwrap() - o.from_us.unwrap(), 30 * DAY_US);
+        assert_eq!(o.to_us.expect("to") - o.from_us.expect("from"), 30 * DAY_US);
         let o = ReportOptions::default()
             .with_params(&params(&[
                 ("window", "3d"),

@@ -672,8 +672,10 @@ mod tests {
         );
 
         // CUPED off: no covariate in the stats, no adjusted effect.
-        let mut o = ReportOptions::default();
-        o.cuped = false;
+        let o = ReportOptions {
+            cuped: false,
+            ..ReportOptions::default()
+        };
         let r = experiment_report(&root(dir.path()), &[], "cart", &o)
             .await
             .expect("report");
