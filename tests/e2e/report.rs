@@ -80,6 +80,17 @@ struct Expected {
 /// them, purchasers in (assigned_at, assigned_at + window], and purchase
 /// revenue there, capped per recipient at `cap`.
 fn expected(dir: &Path, rule: &str, window: i64, cap: f64) -> BTreeMap<String, Expected> {
+    expected_from(dir, rule, window, cap, i64::MIN)
+}
+
+/// [`expected`] for the customers assigned at or after `from` (µs).
+fn expected_from(
+    dir: &Path,
+    rule: &str,
+    window: i64,
+    cap: f64,
+    from: i64,
+) -> BTreeMap<String, Expected> {
     let a = read_table(dir, "assignments");
     let (exp, arm, cust, at) = (
         strings(&a, "experiment"),
@@ -145,6 +156,9 @@ fn expected(dir: &Path, rule: &str, window: i64, cap: f64) -> BTreeMap<String, E
         }
         let c = cust[i].clone().expect("customer");
         let t0 = at[i].expect("assigned_at");
+        if t0 < from {
+            continue;
+        }
         let e = out.entry(arm[i].clone().expect("arm")).or_default();
         e.recipients += 1;
         e.messages += sent.get(&c).copied().unwrap_or(0);
@@ -351,6 +365,67 @@ async fn report_api_on_a_replayed_sample_lake() {
         converted(&short) < converted(&report),
         "a shorter window converts fewer"
     );
+
+    // Assigned from 2026-10-01 on only.
+    let (status, late, _) = get(&format!("{url}?from=2026-10-01"), t).await;
+    assert_eq!(status, 200, "{late}");
+    let oct = chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")
+        .expect("time")
+        .timestamp_micros();
+    let want_late = expected_from(data.path(), RULE, 7 * DAY, f64::INFINITY, oct);
+    check_arms(&late, &want_late, "from 2026-10-01");
+    assert!(late["recipients"].as_i64() < report["recipients"].as_i64());
+
+    // The CLI: `kairos stats` gives what /api/analyze gives, and names a
+    // bad field; `kairos report` prints the same arms.
+    let file = data.path().join("sums.json");
+    let sums = json!({"arms": stats, "control": "holdout"});
+    std::fs::write(&file, sums.to_string()).expect("write sums");
+    let out = Command::new(kairos_bin())
+        .arg("stats")
+        .arg(&file)
+        .output()
+        .expect("kairos stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).expect("stats prints JSON");
+    let (_, http) = post_json(&server.url("/api/analyze"), t, &sums.to_string()).await;
+    assert_eq!(cli, http);
+    std::fs::write(&file, r#"{"arms": [{"name": "a", "n": -1}]}"#).expect("write");
+    let out = Command::new(kairos_bin())
+        .arg("stats")
+        .arg(&file)
+        .output()
+        .expect("kairos stats");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("arms[0]"), "{err}");
+    let out = Command::new(kairos_bin())
+        .args(["report", RULE, "--data"])
+        .arg(data.path())
+        .arg("--rules")
+        .arg(repo("sql"))
+        .output()
+        .expect("kairos report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (arm, w) in &want {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(arm.as_str()))
+            .unwrap_or_else(|| panic!("no {arm} row in\n{text}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], w.recipients.to_string(), "{line}");
+        assert_eq!(cols[3], w.conversions.to_string(), "{line}");
+    }
+    assert!(text.contains("triggered vs scheduled:"), "{text}");
 
     // Bad input: named.
     let (status, err, _) = get(&format!("{url}?window=soon"), t).await;
