@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod delivery;
+pub mod http;
 pub mod limits;
 pub mod outbox;
 pub mod template;
