@@ -475,7 +475,9 @@ async fn report_api_on_a_replayed_sample_lake() {
         .zip(report["arms"].as_array().expect("arms"))
     {
         assert_eq!(h["recipients"], a["recipients"]);
-        assert_eq!(h["revenue_per_recipient"], a["revenue_per_recipient"]);
+        // Equal up to the order DataFusion's parallel sums took.
+        let f = |v: &Value| v["revenue_per_recipient"].as_f64().expect("rpr");
+        assert!(close(f(h), f(a)), "{h} vs {a}");
     }
     let c = &cart["comparison"];
     assert_eq!(

@@ -117,6 +117,7 @@ impl ReportOptions {
             .map_err(|e| bad("report.window", e.to_string()))?;
         o.set("conversion_event", &config.report.conversion_event)
             .map_err(|e| bad("report.conversion_event", e.to_string()))?;
+        o.pre_period_secs = o.window_secs;
         Ok(o)
     }
 
@@ -278,6 +279,26 @@ mod tests {
             (3 * 86_400, 30 * 86_400)
         );
         assert_eq!(o.cap, Capping::Absolute { value: 250.0 });
+    }
+
+    #[test]
+    fn configured_defaults() {
+        let config = kairos_core::Config::from_toml(
+            "[report]\nwindow = \"14d\"\nconversion_event = \"signup\"\n",
+        )
+        .expect("config");
+        let o = ReportOptions::from_config(&config).expect("valid");
+        assert_eq!(
+            (o.window_secs, o.pre_period_secs),
+            (14 * 86_400, 14 * 86_400)
+        );
+        assert_eq!(o.conversion_event, "signup");
+        let o = o.with_params(&params(&[("window", "2d")])).expect("valid");
+        assert_eq!(o.pre_period_secs, 2 * 86_400);
+        let config =
+            kairos_core::Config::from_toml("[report]\nwindow = \"soon\"\n").expect("config");
+        let err = ReportOptions::from_config(&config).expect_err("bad window");
+        assert!(err.to_string().starts_with("report.window: "), "{err}");
     }
 
     #[test]
