@@ -98,3 +98,142 @@ async fn a_signup_gets_a_rendered_welcome_email_in_the_outbox() {
         assert!(text.contains(&needle), "{needle:?} missing in:\n{text}");
     }
 }
+
+/// A fake SMS provider on loopback: records every request and answers
+/// per recipient: `+15550101` fails once with 500 then succeeds, `+15550102`
+/// is an invalid number (400, permanent), others succeed.
+async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    async fn messages(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
+        assert_eq!(
+            headers["authorization"], "Basic QUMxOnRvaw==",
+            "basic auth with SID and token"
+        );
+        let mut s = seen.lock().expect("lock");
+        s.push(body.clone());
+        let tries = s.iter().filter(|b| **b == body).count();
+        if body.contains("To=%2B15550101") && tries == 1 {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "try again".into());
+        }
+        if body.contains("To=%2B15550102") {
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"code": 21211, "message": "Invalid 'To' Phone Number"}"#.into(),
+            );
+        }
+        (StatusCode::CREATED, format!(r#"{{"sid": "SM{tries}"}}"#))
+    }
+    let seen: Seen = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/AC1/Messages.json",
+            axum::routing::post(messages),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+// Several threads: the fake provider answers while the test blocks on
+// the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_goes_through_the_provider_api_retrying_5xx_and_never_retrying_a_bad_number() {
+    let (base, seen) = fake_twilio().await;
+    let rules = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        rules.path().join("promo.sql"),
+        "-- name: promo\n-- description: test\n-- channel: sms\n\nSELECT customer_id, 'k' AS dedupe_key FROM batch_events WHERE event_type = 'promo_seen'\n",
+    )
+    .expect("rule");
+    let templates = crate::support::templates_with(&[(
+        "promo.sms",
+        "\nHi {{ profile.first_name | default(\"there\") }}, 10% off today. Reply STOP to opt out.\n",
+    )]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n\
+         [messaging.channels.sms]\nprovider = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15550199\"\n"
+    );
+    let mut server = Server::start_with_env(
+        dir.path().to_str().expect("utf8"),
+        &config,
+        vec![
+            (
+                "KAIROS__RULES__DIR".into(),
+                rules.path().display().to_string(),
+            ),
+            (
+                "KAIROS__MESSAGING__TEMPLATES".into(),
+                templates.path().display().to_string(),
+            ),
+        ],
+    );
+    let mut batch = Vec::new();
+    for (i, phone) in ["+15550101", "+15550102", "+15550103"].iter().enumerate() {
+        let c = format!("c{i}");
+        batch.push(json!({"type": "identify", "userId": c, "messageId": format!("i{i}"), "timestamp": "2026-09-01T08:00:00Z",
+            "traits": {"phone": phone, "first_name": format!("N{i}"), "consent": {"sms": true}}}));
+        batch.push(json!({"type": "track", "userId": c, "messageId": format!("e{i}"), "event": "Promo Seen", "timestamp": "2026-09-01T09:00:00Z"}));
+    }
+    assert_eq!(
+        post(&server, "/v1/batch", &json!({ "batch": batch }))
+            .await
+            .status(),
+        200
+    );
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+    // The workers finish every handed message before a clean stop returns.
+    server.stop();
+
+    let d = read_table(dir.path(), "deliveries");
+    let mut got: Vec<(String, String, String)> = strings(&d, "customer_id")
+        .into_iter()
+        .zip(strings(&d, "status"))
+        .zip(strings(&d, "provider_message_id"))
+        .map(|((c, s), id)| {
+            (
+                c.unwrap_or_default(),
+                s.unwrap_or_default(),
+                id.unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    let errors = strings(&d, "error");
+    assert_eq!(
+        got,
+        vec![
+            ("c0".into(), "retry".into(), "".into()),
+            ("c0".into(), "sent".into(), "SM2".into()),
+            ("c1".into(), "failed".into(), "".into()),
+            ("c2".into(), "sent".into(), "SM1".into()),
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().flatten().any(|e| e.contains("21211")),
+        "{errors:?}"
+    );
+    let requests = seen.lock().expect("lock").clone();
+    assert_eq!(
+        requests.len(),
+        4,
+        "one retry, no retry of the bad number: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|b| b.contains("Body=Hi+N2%2C+10%25+off+today")),
+        "{requests:?}"
+    );
+}

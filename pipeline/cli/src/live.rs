@@ -185,6 +185,9 @@ pub async fn messaging_stage(
     let outbox: std::sync::Arc<dyn kairos_messaging::Adapter> = std::sync::Arc::new(
         kairos_messaging::outbox::Outbox::new(root.clone(), &m.from).map_err(anyhow::Error::msg)?,
     );
+    for name in m.channels.keys() {
+        channel(name, "channels")?;
+    }
     let adapters = [
         Channel::Email,
         Channel::Sms,
@@ -193,8 +196,12 @@ pub async fn messaging_stage(
         Channel::Webhook,
     ]
     .into_iter()
-    .map(|c| (c, outbox.clone()))
-    .collect();
+    .map(|c| {
+        kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox)
+            .map(|a| (c, a))
+            .map_err(anyhow::Error::msg)
+    })
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let recovered = kairos_messaging::delivery::recover(root, skip, &settings)
         .await
         .context("rebuilding delivery state from deliveries/ and sends/")?;

@@ -84,6 +84,40 @@ pub struct MessagingConfig {
     /// Per channel, what a crash leaves in doubt becomes: `retry`
     /// (at-least-once) or `drop` (at-most-once).
     pub in_doubt: std::collections::BTreeMap<String, String>,
+    /// Per channel (`email`, `sms`, `whatsapp`, `push`, `webhook`): the
+    /// provider and its credentials; absent: the outbox.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, ChannelConfig>,
+}
+
+/// `[messaging.channels.NAME]`: one channel's provider.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// `outbox` (default), `webhook`, `twilio` (SMS), `whatsapp_cloud`, `fcm` (push).
+    pub provider: String,
+    /// Provider API base URL (defaults to the provider's public one).
+    pub base_url: String,
+    /// Webhook: where to POST.
+    pub url: String,
+    /// Webhook: signing key.
+    pub secret: Secret,
+    /// Twilio: account SID.
+    pub account_sid: String,
+    /// Twilio: auth token.
+    pub auth_token: Secret,
+    /// Twilio: sender number.
+    pub from: String,
+    /// WhatsApp Cloud API version, e.g. `v21.0`.
+    pub api_version: String,
+    /// WhatsApp: the sending phone number id.
+    pub phone_number_id: String,
+    /// WhatsApp / FCM: bearer access token.
+    pub access_token: Secret,
+    /// FCM: Firebase project id.
+    pub project_id: String,
+    /// Request timeout, ms (default 10,000).
+    pub timeout_ms: u64,
 }
 
 /// `[storage]`
@@ -189,7 +223,7 @@ pub struct ExperimentsConfig {
 }
 
 /// A secret string whose `Debug` never prints the value.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 

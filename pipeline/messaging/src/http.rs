@@ -38,8 +38,15 @@ async fn failure(resp: reqwest::Response) -> Failure {
 }
 
 fn network(e: &reqwest::Error) -> Failure {
+    // reqwest's message hides the cause (refused, timed out, reset): add it.
+    let mut reason = format!("network: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(&format!(": {s}"));
+        source = s.source();
+    }
     Failure::Retryable {
-        reason: format!("network: {e}"),
+        reason,
         retry_after: None,
     }
 }

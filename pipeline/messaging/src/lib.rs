@@ -53,6 +53,87 @@ pub fn computed_traits(
     out
 }
 
+/// The adapter for `channel` from its `[messaging.channels.NAME]` settings
+/// (none: the outbox). Errors name the missing or wrong setting.
+pub fn adapter(
+    channel: kairos_policy::Channel,
+    c: Option<&kairos_core::config::ChannelConfig>,
+    outbox: &std::sync::Arc<dyn Adapter>,
+) -> Result<std::sync::Arc<dyn Adapter>, String> {
+    use kairos_policy::Channel;
+    use std::sync::Arc;
+    let Some(c) = c.filter(|c| !c.provider.is_empty() && c.provider != "outbox") else {
+        return Ok(outbox.clone());
+    };
+    let name = channel.as_str();
+    let need = |v: &str, key: &str| -> Result<String, String> {
+        if v.is_empty() {
+            Err(format!(
+                "messaging.channels.{name}.{key} is required for provider {:?}",
+                c.provider
+            ))
+        } else {
+            Ok(v.to_string())
+        }
+    };
+    let base = |default: &str| {
+        if c.base_url.is_empty() {
+            default.to_string()
+        } else {
+            c.base_url.clone()
+        }
+    };
+    let client = http::client(std::time::Duration::from_millis(if c.timeout_ms == 0 {
+        10_000
+    } else {
+        c.timeout_ms
+    }));
+    let a: Arc<dyn Adapter> = match (channel, c.provider.as_str()) {
+        (Channel::Webhook, "webhook") => Arc::new(http::Webhook {
+            url: need(&c.url, "url")?,
+            secret: need(&c.secret.0, "secret")?.into_bytes(),
+            client,
+        }),
+        (Channel::Sms, "twilio") => Arc::new(http::TwilioSms {
+            base_url: base("https://api.twilio.com"),
+            account_sid: need(&c.account_sid, "account_sid")?,
+            auth_token: need(&c.auth_token.0, "auth_token")?,
+            from: need(&c.from, "from")?,
+            client,
+        }),
+        (Channel::Whatsapp, "whatsapp_cloud") => Arc::new(http::WhatsappCloud {
+            base_url: base("https://graph.facebook.com"),
+            api_version: if c.api_version.is_empty() {
+                "v21.0".into()
+            } else {
+                c.api_version.clone()
+            },
+            phone_number_id: need(&c.phone_number_id, "phone_number_id")?,
+            access_token: need(&c.access_token.0, "access_token")?,
+            client,
+        }),
+        (Channel::Push, "fcm") => Arc::new(http::FcmPush {
+            base_url: base("https://fcm.googleapis.com"),
+            project_id: need(&c.project_id, "project_id")?,
+            access_token: need(&c.access_token.0, "access_token")?,
+            client,
+        }),
+        (_, other) => {
+            return Err(format!(
+                "messaging.channels.{name}.provider = {other:?}: for {name} use \"outbox\"{}",
+                match channel {
+                    Channel::Webhook => " or \"webhook\"",
+                    Channel::Sms => " or \"twilio\"",
+                    Channel::Whatsapp => " or \"whatsapp_cloud\"",
+                    Channel::Push => " or \"fcm\"",
+                    Channel::Email => " (SMTP is not built yet)",
+                }
+            ));
+        }
+    };
+    Ok(a)
+}
+
 /// Names of the computed traits templates may use as `customer.*`.
 pub fn computed_trait_names() -> std::collections::BTreeSet<String> {
     kairos_rules::state::CUSTOMERS_SCHEMA
