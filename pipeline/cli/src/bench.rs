@@ -8,6 +8,7 @@
 //! the p99 tick.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -291,5 +292,73 @@ pub async fn bench_policy(
         times[times.len() - 1].as_secs_f64()
     );
     anyhow::ensure!(decided == 5 * firings, "every firing gets a decision");
+    Ok(())
+}
+
+/// `kairos bench-delivery`: `messages` signed webhook POSTs to a receiver
+/// on loopback through the delivery workers (intent file, concurrent calls,
+/// a `deliveries/` file per chunk of 256), until every one is recorded.
+pub async fn bench_delivery(messages: usize) -> anyhow::Result<()> {
+    use kairos_messaging::delivery::Settings;
+    use kairos_policy::Channel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                drop(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = std::env::temp_dir().join(format!("kairos-bench-delivery-{}", std::process::id()));
+    let root = kairos_storage::DataRoot::open(dir.to_str().unwrap_or("/tmp"))?;
+    let hook: Arc<dyn kairos_messaging::Adapter> = Arc::new(kairos_messaging::http::Webhook {
+        url: format!("http://{addr}/hook"),
+        secret: b"bench".to_vec(),
+        client: kairos_messaging::http::client(std::time::Duration::from_secs(10)),
+    });
+    let dispatcher = kairos_messaging::Dispatcher::start(
+        root,
+        vec![(Channel::Webhook, hook)],
+        Settings::default(),
+    );
+    let started = Instant::now();
+    for i in 0..messages {
+        let mut rendered = kairos_messaging::template::Rendered::default();
+        rendered.body = format!("Hello customer {i}, your cart is waiting.\n");
+        dispatcher
+            .submit(kairos_messaging::Outgoing {
+                send_id: format!("cart_abandonment:0:c{i}:k"),
+                rule: "cart_abandonment".into(),
+                step: 0,
+                customer_id: format!("c{i}"),
+                channel: Channel::Webhook,
+                to: String::new(),
+                rendered,
+                unsubscribe_url: None,
+                send_at: CLOCK,
+            })
+            .map_err(anyhow::Error::msg)?;
+    }
+    dispatcher.finish().await;
+    let took = started.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    println!("| messages | received | time | sends/s | RSS |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {messages} | {got} | {took:.2} s | {:.0} | {:.0} MiB |",
+        messages as f64 / took,
+        rss_mib()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(got == messages, "every message arrives once");
     Ok(())
 }

@@ -160,6 +160,13 @@ enum Command {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// Benchmark delivery: messages through the webhook adapter to a
+    /// receiver on loopback, with the intent log and deliveries/ written.
+    BenchDelivery {
+        /// Messages to send.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+    },
     /// Work with the SQL trigger rules.
     Rules {
         #[command(subcommand)]
@@ -232,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             c.rules.dir = rules.unwrap_or(c.rules.dir);
             runtime()?.block_on(bench::bench_policy(c, customers, firings))
         }
+        Command::BenchDelivery { messages } => runtime()?.block_on(bench::bench_delivery(messages)),
         Command::BenchRules {
             history,
             batch,
@@ -327,6 +335,7 @@ fn reserved_name(c: &Command) -> &'static str {
         | Command::Backtest { .. }
         | Command::BenchRules { .. }
         | Command::BenchPolicy { .. }
+        | Command::BenchDelivery { .. }
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Report(_)

@@ -716,6 +716,16 @@ impl Dispatcher {
         self.senders.clone()
     }
 
+    /// Hands a rendered message straight to its channel's worker (what the
+    /// stage does for due sends; benchmarks use it directly).
+    pub fn submit(&self, m: Outgoing) -> Result<(), String> {
+        self.senders
+            .get(&m.channel)
+            .ok_or_else(|| format!("no worker for {}", m.channel.as_str()))?
+            .send(m)
+            .map_err(|_| "the delivery workers have stopped".to_string())
+    }
+
     /// Stops taking messages and waits until every queued one is delivered
     /// and recorded (the stage must be dropped first: it holds senders too).
     pub async fn finish(self) {
