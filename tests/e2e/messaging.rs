@@ -237,3 +237,75 @@ async fn sms_goes_through_the_provider_api_retrying_5xx_and_never_retrying_a_bad
         "{requests:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unsubscribe_link_confirms_then_records_one_opt_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
+    );
+    let order = json!({"batch": [
+        {"type": "identify", "userId": "ana", "messageId": "i1", "timestamp": "2026-09-01T08:00:00Z",
+         "traits": {"email": "ana@example.com", "consent": {"email": true}}},
+        {"type": "track", "userId": "ana", "messageId": "o1", "event": "Order Completed",
+         "timestamp": "2026-09-01T09:00:00Z", "properties": {"order_id": "o1", "revenue": 30}},
+    ]});
+    assert_eq!(post(&server, "/v1/batch", &order).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+    // The order confirmation (transactional, at once) lands in the outbox.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let eml = loop {
+        if let Some(p) = files(&dir.path().join("outbox"))
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no email delivered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(eml).expect("eml");
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: <"))
+        .and_then(|l| l.strip_suffix('>'))
+        .expect("List-Unsubscribe header")
+        .to_string();
+    let path = &url[url.find("/u/").expect("/u/ path")..];
+    let client = reqwest::Client::new();
+    let page = client.get(server.url(path)).send().await.expect("get");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("<form method=\"post\">") && html.contains("emails"),
+        "{html}"
+    );
+    for _ in 0..2 {
+        let r = client.post(server.url(path)).send().await.expect("post");
+        assert_eq!(r.status(), 200, "a second click is fine too");
+    }
+    let forged = format!("{}x", path);
+    assert_eq!(
+        client
+            .post(server.url(&forged))
+            .send()
+            .await
+            .expect("post")
+            .status(),
+        404
+    );
+    server.stop();
+
+    let events = read_table(dir.path(), "events");
+    let unsubscribes: Vec<_> = strings(&events, "event_type")
+        .into_iter()
+        .zip(strings(&events, "customer_id"))
+        .filter(|(t, _)| t.as_deref() == Some("email_unsubscribe"))
+        .collect();
+    assert_eq!(
+        unsubscribes,
+        vec![(Some("email_unsubscribe".into()), Some("ana".into()))],
+        "recorded once"
+    );
+}

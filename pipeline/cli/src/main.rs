@@ -16,6 +16,7 @@ mod loadgen;
 mod replay;
 mod report;
 mod serve;
+mod unsubscribe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -22,10 +22,17 @@ use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, Stagin
 use crate::live;
 
 /// Runs the server until SIGTERM/SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let root = DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
+    // One key for signing (delivery) and checking (the /u/ route) unsubscribe
+    // links, settled before either starts.
+    let link_key = kairos_messaging::delivery::link_key(&root, &config.messaging.link_key.0)
+        .await
+        .context("reading or storing _kairos/link-key")?;
+    config.messaging.link_key =
+        kairos_core::config::Secret(String::from_utf8_lossy(&link_key).into_owned());
     let writer = WriterId::fresh();
     let log = StagingLog::open(root.clone(), writer.clone())?;
     let backlog = log.backlog();
@@ -126,6 +133,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let m = metrics.clone();
     let app = Router::new()
+        .merge(crate::unsubscribe::router(link_key, state.clone()))
         .merge(kairos_ingest::router(state))
         .merge(report_router(&config, &root)?)
         .route("/healthz", get(|| async { "ok\n" }))

@@ -53,6 +53,33 @@ pub struct IngestState {
     pub max_staged_bytes: u64,
 }
 
+impl IngestState {
+    /// Takes one call made by Kairos itself (e.g. an unsubscribe link
+    /// followed), through the same validation and durable staging as an
+    /// API call, from source `source`.
+    pub async fn record(&self, call: &serde_json::Value, source: &str) -> Result<(), String> {
+        let raw = serde_json::value::to_raw_value(call).map_err(|e| e.to_string())?;
+        let env = Envelope {
+            source,
+            received_at_us: now_us(),
+            batch_sent_at_us: None,
+        };
+        let mut staged = Vec::new();
+        self.normalizer
+            .item(&raw, None, 0, &env, &mut staged)
+            .map_err(|e| format!("{}: {}", e.field, e.reason))?;
+        let mut payload = Vec::new();
+        for item in &staged {
+            serde_json::to_writer(&mut payload, item).map_err(|e| e.to_string())?;
+            payload.push(b'\n');
+        }
+        self.committer
+            .commit(payload, staged.len())
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The `/v1/*` routes, with CORS answered for browsers.
 pub fn router(state: Arc<IngestState>) -> Router {
     let cors = CorsLayer::new()
