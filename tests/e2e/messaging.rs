@@ -309,3 +309,108 @@ async fn the_unsubscribe_link_confirms_then_records_one_opt_out() {
         "recorded once"
     );
 }
+
+/// A real SMTP server (aiosmtpd, installed by `.ci/setup-test-env`) on a
+/// loopback port, writing what it receives into a Maildir.
+struct Aiosmtpd {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Aiosmtpd {
+    fn start() -> Option<Aiosmtpd> {
+        let python = crate::support::external("KAIROS_TEST_PYTHON")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let maildir = tempfile::tempdir().expect("tempdir");
+        let child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("mail"))
+            .spawn()
+            .expect("start aiosmtpd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(Aiosmtpd {
+            child,
+            port,
+            maildir,
+        })
+    }
+
+    fn messages(&self) -> Vec<String> {
+        files(&self.maildir.path().join("mail/new"))
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read mail"))
+            .collect()
+    }
+}
+
+impl Drop for Aiosmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_arrives_at_a_real_smtp_server_with_its_headers() {
+    let Some(smtp) = Aiosmtpd::start() else {
+        eprintln!("KAIROS_TEST_PYTHON not set: run .ci/setup-test-env (the test command does)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[rules]\nclock = \"events\"\ninterval_ms = 50\n[messaging]\nfrom = \"Shop <shop@example.com>\"\npublic_url = \"https://shop.example\"\n\
+         [messaging.channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+        smtp.port
+    );
+    let mut server = Server::start(dir.path().to_str().expect("utf8"), &config);
+    let order = json!({"batch": [
+        {"type": "identify", "userId": "ana", "messageId": "i1", "timestamp": "2026-09-01T08:00:00Z",
+         "traits": {"email": "ana@example.com", "first_name": "Ana", "consent": {"email": true}}},
+        {"type": "track", "userId": "ana", "messageId": "o1", "event": "Order Completed",
+         "timestamp": "2026-09-01T09:00:00Z", "properties": {"order_id": "o1", "revenue": 30, "currency": "EUR"}},
+    ]});
+    assert_eq!(post(&server, "/v1/batch", &order).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+    server.stop();
+
+    let mail = smtp.messages();
+    assert_eq!(mail.len(), 1, "one order confirmation: {mail:?}");
+    for needle in [
+        "From: Shop <shop@example.com>",
+        "To: ana@example.com",
+        "Subject: Your order is confirmed",
+        "Message-ID: <order_confirmation_0_ana_order_o1-",
+        "List-Unsubscribe: <https://shop.example/u/",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "Hi Ana,",
+        "Thank you for your order of 30",
+    ] {
+        assert!(
+            mail[0].contains(needle),
+            "{needle:?} missing in:\n{}",
+            mail[0]
+        );
+    }
+    let d = read_table(dir.path(), "deliveries");
+    assert_eq!(strings(&d, "provider"), vec![Some("smtp".to_string())]);
+    assert_eq!(strings(&d, "status"), vec![Some("sent".to_string())]);
+}

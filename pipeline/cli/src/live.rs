@@ -197,7 +197,7 @@ pub async fn messaging_stage(
     ]
     .into_iter()
     .map(|c| {
-        kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox)
+        kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
             .map(|a| (c, a))
             .map_err(anyhow::Error::msg)
     })

@@ -94,7 +94,7 @@ pub struct MessagingConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelConfig {
-    /// `outbox` (default), `webhook`, `twilio` (SMS), `whatsapp_cloud`, `fcm` (push).
+    /// `outbox` (default), `smtp` (email), `webhook`, `twilio` (SMS), `whatsapp_cloud`, `fcm` (push).
     pub provider: String,
     /// Provider API base URL (defaults to the provider's public one).
     pub base_url: String,
@@ -116,6 +116,16 @@ pub struct ChannelConfig {
     pub access_token: Secret,
     /// FCM: Firebase project id.
     pub project_id: String,
+    /// SMTP: server host.
+    pub host: String,
+    /// SMTP: port (default 587 with `starttls`, 465 with `tls`, 25 with `none`).
+    pub port: u16,
+    /// SMTP: `starttls` (default), `tls` (implicit) or `none` (loopback only).
+    pub tls: String,
+    /// SMTP: user name (none: no authentication).
+    pub username: String,
+    /// SMTP: password.
+    pub password: Secret,
     /// Request timeout, ms (default 10,000).
     pub timeout_ms: u64,
 }

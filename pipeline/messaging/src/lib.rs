@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod http;
 pub mod limits;
 pub mod outbox;
+pub mod smtp;
 pub mod template;
 
 use datafusion::arrow::array::{
@@ -59,6 +60,7 @@ pub fn adapter(
     channel: kairos_policy::Channel,
     c: Option<&kairos_core::config::ChannelConfig>,
     outbox: &std::sync::Arc<dyn Adapter>,
+    from: &str,
 ) -> Result<std::sync::Arc<dyn Adapter>, String> {
     use kairos_policy::Channel;
     use std::sync::Arc;
@@ -83,12 +85,41 @@ pub fn adapter(
             c.base_url.clone()
         }
     };
-    let client = http::client(std::time::Duration::from_millis(if c.timeout_ms == 0 {
+    let timeout = std::time::Duration::from_millis(if c.timeout_ms == 0 {
         10_000
     } else {
         c.timeout_ms
-    }));
+    });
+    let client = http::client(timeout);
     let a: Arc<dyn Adapter> = match (channel, c.provider.as_str()) {
+        (Channel::Email, "smtp") => {
+            let tls = match c.tls.as_str() {
+                "" | "starttls" => smtp::Tls::StartTls,
+                "tls" => smtp::Tls::Implicit,
+                "none" => smtp::Tls::None,
+                other => {
+                    return Err(format!(
+                        "messaging.channels.email.tls = {other:?}: use \"starttls\", \"tls\" or \"none\""
+                    ));
+                }
+            };
+            let port = match (c.port, tls) {
+                (0, smtp::Tls::StartTls) => 587,
+                (0, smtp::Tls::Implicit) => 465,
+                (0, smtp::Tls::None) => 25,
+                (p, _) => p,
+            };
+            let credentials =
+                (!c.username.is_empty()).then(|| (c.username.clone(), c.password.0.clone()));
+            Arc::new(smtp::Smtp::new(
+                &need(&c.host, "host")?,
+                port,
+                tls,
+                credentials,
+                from,
+                timeout,
+            )?)
+        }
         (Channel::Webhook, "webhook") => Arc::new(http::Webhook {
             url: need(&c.url, "url")?,
             secret: need(&c.secret.0, "secret")?.into_bytes(),
@@ -126,7 +157,7 @@ pub fn adapter(
                     Channel::Sms => " or \"twilio\"",
                     Channel::Whatsapp => " or \"whatsapp_cloud\"",
                     Channel::Push => " or \"fcm\"",
-                    Channel::Email => " (SMTP is not built yet)",
+                    Channel::Email => " or \"smtp\"",
                 }
             ));
         }
