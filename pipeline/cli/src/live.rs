@@ -188,20 +188,14 @@ pub async fn messaging_stage(
     for name in m.channels.keys() {
         channel(name, "channels")?;
     }
-    let adapters = [
-        Channel::Email,
-        Channel::Sms,
-        Channel::Whatsapp,
-        Channel::Push,
-        Channel::Webhook,
-    ]
-    .into_iter()
-    .map(|c| {
-        kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
-            .map(|a| (c, a))
-            .map_err(anyhow::Error::msg)
-    })
-    .collect::<anyhow::Result<Vec<_>>>()?;
+    let adapters = Channel::ALL
+        .into_iter()
+        .map(|c| {
+            kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
+                .map(|a| (c, a))
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let recovered = kairos_messaging::delivery::recover(root, skip, &settings)
         .await
         .context("rebuilding delivery state from deliveries/ and sends/")?;

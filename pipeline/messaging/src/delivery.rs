@@ -529,24 +529,6 @@ pub struct Recovered {
     pub retried: usize,
 }
 
-async fn parquet_files(
-    root: &DataRoot,
-    table: &str,
-    skip: Option<&str>,
-) -> Result<Vec<ObjectPath>, StorageError> {
-    let skip = skip.map(|s| format!("{s}.parquet"));
-    Ok(root
-        .list(&ObjectPath::from(table))
-        .await?
-        .into_iter()
-        .map(|m| m.location)
-        .filter(|p| {
-            let n = p.filename().unwrap_or_default();
-            n.ends_with(".parquet") && skip.as_deref() != Some(n)
-        })
-        .collect())
-}
-
 fn strings(b: &RecordBatch, name: &str) -> Option<StringArray> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -561,7 +543,7 @@ pub async fn recover(
     settings: &Settings,
 ) -> Result<Recovered, StorageError> {
     let mut r = Recovered::default();
-    for path in parquet_files(root, DELIVERIES, skip).await? {
+    for path in kairos_rules::firings::batch_files(root, DELIVERIES, skip).await? {
         for b in read_parquet(root, &path, Some(&["send_id", "status"])).await? {
             let (Some(id), Some(st)) = (strings(&b, "send_id"), strings(&b, "status")) else {
                 continue;
@@ -578,7 +560,8 @@ pub async fn recover(
     let by_id: HashMap<&str, &SendRow> = sends.iter().map(|s| (s.send_id.as_str(), s)).collect();
     let mut dropped_rows = Vec::new();
     let now = chrono::Utc::now().timestamp_micros();
-    for m in root.list(&ObjectPath::from(INTENTS_DIR)).await? {
+    let intents = root.list(&ObjectPath::from(INTENTS_DIR)).await?;
+    for m in &intents {
         let Some(bytes) = root.read(&m.location).await? else {
             continue;
         };
@@ -631,7 +614,7 @@ pub async fn recover(
         )
         .await?;
     }
-    for m in root.list(&ObjectPath::from(INTENTS_DIR)).await? {
+    for m in &intents {
         let _ = root.store.delete(&m.location).await;
     }
     let wanted: HashSet<(String, String, String)> = sends
@@ -640,7 +623,9 @@ pub async fn recover(
         .map(|s| (s.rule.clone(), s.customer_id.clone(), s.dedupe_key.clone()))
         .collect();
     if !wanted.is_empty() {
-        for path in parquet_files(root, kairos_rules::firings::FIRINGS, None).await? {
+        for path in
+            kairos_rules::firings::batch_files(root, kairos_rules::firings::FIRINGS, None).await?
+        {
             for b in read_parquet(
                 root,
                 &path,

@@ -51,6 +51,16 @@ fn network(e: &reqwest::Error) -> Failure {
     }
 }
 
+/// Sends a request; a non-2xx answer or a network error becomes a
+/// [`Failure`], a success its JSON body (null when it has none).
+async fn call(req: reqwest::RequestBuilder) -> Result<Value, Failure> {
+    let resp = req.send().await.map_err(|e| network(&e))?;
+    if !resp.status().is_success() {
+        return Err(failure(resp).await);
+    }
+    Ok(resp.json().await.unwrap_or_default())
+}
+
 /// A client with a request timeout (a slow provider becomes a retryable
 /// failure, never a stuck worker).
 pub fn client(timeout: Duration) -> reqwest::Client {
@@ -105,23 +115,19 @@ impl Adapter for Webhook {
         }))
         .unwrap_or_default();
         let ts = chrono::Utc::now().timestamp();
-        let resp = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("x-kairos-timestamp", ts.to_string())
-            .header(
-                "x-kairos-signature",
-                webhook_signature(&self.secret, ts, &body),
-            )
-            .header("idempotency-key", &m.send_id)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| network(&e))?;
-        if !resp.status().is_success() {
-            return Err(failure(resp).await);
-        }
+        call(
+            self.client
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .header("x-kairos-timestamp", ts.to_string())
+                .header(
+                    "x-kairos-signature",
+                    webhook_signature(&self.secret, ts, &body),
+                )
+                .header("idempotency-key", &m.send_id)
+                .body(body),
+        )
+        .await?;
         Ok(Receipt {
             provider: "webhook".into(),
             provider_message_id: m.send_id.clone(),
@@ -163,19 +169,14 @@ impl Adapter for TwilioSms {
             ("From", self.from.as_str()),
             ("Body", m.rendered.body.trim_end()),
         ];
-        let resp = self
-            .client
-            .post(url)
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .header("i-twilio-idempotency-token", &m.send_id)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| network(&e))?;
-        if !resp.status().is_success() {
-            return Err(failure(resp).await);
-        }
-        let v: Value = resp.json().await.unwrap_or_default();
+        let v = call(
+            self.client
+                .post(url)
+                .basic_auth(&self.account_sid, Some(&self.auth_token))
+                .header("i-twilio-idempotency-token", &m.send_id)
+                .form(&form),
+        )
+        .await?;
         Ok(Receipt {
             provider: "twilio".into(),
             provider_message_id: v["sid"].as_str().unwrap_or_default().to_string(),
@@ -230,18 +231,13 @@ impl Adapter for WhatsappCloud {
                 "components": [{"type": "body", "parameters": parameters}],
             }
         });
-        let resp = self
-            .client
-            .post(url)
-            .bearer_auth(&self.access_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| network(&e))?;
-        if !resp.status().is_success() {
-            return Err(failure(resp).await);
-        }
-        let v: Value = resp.json().await.unwrap_or_default();
+        let v = call(
+            self.client
+                .post(url)
+                .bearer_auth(&self.access_token)
+                .json(&body),
+        )
+        .await?;
         Ok(Receipt {
             provider: "whatsapp_cloud".into(),
             provider_message_id: v["messages"][0]["id"]
@@ -288,18 +284,13 @@ impl Adapter for FcmPush {
                 "data": {"send_id": m.send_id},
             }
         });
-        let resp = self
-            .client
-            .post(url)
-            .bearer_auth(&self.access_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| network(&e))?;
-        if !resp.status().is_success() {
-            return Err(failure(resp).await);
-        }
-        let v: Value = resp.json().await.unwrap_or_default();
+        let v = call(
+            self.client
+                .post(url)
+                .bearer_auth(&self.access_token)
+                .json(&body),
+        )
+        .await?;
         Ok(Receipt {
             provider: "fcm".into(),
             provider_message_id: v["name"].as_str().unwrap_or_default().to_string(),

@@ -50,17 +50,18 @@ impl Channel {
         }
     }
 
+    /// Every channel.
+    pub const ALL: [Channel; 5] = [
+        Channel::Email,
+        Channel::Sms,
+        Channel::Whatsapp,
+        Channel::Push,
+        Channel::Webhook,
+    ];
+
     /// Parses a channel name.
     pub fn parse(s: &str) -> Option<Channel> {
-        [
-            Channel::Email,
-            Channel::Sms,
-            Channel::Whatsapp,
-            Channel::Push,
-            Channel::Webhook,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
     fn index(self) -> usize {

@@ -12,7 +12,6 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use object_store::path::Path as ObjectPath;
 
 use kairos_experiments::{Arm, Assignment};
 use kairos_rules::runner::BatchStage;
@@ -133,24 +132,6 @@ fn decision(s: &str) -> Decision {
     }
 }
 
-async fn files(
-    root: &DataRoot,
-    table: &str,
-    skip: Option<&str>,
-) -> Result<Vec<ObjectPath>, StorageError> {
-    let skip = skip.map(|s| format!("{s}.parquet"));
-    Ok(root
-        .list(&ObjectPath::from(table))
-        .await?
-        .into_iter()
-        .map(|m| m.location)
-        .filter(|p| {
-            let name = p.filename().unwrap_or_default();
-            name.ends_with(".parquet") && skip.as_deref() != Some(name)
-        })
-        .collect())
-}
-
 /// Rebuilds `stage` from `sends/` and `assignments/`, leaving out the files
 /// of batch `skip` (being redone).
 pub async fn restore(
@@ -158,7 +139,7 @@ pub async fn restore(
     root: &DataRoot,
     skip: Option<&str>,
 ) -> Result<(), StorageError> {
-    for path in files(root, ASSIGNMENTS, skip).await? {
+    for path in kairos_rules::firings::batch_files(root, ASSIGNMENTS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
             let s = |n: &str| {
                 b.column_by_name(n)
@@ -191,7 +172,7 @@ pub async fn restore(
 /// `skip` (being redone).
 pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendRow>, StorageError> {
     let mut rows = Vec::new();
-    for path in files(root, SENDS, skip).await? {
+    for path in kairos_rules::firings::batch_files(root, SENDS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
             rows.extend(send_rows(&b));
         }

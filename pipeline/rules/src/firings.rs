@@ -114,31 +114,40 @@ pub async fn write_table(
     Ok(path)
 }
 
+/// The Parquet files of a per-batch table (`firings/`, `sends/`, …),
+/// leaving out batch `skip`'s (being redone).
+pub async fn batch_files(
+    root: &DataRoot,
+    table: &str,
+    skip: Option<&str>,
+) -> Result<Vec<ObjectPath>, StorageError> {
+    let skip = skip.map(|s| format!("{s}.parquet"));
+    Ok(root
+        .list(&ObjectPath::from(table))
+        .await?
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|p| {
+            let name = p.filename().unwrap_or_default();
+            name.ends_with(".parquet") && skip.as_deref() != Some(name)
+        })
+        .collect())
+}
+
 /// Every past firing as (rule, customer, key), skipping the file of batch `skip`.
 pub async fn load(
     root: &DataRoot,
     skip: Option<&str>,
 ) -> Result<Vec<(String, String, String)>, StorageError> {
     let mut out = Vec::new();
-    let skip = skip.map(|s| format!("{s}.parquet"));
-    for meta in root.list(&ObjectPath::from(FIRINGS)).await? {
-        let name = meta.location.filename().unwrap_or_default();
-        if !name.ends_with(".parquet") || skip.as_deref() == Some(name) {
-            continue;
-        }
-        for b in read_parquet(
-            root,
-            &meta.location,
-            Some(&["rule", "customer_id", "dedupe_key"]),
-        )
-        .await?
-        {
+    for path in batch_files(root, FIRINGS, skip).await? {
+        for b in read_parquet(root, &path, Some(&["rule", "customer_id", "dedupe_key"])).await? {
             let col = |n: &str| {
                 b.column_by_name(n)
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
                     .cloned()
                     .ok_or_else(|| StorageError::Corrupt {
-                        path: meta.location.to_string(),
+                        path: path.to_string(),
                         reason: format!("no string column {n}"),
                     })
             };
