@@ -238,6 +238,181 @@ async fn sms_goes_through_the_provider_api_retrying_5xx_and_never_retrying_a_bad
     );
 }
 
+/// POSTs a form to `path` on `server`, signed as Twilio signs it for the
+/// public URL `public`.
+async fn twilio_post(
+    server: &Server,
+    public: &str,
+    path: &str,
+    form: &[(&str, &str)],
+    token: &str,
+) -> reqwest::Response {
+    let params: Vec<(String, String)> = form
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let signature =
+        kairos_messaging::callbacks::twilio_signature(token, &format!("{public}{path}"), &params);
+    reqwest::Client::new()
+        .post(server.url(path))
+        .header("x-twilio-signature", signature)
+        .form(&params)
+        .send()
+        .await
+        .expect("send")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_reply_stops_the_next_sms_and_status_callbacks_are_recorded() {
+    let (base, seen) = fake_twilio().await;
+    let rules = tempfile::tempdir().expect("tempdir");
+    // One firing per promo event (its id is the dedupe key).
+    std::fs::write(
+        rules.path().join("promo.sql"),
+        "-- name: promo\n-- description: test\n-- channel: sms\n\nSELECT customer_id, event_id AS dedupe_key FROM batch_events WHERE event_type = 'promo_seen'\n",
+    )
+    .expect("rule");
+    let templates = crate::support::templates_with(&[(
+        "promo.sms",
+        "\nHi, 10% off today. Reply STOP to opt out.\n",
+    )]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Twilio signs the URL it was given: the public one, not our loopback.
+    let public = "https://kairos.example";
+    let config = format!(
+        "[rules]\nclock = \"events\"\ninterval_ms = 50\n[publish]\ninterval_secs = 1\n[policy]\ncaps = []\nquiet_hours = \"\"\n\
+         [messaging]\npublic_url = \"{public}\"\n\
+         [messaging.channels.sms]\nprovider = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15550199\"\n"
+    );
+    let mut server = Server::start_with_env(
+        dir.path().to_str().expect("utf8"),
+        &config,
+        vec![
+            (
+                "KAIROS__RULES__DIR".into(),
+                rules.path().display().to_string(),
+            ),
+            (
+                "KAIROS__MESSAGING__TEMPLATES".into(),
+                templates.path().display().to_string(),
+            ),
+        ],
+    );
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "c0", "messageId": "i0", "timestamp": "2026-09-01T08:00:00Z",
+         "traits": {"phone": "+1 555-0103", "consent": {"sms": true}}},
+        {"type": "track", "userId": "c0", "messageId": "e0", "event": "Promo Seen", "timestamp": "2026-09-01T09:00:00Z"},
+    ]});
+    assert_eq!(post(&server, "/v1/batch", &batch).await.status(), 200);
+    wait_clock(dir.path(), "2026-09-01T09:00:00Z");
+
+    // The message named its status callback; the provider reports delivery.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let callback = loop {
+        let first = seen.lock().expect("lock").first().cloned();
+        if let Some(body) = first {
+            let form: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{body}"))
+                .expect("form")
+                .query_pairs()
+                .into_owned()
+                .collect();
+            break form
+                .into_iter()
+                .find(|(k, _)| k == "StatusCallback")
+                .map(|(_, v)| v)
+                .expect("StatusCallback in the Twilio request");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SMS reached the provider"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let path = callback
+        .strip_prefix(public)
+        .unwrap_or_else(|| panic!("{callback} is not under the public URL"))
+        .to_string();
+    assert!(path.starts_with("/callbacks/sms/"), "{path}");
+    let delivered = [
+        ("MessageSid", "SM1"),
+        ("MessageStatus", "delivered"),
+        ("To", "+15550103"),
+    ];
+    let forged = twilio_post(&server, public, &path, &delivered, "not the token").await;
+    assert_eq!(forged.status(), 403, "a wrong signature is refused");
+    let ok = twilio_post(&server, public, &path, &delivered, "tok").await;
+    assert_eq!(ok.status(), 200, "{:?}", ok.text().await);
+
+    // The customer replies STOP; their number is found in the profile
+    // (once published), written differently.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while crate::support::rows(&read_table(dir.path(), "profiles")) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "profiles never published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stop = [
+        ("MessageSid", "SMin1"),
+        ("From", "+15550103"),
+        ("To", "+15550199"),
+        ("Body", "Stop"),
+    ];
+    let r = twilio_post(&server, public, "/callbacks/sms", &stop, "tok").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text().await.expect("body").contains("<Response>"),
+        "TwiML answer"
+    );
+
+    // The next promo (after the STOP, in event time) sends nothing.
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let next = json!({"type": "track", "userId": "c0", "messageId": "e1", "event": "Promo Seen", "timestamp": later});
+    assert_eq!(post(&server, "/v1/track", &next).await.status(), 200);
+    wait_clock(dir.path(), &later);
+    server.stop();
+
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        1,
+        "one SMS only: the STOP came between"
+    );
+    let sends = read_table(dir.path(), "sends");
+    let decisions: Vec<(Option<String>, Option<String>)> = strings(&sends, "decision")
+        .into_iter()
+        .zip(strings(&sends, "reason"))
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert!(
+        decisions
+            .iter()
+            .any(|(d, r)| d.as_deref() == Some("suppressed")
+                && r.as_deref().is_some_and(|r| r.contains("sms"))),
+        "the second promo is suppressed for SMS consent: {decisions:?}"
+    );
+    // Both callbacks are events: the delivery receipt and the opt-out.
+    let events = read_table(dir.path(), "events");
+    let types: Vec<Option<String>> = strings(&events, "event_type");
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| t.as_deref() == Some("message_status"))
+            .count(),
+        2,
+        "{types:?}"
+    );
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| t.as_deref() == Some("sms_opt_out"))
+            .count(),
+        1,
+        "{types:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unsubscribe_link_confirms_then_records_one_opt_out() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -344,6 +344,8 @@ pub async fn bench_delivery(messages: usize) -> anyhow::Result<()> {
                 to: String::new(),
                 rendered,
                 unsubscribe_url: None,
+                reference: "ref".into(),
+                status_url: "http://127.0.0.1:8080/callbacks/ref".into(),
                 send_at: CLOCK,
             })
             .map_err(anyhow::Error::msg)?;

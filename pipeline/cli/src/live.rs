@@ -93,13 +93,14 @@ pub async fn add_stages(
     runner: &mut Runner,
     root: &DataRoot,
     skip: Option<&str>,
+    updates: Option<Updates>,
 ) -> anyhow::Result<Option<kairos_messaging::Dispatcher>> {
     add_policy_stage(config, runner, root, skip).await?;
     if !config.messaging.enabled {
         return Ok(None);
     }
     let rules: Vec<kairos_rules::Rule> = runner.engine.rules().cloned().collect();
-    let (stage, dispatcher) = messaging_stage(config, &rules, root, skip).await?;
+    let (stage, dispatcher) = messaging_stage(config, &rules, root, skip, updates).await?;
     runner.add_stage(Box::new(stage));
     Ok(Some(dispatcher))
 }
@@ -139,6 +140,10 @@ pub async fn load_templates(
     Ok(templates)
 }
 
+/// Where sends that find their customer unreachable are reported (serve
+/// records them as consent changes; see `callbacks::forward`).
+pub type Updates = tokio::sync::mpsc::UnboundedSender<kairos_messaging::callbacks::StatusUpdate>;
+
 /// The delivery stage and its channel workers (the outbox for every
 /// channel), recovered from `deliveries/`, leftover intents and `sends/`.
 pub async fn messaging_stage(
@@ -146,6 +151,7 @@ pub async fn messaging_stage(
     rules: &[kairos_rules::Rule],
     root: &DataRoot,
     skip: Option<&str>,
+    updates: Option<Updates>,
 ) -> anyhow::Result<(kairos_messaging::Messaging, kairos_messaging::Dispatcher)> {
     use kairos_messaging::delivery::InDoubt;
     use kairos_policy::Channel;
@@ -165,6 +171,7 @@ pub async fn messaging_stage(
             .await
             .context("reading or storing _kairos/link-key")?,
         max_sms_segments: m.max_sms_segments.max(1),
+        status_updates: updates.clone(),
         ..Default::default()
     };
     for (name, rate) in &m.rate_per_second {
@@ -205,6 +212,11 @@ pub async fn messaging_stage(
             dropped = recovered.dropped,
             "sends left in doubt by a crash"
         );
+    }
+    if let Some(tx) = &updates {
+        for u in &recovered.unreachable {
+            let _ = tx.send(u.clone());
+        }
     }
     let dispatcher = kairos_messaging::Dispatcher::start(root.clone(), adapters, settings.clone());
     let mut stage = kairos_messaging::Messaging::new(rules, templates, settings, &dispatcher);
@@ -298,6 +310,7 @@ pub async fn recover(
     clock: Clock,
     metrics: &Metrics,
     writer: &WriterId,
+    updates: Option<Updates>,
 ) -> anyhow::Result<(Runner, Option<kairos_messaging::Dispatcher>)> {
     let rules = load_rules(config).await?;
     let started = Instant::now();
@@ -312,7 +325,14 @@ pub async fn recover(
     .await
     .context("rebuilding the rule engine's state from the data root")?;
     let mut runner = rec.runner;
-    let dispatcher = add_stages(config, &mut runner, root, rec.redo_batch.as_deref()).await?;
+    let dispatcher = add_stages(
+        config,
+        &mut runner,
+        root,
+        rec.redo_batch.as_deref(),
+        updates,
+    )
+    .await?;
     tracing::info!(
         events = rec.rebuilt_events,
         customers = runner.engine.state.len(),

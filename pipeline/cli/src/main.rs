@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backtest;
 mod bench;
+mod callbacks;
 mod generate;
 mod import;
 mod live;

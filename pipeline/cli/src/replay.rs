@@ -109,7 +109,7 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     .await?;
     let mut runner = rec.runner;
     let dispatcher =
-        live::add_stages(&config, &mut runner, &root, rec.redo_batch.as_deref()).await?;
+        live::add_stages(&config, &mut runner, &root, rec.redo_batch.as_deref(), None).await?;
     if let Some((redo, at)) = rec.redo {
         runner.redo(redo, at).await?;
     }

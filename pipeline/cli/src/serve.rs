@@ -45,6 +45,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     // A failed rules batch stops the server: its state already holds the
     // batch, so only a restart (which redoes it from staging) is safe.
     let (rules_failed, on_rules_failure) = oneshot::channel::<()>();
+    // Sends that find a customer unreachable become consent changes,
+    // recorded through ingest once it is up (below).
+    let (updates, unreachable) = tokio::sync::mpsc::unbounded_channel();
     let (feed, rules_task) = if config.rules.enabled {
         // Rules are checked before the port opens: a bad rule set stops the
         // start. The state is rebuilt in the background, so intake answers
@@ -55,17 +58,26 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
             live::load_templates(&config, &rules).await?;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (config, root, gate, writer, metrics) = (
+        let (config, root, gate, writer, metrics, updates) = (
             config.clone(),
             root.clone(),
             gate.clone(),
             writer.clone(),
             metrics.clone(),
+            updates.clone(),
         );
         let task = tokio::spawn(async move {
             let result = async {
-                let (runner, dispatcher) =
-                    live::recover(&config, &root, gate, clock, &metrics, &writer).await?;
+                let (runner, dispatcher) = live::recover(
+                    &config,
+                    &root,
+                    gate,
+                    clock,
+                    &metrics,
+                    &writer,
+                    Some(updates),
+                )
+                .await?;
                 live::run(live::Live {
                     runner,
                     dispatcher,
@@ -131,9 +143,23 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         backlog: backlog.clone(),
         max_staged_bytes: config.ingest.max_staged_bytes,
     });
+    drop(updates);
+    // Holds an ingest handle until the delivery workers stop; they stop
+    // after the committer drains, so it must not keep the committer alive:
+    // a weak handle. A consent change that finds ingest gone is recorded
+    // at the next start (delivery recovery re-reports `unreachable` rows).
+    let forwarder = crate::callbacks::forward(Arc::downgrade(&state), unreachable);
+    let callbacks = crate::callbacks::Callbacks::new(
+        link_key.clone(),
+        state.clone(),
+        root.clone(),
+        &config.messaging.public_url,
+        config.messaging.channels.clone(),
+    );
     let m = metrics.clone();
     let app = Router::new()
         .merge(crate::unsubscribe::router(link_key, state.clone()))
+        .merge(crate::callbacks::router(callbacks))
         .merge(kairos_ingest::router(state))
         .merge(report_router(&config, &root)?)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -167,6 +193,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     if let Some(task) = rules_task {
         task.await.context("rules task")??;
     }
+    let _ = forwarder.await;
     let _ = stop_publisher.send(());
     publish_task.await.context("publisher task")??;
     kairos_storage::staging::remove_writer_dir(&root, &writer);

@@ -116,6 +116,10 @@ pub struct ChannelConfig {
     pub access_token: Secret,
     /// FCM: Firebase project id.
     pub project_id: String,
+    /// FCM: path of the service-account JSON file (Firebase console →
+    /// Service accounts); tokens are fetched and renewed from it. Instead
+    /// of `access_token`.
+    pub service_account: String,
     /// SMTP: server host.
     pub host: String,
     /// SMTP: port (default 587 with `starttls`, 465 with `tls`, 25 with `none`).
@@ -128,6 +132,13 @@ pub struct ChannelConfig {
     pub password: Secret,
     /// Request timeout, ms (default 10,000).
     pub timeout_ms: u64,
+    /// Key checking `X-Kairos-Signature` on this channel's generic status
+    /// callbacks (`POST /callbacks/NAME`); empty: the webhook `secret`.
+    pub callback_secret: Secret,
+    /// WhatsApp: the Meta app secret checking `X-Hub-Signature-256`.
+    pub app_secret: Secret,
+    /// WhatsApp: the verify token of the webhook subscription handshake.
+    pub verify_token: Secret,
 }
 
 /// `[storage]`

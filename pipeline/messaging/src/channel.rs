@@ -27,6 +27,11 @@ pub struct Outgoing {
     pub rendered: Rendered,
     /// The link that unsubscribes the customer from this channel.
     pub unsubscribe_url: Option<String>,
+    /// Signed (customer, channel, send id), handed to the provider so its
+    /// callbacks name the message (see [`crate::callbacks`]).
+    pub reference: String,
+    /// Where the provider posts this message's status (`/callbacks/...`).
+    pub status_url: String,
     /// When the policy said it may go, µs.
     pub send_at: i64,
 }
@@ -54,6 +59,14 @@ pub enum Failure {
     /// Never retried (invalid address, other 4xx, a message over a limit).
     #[error("permanent: {reason}")]
     Permanent {
+        /// What the provider said.
+        reason: String,
+    },
+    /// Never retried, and the customer cannot be reached on this channel
+    /// any more (dead push token, hard bounce, recipient blocked us): their
+    /// consent for it is withdrawn.
+    #[error("unreachable: {reason}")]
+    Unreachable {
         /// What the provider said.
         reason: String,
     },

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use object_store::ObjectStoreExt as _;
@@ -45,6 +45,7 @@ use kairos_rules::{Rule, TickReport};
 use kairos_storage::tables::read_parquet;
 use kairos_storage::{DataRoot, StorageError};
 
+use crate::callbacks::StatusUpdate;
 use crate::channel::{Adapter, Failure, Outgoing};
 use crate::limits;
 use crate::template::Templates;
@@ -99,7 +100,8 @@ pub struct DeliveryRow {
     /// 1, 2, …; 0 for rows written without a provider call.
     pub attempt: u32,
     /// `sent`, `retry` (this attempt failed, another follows), `failed`
-    /// (final), `in_doubt_dropped`.
+    /// (final), `unreachable` (final: the provider says the address is dead
+    /// or the recipient blocked us; consent is withdrawn), `in_doubt_dropped`.
     pub status: &'static str,
     /// The provider's message id.
     pub provider_message_id: Option<String>,
@@ -179,6 +181,10 @@ pub struct Settings {
     pub link_key: Vec<u8>,
     /// Longest SMS, in segments.
     pub max_sms_segments: usize,
+    /// Where a send that finds its customer unreachable (dead token, hard
+    /// bounce, recipient blocked) reports it, to withdraw consent; none:
+    /// only logged.
+    pub status_updates: Option<mpsc::UnboundedSender<StatusUpdate>>,
 }
 
 impl Default for Settings {
@@ -192,24 +198,14 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:8080".into(),
             link_key: Vec::new(),
             max_sms_segments: 3,
+            status_updates: None,
         }
     }
 }
 
 /// A signed token naming (customer, channel): the unsubscribe link's.
 pub fn unsubscribe_token(key: &[u8], customer_id: &str, channel: Channel) -> String {
-    use base64::Engine as _;
-    let payload = format!("{customer_id}\n{}", channel.as_str());
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
-        payload.as_bytes(),
-    );
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{}.{}",
-        b64.encode(payload),
-        b64.encode(&tag.as_ref()[..16])
-    )
+    crate::callbacks::sign_fields(key, &[customer_id, channel.as_str()])
 }
 
 /// The key signing unsubscribe links: `configured`, else the one kept in
@@ -238,14 +234,8 @@ pub async fn link_key(root: &DataRoot, configured: &str) -> Result<Vec<u8>, Stor
 
 /// The (customer, channel) of a token, if its signature holds.
 pub fn verify_unsubscribe_token(key: &[u8], token: &str) -> Option<(String, Channel)> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (payload, tag) = token.split_once('.')?;
-    let payload = String::from_utf8(b64.decode(payload).ok()?).ok()?;
-    let (customer, channel) = payload.split_once('\n')?;
-    let channel = Channel::parse(channel)?;
-    (unsubscribe_token(key, customer, channel).split_once('.')?.1 == tag)
-        .then(|| (customer.to_string(), channel))
+    let f = crate::callbacks::verify_fields(key, token, 2)?;
+    Some((f[0].clone(), Channel::parse(&f[1])?))
 }
 
 /// Templates of a rule: (variant or step) -> template name.
@@ -369,13 +359,19 @@ impl Messaging {
             Channel::Webhook => Some(String::new()),
         }
         .ok_or_else(|| format!("no_address:{}", channel.as_str()))?;
+        let base = self.settings.public_url.trim_end_matches('/');
         let unsubscribe_url = (channel != Channel::Webhook).then(|| {
             format!(
-                "{}/u/{}",
-                self.settings.public_url.trim_end_matches('/'),
+                "{base}/u/{}",
                 unsubscribe_token(&self.settings.link_key, &row.customer_id, channel)
             )
         });
+        let reference = crate::callbacks::reference(
+            &self.settings.link_key,
+            &row.customer_id,
+            channel,
+            &row.send_id,
+        );
         let mut ctx = self
             .contexts
             .get(&(
@@ -428,6 +424,8 @@ impl Messaging {
             to,
             rendered,
             unsubscribe_url,
+            status_url: format!("{base}/callbacks/{}/{reference}", channel.as_str()),
+            reference,
             send_at: row.send_at.unwrap_or(row.decided_at),
         })
     }
@@ -527,6 +525,10 @@ pub struct Recovered {
     pub dropped: usize,
     /// Sends in doubt that will be retried.
     pub retried: usize,
+    /// Every send that found its customer unreachable, to record again:
+    /// the consent change of one that finished while the server stopped
+    /// may not have been recorded (its event ids make a repeat a no-op).
+    pub unreachable: Vec<StatusUpdate>,
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Option<StringArray> {
@@ -543,6 +545,7 @@ pub async fn recover(
     settings: &Settings,
 ) -> Result<Recovered, StorageError> {
     let mut r = Recovered::default();
+    let mut with_unreachable = Vec::new();
     for path in kairos_rules::firings::batch_files(root, DELIVERIES, skip).await? {
         for b in read_parquet(root, &path, Some(&["send_id", "status"])).await? {
             let (Some(id), Some(st)) = (strings(&b, "send_id"), strings(&b, "status")) else {
@@ -552,6 +555,42 @@ pub async fn recover(
                 if st.value(i) != "retry" {
                     r.finished.insert(id.value(i).to_string());
                 }
+            }
+            if st.iter().any(|s| s == Some("unreachable")) && with_unreachable.last() != Some(&path)
+            {
+                with_unreachable.push(path.clone());
+            }
+        }
+    }
+    // Few files hold such rows; only they are read whole.
+    for path in with_unreachable {
+        for b in read_parquet(root, &path, None).await? {
+            let col = |n| strings(&b, n);
+            let (Some(id), Some(st), Some(cust), Some(ch), Some(prov), Some(err)) = (
+                col("send_id"),
+                col("status"),
+                col("customer_id"),
+                col("channel"),
+                col("provider"),
+                col("error"),
+            ) else {
+                continue;
+            };
+            let at = b
+                .column_by_name("at")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+            for i in (0..b.num_rows()).filter(|&i| st.value(i) == "unreachable") {
+                let Some(channel) = Channel::parse(ch.value(i)) else {
+                    continue;
+                };
+                r.unreachable.push(StatusUpdate::unreachable(
+                    cust.value(i),
+                    channel,
+                    id.value(i),
+                    prov.value(i),
+                    (!err.is_null(i)).then(|| err.value(i).to_string()),
+                    at.map(|a| a.value(i)),
+                ));
             }
         }
     }
@@ -798,6 +837,23 @@ impl Worker {
         )
         .await?;
         let _ = self.root.store.delete(&intent).await;
+        // 4. Consent changes, once their rows are durable.
+        for r in rows.iter().filter(|r| r.status == "unreachable") {
+            let update = StatusUpdate::unreachable(
+                &r.customer_id,
+                r.channel,
+                &r.send_id,
+                &r.provider,
+                r.error.clone(),
+                Some(r.at),
+            );
+            match &self.settings.status_updates {
+                Some(tx) if tx.send(update.clone()).is_ok() => {}
+                _ => {
+                    tracing::warn!(customer = %update.customer_id, channel = update.channel.as_str(), reason = ?update.error, "customer unreachable; nothing records the consent change here")
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -837,6 +893,10 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
             }
             Err(Failure::Permanent { reason }) => {
                 rows.push(row("failed", None, Some(reason)));
+                break;
+            }
+            Err(Failure::Unreachable { reason }) => {
+                rows.push(row("unreachable", None, Some(reason)));
                 break;
             }
             Err(Failure::Retryable {
@@ -946,6 +1006,8 @@ mod tests {
             to: "+15550100".into(),
             rendered: crate::template::Rendered::default(),
             unsubscribe_url: None,
+            reference: "ref".into(),
+            status_url: "http://127.0.0.1:8080/callbacks/ref".into(),
             send_at: 0,
         }
     }
@@ -987,5 +1049,53 @@ mod tests {
         let rows = attempt_all(&always, &outgoing(), &s).await;
         assert_eq!(rows.len(), 4, "max_attempts");
         assert_eq!(rows[3].status, "failed");
+    }
+
+    /// A provider that says every address is dead.
+    struct Gone;
+
+    #[async_trait::async_trait]
+    impl Adapter for Gone {
+        fn provider(&self) -> &str {
+            "fcm"
+        }
+        async fn send(&self, _m: &Outgoing) -> Result<crate::channel::Receipt, Failure> {
+            Err(Failure::Unreachable {
+                reason: "HTTP 404: UNREGISTERED".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_customer_is_reported_once_recorded_and_again_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let settings = Settings {
+            status_updates: Some(tx),
+            ..Settings::default()
+        };
+        let d = Dispatcher::start(
+            root.clone(),
+            vec![(Channel::Push, Arc::new(Gone))],
+            settings.clone(),
+        );
+        let mut m = outgoing();
+        m.channel = Channel::Push;
+        d.submit(m).expect("submit");
+        d.finish().await;
+        let u = rx.recv().await.expect("an update");
+        assert_eq!(
+            (u.customer_id.as_str(), u.channel, u.withdraws.as_deref()),
+            ("c", Channel::Push, Some("fcm_unreachable"))
+        );
+        assert_eq!(u.calls()[1]["event"], "Push Opted Out");
+        assert!(rx.try_recv().is_err(), "reported once, not retried");
+        // A restart reports it again with the same time, so ingest's
+        // exact de-duplication makes the repeat a no-op.
+        let r = recover(&root, None, &settings).await.expect("recover");
+        assert_eq!(r.unreachable, vec![u.clone()]);
+        assert!(r.finished.contains("r:0:c:k"));
+        assert_eq!(r.unreachable[0].calls(), u.calls());
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::channel::{Adapter, Failure, Outgoing, Receipt};
 
 /// How a failed HTTP answer is classified.
-async fn failure(resp: reqwest::Response) -> Failure {
+async fn failure(resp: reqwest::Response, unreachable: Unreachable) -> Failure {
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -27,7 +27,10 @@ async fn failure(resp: reqwest::Response) -> Failure {
         status.as_u16(),
         body.chars().take(300).collect::<String>()
     );
-    if status.as_u16() == 429 || status.is_server_error() {
+    let json: Value = serde_json::from_str(&body).unwrap_or_default();
+    if unreachable(status.as_u16(), &json) {
+        Failure::Unreachable { reason }
+    } else if status.as_u16() == 429 || status.is_server_error() {
         Failure::Retryable {
             reason,
             retry_after,
@@ -51,12 +54,16 @@ fn network(e: &reqwest::Error) -> Failure {
     }
 }
 
+/// Whether a provider's error answer (status, JSON body) says the customer
+/// cannot be reached on this channel any more.
+type Unreachable = fn(u16, &Value) -> bool;
+
 /// Sends a request; a non-2xx answer or a network error becomes a
 /// [`Failure`], a success its JSON body (null when it has none).
-async fn call(req: reqwest::RequestBuilder) -> Result<Value, Failure> {
+async fn call(req: reqwest::RequestBuilder, unreachable: Unreachable) -> Result<Value, Failure> {
     let resp = req.send().await.map_err(|e| network(&e))?;
     if !resp.status().is_success() {
-        return Err(failure(resp).await);
+        return Err(failure(resp, unreachable).await);
     }
     Ok(resp.json().await.unwrap_or_default())
 }
@@ -112,6 +119,9 @@ impl Adapter for Webhook {
             "body": m.rendered.body,
             "send_at": chrono::DateTime::<chrono::Utc>::from_timestamp_micros(m.send_at)
                 .map(|t| t.to_rfc3339()),
+            // For the receiver's status callbacks (POST to status_url).
+            "reference": m.reference,
+            "status_url": m.status_url,
         }))
         .unwrap_or_default();
         let ts = chrono::Utc::now().timestamp();
@@ -126,6 +136,7 @@ impl Adapter for Webhook {
                 )
                 .header("idempotency-key", &m.send_id)
                 .body(body),
+            |_, _| false,
         )
         .await?;
         Ok(Receipt {
@@ -168,6 +179,7 @@ impl Adapter for TwilioSms {
             ("To", m.to.as_str()),
             ("From", self.from.as_str()),
             ("Body", m.rendered.body.trim_end()),
+            ("StatusCallback", m.status_url.as_str()),
         ];
         let v = call(
             self.client
@@ -175,6 +187,7 @@ impl Adapter for TwilioSms {
                 .basic_auth(&self.account_sid, Some(&self.auth_token))
                 .header("i-twilio-idempotency-token", &m.send_id)
                 .form(&form),
+            |_, v| v["code"].as_i64() == Some(crate::callbacks::TWILIO_UNSUBSCRIBED),
         )
         .await?;
         Ok(Receipt {
@@ -229,13 +242,18 @@ impl Adapter for WhatsappCloud {
                 "name": m.rendered.header("Template").unwrap_or_default(),
                 "language": {"code": m.rendered.header("Language").unwrap_or("en")},
                 "components": [{"type": "body", "parameters": parameters}],
-            }
+            },
+            // Echoed in status webhooks: names the message without a lookup.
+            "biz_opaque_callback_data": m.reference,
         });
         let v = call(
             self.client
                 .post(url)
                 .bearer_auth(&self.access_token)
                 .json(&body),
+            |_, v| {
+                v["error"]["code"].as_i64() == Some(crate::callbacks::WHATSAPP_STOPPED_MARKETING)
+            },
         )
         .await?;
         Ok(Receipt {
@@ -250,16 +268,25 @@ impl Adapter for WhatsappCloud {
 
 /// Push through FCM HTTP v1: `POST {base}/v1/projects/{project}/messages:send`,
 /// Bearer token, body `{message: {token, notification: {title, body},
-/// data: {send_id}}}`. A 404 `UNREGISTERED` is permanent (a dead token).
+/// data: {send_id}}}`. A 404 `UNREGISTERED` is a dead token: the customer is
+/// unreachable on push.
 pub struct FcmPush {
     /// `https://fcm.googleapis.com`.
     pub base_url: String,
     /// Firebase project id.
     pub project_id: String,
-    /// OAuth access token of a service account.
-    pub access_token: String,
+    /// Where the Bearer token comes from.
+    pub auth: Bearer,
     /// HTTP client.
     pub client: reqwest::Client,
+}
+
+/// A Bearer token: given as is, or fetched for a service account.
+pub enum Bearer {
+    /// A token someone else keeps fresh.
+    Static(String),
+    /// Exchanged from a service account's key, renewed before it expires.
+    ServiceAccount(crate::oauth::TokenSource),
 }
 
 #[async_trait::async_trait]
@@ -284,11 +311,21 @@ impl Adapter for FcmPush {
                 "data": {"send_id": m.send_id},
             }
         });
+        let token = match &self.auth {
+            Bearer::Static(t) => t.clone(),
+            Bearer::ServiceAccount(source) => source.token(&self.client).await?,
+        };
         let v = call(
-            self.client
-                .post(url)
-                .bearer_auth(&self.access_token)
-                .json(&body),
+            self.client.post(url).bearer_auth(token).json(&body),
+            // A token the app was uninstalled from (or that expired).
+            |status, v| {
+                status == 404
+                    && v["error"]["details"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|d| d["errorCode"] == "UNREGISTERED")
+            },
         )
         .await?;
         Ok(Receipt {
@@ -372,6 +409,8 @@ mod tests {
                 body: body.into(),
             },
             unsubscribe_url: None,
+            reference: "ref".into(),
+            status_url: "http://127.0.0.1:8080/callbacks/ref".into(),
             send_at: 1_782_864_000_000_000,
         }
     }
@@ -403,7 +442,7 @@ mod tests {
         assert_eq!(headers["i-twilio-idempotency-token"], "cart:0:c1:k1");
         assert_eq!(
             body,
-            "To=%2B15550100&From=%2B15550199&Body=Your+cart+misses+you"
+            "To=%2B15550100&From=%2B15550199&Body=Your+cart+misses+you&StatusCallback=http%3A%2F%2F127.0.0.1%3A8080%2Fcallbacks%2Fref"
         );
     }
 
@@ -434,7 +473,7 @@ mod tests {
         let fcm = FcmPush {
             base_url: base,
             project_id: "shop".into(),
-            access_token: "fcm-token".into(),
+            auth: Bearer::Static("fcm-token".into()),
             client: client(Duration::from_secs(5)),
         };
         let r = fcm
@@ -457,7 +496,8 @@ mod tests {
             json!({"messaging_product": "whatsapp", "to": "15550100", "type": "template",
                    "template": {"name": "cart_reminder", "language": {"code": "en_US"},
                                 "components": [{"type": "body", "parameters": [
-                                    {"type": "text", "text": "Ana"}, {"type": "text", "text": "2 items"}]}]}})
+                                    {"type": "text", "text": "Ana"}, {"type": "text", "text": "2 items"}]}]},
+                   "biz_opaque_callback_data": "ref"})
         );
         let (path, headers, body) = &s.requests[1];
         assert_eq!(path, "v1/projects/shop/messages:send");
@@ -533,5 +573,107 @@ mod tests {
             .await
             .expect_err("timeout");
         assert!(matches!(e, Failure::Retryable { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn fcm_exchanges_a_service_account_key_for_a_token_once() {
+        let (base, seen) = fake(vec![
+            (
+                200,
+                r#"{"access_token": "ya29.fresh", "expires_in": 3599, "token_type": "Bearer"}"#,
+            ),
+            (200, r#"{"name": "projects/shop/messages/1"}"#),
+            (200, r#"{"name": "projects/shop/messages/2"}"#),
+        ])
+        .await;
+        let mut file: Value =
+            serde_json::from_str(include_str!("testdata/fcm-service-account.json")).expect("json");
+        file["token_uri"] = Value::from(format!("{base}/token"));
+        let account = crate::oauth::ServiceAccount::from_json(&file.to_string()).expect("account");
+        let public = account.public_key();
+        let fcm = FcmPush {
+            base_url: base.clone(),
+            project_id: "shop".into(),
+            auth: Bearer::ServiceAccount(crate::oauth::TokenSource::new(
+                account,
+                crate::oauth::FCM_SCOPE,
+            )),
+            client: client(Duration::from_secs(5)),
+        };
+        for _ in 0..2 {
+            fcm.send(&message(
+                Channel::Push,
+                "tok-1",
+                &[("Title", "Hi")],
+                "Body\n",
+            ))
+            .await
+            .expect("sent");
+        }
+        let s = seen.lock().expect("lock");
+        let paths: Vec<&str> = s.requests.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "token",
+                "v1/projects/shop/messages:send",
+                "v1/projects/shop/messages:send"
+            ],
+            "one exchange, then the cached token"
+        );
+        // The grant is RFC 7523's, its JWT signed by the account's key.
+        let form: Vec<(String, String)> =
+            reqwest::Url::parse(&format!("http://x/?{}", s.requests[0].2))
+                .expect("form")
+                .query_pairs()
+                .into_owned()
+                .collect();
+        assert_eq!(
+            form[0],
+            (
+                "grant_type".into(),
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".into()
+            )
+        );
+        let jwt = &form[1].1;
+        let (signed, sig) = jwt.rsplit_once('.').expect("three parts");
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            &public,
+        )
+        .verify(signed.as_bytes(), &b64.decode(sig).expect("b64"))
+        .expect("RS256 signature verifies");
+        let claims: Value = serde_json::from_slice(
+            &b64.decode(signed.split('.').nth(1).expect("claims"))
+                .expect("b64"),
+        )
+        .expect("json");
+        assert_eq!(
+            claims["iss"],
+            "kairos-test@kairos-test.iam.gserviceaccount.com"
+        );
+        assert_eq!(claims["scope"], crate::oauth::FCM_SCOPE);
+        assert_eq!(claims["aud"], format!("{base}/token"));
+        assert_eq!(
+            claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+            3600
+        );
+        for r in &s.requests[1..] {
+            assert_eq!(r.1["authorization"], "Bearer ya29.fresh");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_service_account_file_names_the_field() {
+        let err = |v: Value| {
+            crate::oauth::ServiceAccount::from_json(&v.to_string())
+                .err()
+                .expect("error")
+        };
+        assert!(err(json!({"client_email": "a@b"})).contains("private_key"));
+        assert!(err(json!({"client_email": "a@b", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"}))
+            .contains("PKCS#8"));
     }
 }

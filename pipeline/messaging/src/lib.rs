@@ -2,10 +2,12 @@
 //! firing's columns; channel adapters (the outbox first); delivery with
 //! retries, rate limits and an intent log; `deliveries/`.
 
+pub mod callbacks;
 pub mod channel;
 pub mod delivery;
 pub mod http;
 pub mod limits;
+pub mod oauth;
 pub mod outbox;
 pub mod smtp;
 pub mod template;
@@ -146,7 +148,26 @@ pub fn adapter(
         (Channel::Push, "fcm") => Arc::new(http::FcmPush {
             base_url: base("https://fcm.googleapis.com"),
             project_id: need(&c.project_id, "project_id")?,
-            access_token: need(&c.access_token.0, "access_token")?,
+            auth: if c.service_account.is_empty() {
+                http::Bearer::Static(need(
+                    &c.access_token.0,
+                    "access_token (or service_account)",
+                )?)
+            } else {
+                let text = std::fs::read_to_string(&c.service_account).map_err(|e| {
+                    format!(
+                        "messaging.channels.{name}.service_account: reading {}: {e}",
+                        c.service_account
+                    )
+                })?;
+                let account = oauth::ServiceAccount::from_json(&text).map_err(|e| {
+                    format!(
+                        "messaging.channels.{name}.service_account {}: {e}",
+                        c.service_account
+                    )
+                })?;
+                http::Bearer::ServiceAccount(oauth::TokenSource::new(account, oauth::FCM_SCOPE))
+            },
             client,
         }),
         (_, other) => {

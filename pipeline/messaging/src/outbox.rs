@@ -74,7 +74,13 @@ pub fn email(from: &Mailbox, m: &Outgoing) -> Result<Vec<u8>, Failure> {
             "<{}@kairos>",
             file_stem(&m.send_id).to_ascii_lowercase()
         )))
-        .header(ContentType::TEXT_PLAIN);
+        .header(ContentType::TEXT_PLAIN)
+        // ESPs echo custom headers in their bounce and complaint webhooks:
+        // this one lets `/callbacks/email` name the message.
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Kairos-Reference"),
+            m.reference.clone(),
+        ));
     if let Some(url) = &m.unsubscribe_url {
         b = b
             .raw_header(HeaderValue::new(
@@ -162,6 +168,8 @@ mod tests {
             to: to.into(),
             rendered,
             unsubscribe_url: Some("http://127.0.0.1:8080/u/tok".into()),
+            reference: "ref".into(),
+            status_url: "http://127.0.0.1:8080/callbacks/email/ref".into(),
             send_at: 1_782_864_000_000_000,
         }
     }

@@ -89,6 +89,13 @@ impl Adapter for Smtp {
                     resp.message().collect::<Vec<_>>().join(" ")
                 ),
             }),
+            // 5.1.1 (no such mailbox) and 5.1.10 (null MX) are hard
+            // bounces at RCPT: the address is dead.
+            Err(e) if e.is_permanent() && hard_bounce(&e.to_string()) => {
+                Err(Failure::Unreachable {
+                    reason: format!("SMTP: {e}"),
+                })
+            }
             Err(e) if e.is_permanent() => Err(Failure::Permanent {
                 reason: format!("SMTP: {e}"),
             }),
@@ -97,5 +104,26 @@ impl Adapter for Smtp {
                 retry_after: None,
             }),
         }
+    }
+}
+
+/// Whether an SMTP error's text carries a hard-bounce enhanced status code
+/// (RFC 3463: 5.1.1 bad mailbox, 5.1.10 null MX).
+fn hard_bounce(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|w| w == "5.1.1" || w == "5.1.10")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hard_bounces_are_told_by_their_enhanced_code() {
+        assert!(super::hard_bounce(
+            "permanent error (550): 5.1.1 <x@y.example>: Recipient address rejected"
+        ));
+        assert!(!super::hard_bounce(
+            "permanent error (552): 5.2.2 mailbox full"
+        ));
+        assert!(!super::hard_bounce("permanent error (550): 5.1.15"));
     }
 }

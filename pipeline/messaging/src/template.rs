@@ -255,6 +255,11 @@ impl Templates {
             .files
             .get(&(name.to_string(), channel.to_string()))
             .ok_or_else(|| format!("no template {name}.{channel}"))?;
+        // A null (a firing column or trait without a value) renders like a
+        // missing name, so `default(...)` covers both; otherwise it would
+        // print "None".
+        let context = without_nulls(context);
+        let context = &context;
         let mut out = Rendered::default();
         for part in headers.iter().map(String::as_str).chain(["body"]) {
             let t = self
@@ -273,6 +278,16 @@ impl Templates {
         }
         Ok(out)
     }
+}
+
+fn without_nulls(m: &Map<String, Value>) -> Map<String, Value> {
+    m.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::Object(o) => (k.clone(), Value::Object(without_nulls(o))),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
 }
 
 fn parse(path: &Path, text: &str) -> Result<Source, TemplateError> {
