@@ -2,13 +2,14 @@
 //! it picks and drives it over HTTP, then reads the published Parquet.
 //!
 //! Needs the binary built (`cargo build --bins`; `.ci/run` does it) and, for
-//! the S3 and reader tests, what `.ci/setup-test-env` installs
-//! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`).
+//! the S3, reader and page tests, what `.ci/setup-test-env` installs
+//! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`, `KAIROS_TEST_CHROMIUM`).
 
 mod durability;
 mod import;
 mod ingest;
 mod messaging;
+mod pages;
 mod policy;
 mod readers;
 mod replay;

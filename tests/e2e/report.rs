@@ -22,7 +22,7 @@ fn repo(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
 }
 
-fn replay(dir: &Path) {
+pub(crate) fn replay(dir: &Path) {
     let out = Command::new(kairos_bin())
         .args(["replay", "--data"])
         .arg(dir)

@@ -201,7 +201,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/api/...`: experiment reports over the same data root.
+/// `/api/...` and `/experiments...`: experiment reports over the same data root.
 fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
     let token = config.report.token.0.trim();
     if token.is_empty() && !config.server.listen.ip().is_loopback() {
@@ -213,6 +213,13 @@ fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
             rules_dir: config.rules.dir.clone(),
             defaults: kairos_report::ReportOptions::from_config(config)?,
             token: (!token.is_empty()).then(|| token.to_string()),
+            limit: kairos_report::http::ReportLimit::new(
+                config.report.max_concurrent,
+                Duration::from_secs(
+                    kairos_rules::rule::parse_duration(&config.report.queue_timeout)
+                        .map_err(|e| anyhow::anyhow!("report.queue_timeout: {e} (e.g. \"10s\")"))?,
+                ),
+            ),
         },
     )))
 }

@@ -58,6 +58,12 @@ pub struct ReportConfig {
     pub window: String,
     /// Default conversion event type (canonical `event_type`).
     pub conversion_event: String,
+    /// Reports (API and pages) computed at once; more wait in a queue.
+    /// Default 2; 0 counts as 1.
+    pub max_concurrent: usize,
+    /// Longest a report waits in that queue before the answer is 503 with
+    /// `Retry-After`, e.g. "10s" (default); "0s": never wait.
+    pub queue_timeout: String,
 }
 
 /// `[messaging]`: templates and delivery.

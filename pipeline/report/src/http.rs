@@ -3,33 +3,45 @@
 //! - `GET /api/experiments`: every experiment's headline numbers;
 //! - `GET /api/experiments/{rule}`: a rule's full report;
 //! - `POST /api/analyze`: the statistics engine on sufficient statistics;
-//! - `GET /api/openapi.json`: the OpenAPI 3 document of these (public).
+//! - `GET /api/openapi.json`: the OpenAPI 3 document of these (public);
+//! - `GET /experiments` and `GET /experiments/{rule}`: the same as HTML
+//!   pages ([`crate::pages`]), with the same query parameters.
 //!
 //! Reads need `Authorization: Bearer TOKEN` (or HTTP Basic with the token
 //! as password) when `report.token` is set; ingest write keys never grant
-//! it. With no token configured only loopback clients are answered.
+//! it. With no token configured only loopback clients are answered. The
+//! pages ask a browser for Basic credentials (any user name, the token as
+//! password) rather than take the token in the URL, where it would end up
+//! in history, logs and `Referer` headers.
+//!
+//! Reports are heavy queries: at most `report.max_concurrent` are computed
+//! at once; the others queue for up to `report.queue_timeout`, then get
+//! 503 with `Retry-After` ([`ReportLimit`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::json;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use kairos_experiments::stats::{ExperimentInput, StatsError, analyze};
 use kairos_storage::DataRoot;
 
 use crate::ReportError;
 use crate::options::ReportOptions;
-use crate::report::{experiment_report, load_designs, overview};
+use crate::pages;
+use crate::report::{Overview, Report, experiment_report, load_designs, overview};
 
 /// The hand-written OpenAPI 3 document.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -44,15 +56,62 @@ pub struct ReportState {
     pub defaults: ReportOptions,
     /// The read token; `None`: loopback clients only.
     pub token: Option<String>,
+    /// How many reports may be computed at once.
+    pub limit: ReportLimit,
 }
 
-/// The `/api` routes.
+/// Bounds the reports computed at once (API and pages together): each
+/// takes a slot for its query; a request waits for a free slot in a
+/// fair (FIFO) queue for at most `queue_timeout`, then gets
+/// [`ReportError::Busy`] (503 with `Retry-After`). A client that gives up
+/// leaves the queue, and one that disconnects mid-report frees its slot
+/// (the query is dropped with the request).
+pub struct ReportLimit {
+    slots: Semaphore,
+    queue_timeout: Duration,
+}
+
+impl ReportLimit {
+    /// `max_concurrent` slots (at least 1); wait at most `queue_timeout`.
+    pub fn new(max_concurrent: usize, queue_timeout: Duration) -> ReportLimit {
+        ReportLimit {
+            slots: Semaphore::new(max_concurrent.max(1)),
+            queue_timeout,
+        }
+    }
+
+    /// A slot, once one is free within the queue timeout.
+    pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, ReportError> {
+        // `timeout` polls the acquire once before looking at the clock, so
+        // a zero timeout still takes a slot that is free right now.
+        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ReportError::Busy {
+                retry_after_secs: self.queue_timeout.as_secs().max(1),
+            }),
+        }
+    }
+}
+
+impl Default for ReportLimit {
+    /// The configured defaults: 2 at once, 10 s in the queue.
+    fn default() -> Self {
+        ReportLimit::new(2, Duration::from_secs(10))
+    }
+}
+
+/// The `/api` routes and the pages.
 pub fn router(state: Arc<ReportState>) -> Router {
     let guarded = Router::new()
         .route("/api/experiments", get(list))
         .route("/api/experiments/{rule}", get(one))
         .route("/api/analyze", post(analyze_json))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state.clone());
+    let pages = Router::new()
+        .route("/experiments", get(overview_page))
+        .route("/experiments/{rule}", get(report_page))
+        .layer(middleware::from_fn_with_state(state.clone(), page_guard))
         .with_state(state);
     Router::new()
         .route(
@@ -60,6 +119,7 @@ pub fn router(state: Arc<ReportState>) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(guarded)
+        .merge(pages)
 }
 
 /// A JSON error body: `{"error": "...", ...extra}`.
@@ -71,22 +131,77 @@ fn error(status: StatusCode, message: impl Into<String>, extra: serde_json::Valu
     (status, axum::Json(body)).into_response()
 }
 
+impl ReportError {
+    /// The HTTP status of this error (API and pages alike).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReportError::UnknownRule { .. } => StatusCode::NOT_FOUND,
+            ReportError::BadOption { .. } => StatusCode::BAD_REQUEST,
+            ReportError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ReportError::Query(_) | ReportError::Stats(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Logs what someone must act on; adds `Retry-After` when busy.
+    fn finish(&self, mut r: Response) -> Response {
+        match self {
+            ReportError::Query(_) | ReportError::Stats(_) => {
+                tracing::error!(error = %self, "report failed");
+            }
+            ReportError::Busy { retry_after_secs } => {
+                tracing::warn!("report slots busy; answered 503 (raise report.max_concurrent?)");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
 impl IntoResponse for ReportError {
     fn into_response(self) -> Response {
         let message = self.to_string();
-        match self {
-            ReportError::UnknownRule { known, .. } => {
-                error(StatusCode::NOT_FOUND, message, json!({"known": known}))
-            }
-            ReportError::BadOption { param, .. } => {
-                error(StatusCode::BAD_REQUEST, message, json!({"param": param}))
-            }
-            ReportError::Query(_) | ReportError::Stats(_) => {
-                tracing::error!(error = %message, "report failed");
-                error(StatusCode::INTERNAL_SERVER_ERROR, message, json!({}))
-            }
-        }
+        let extra = match &self {
+            ReportError::UnknownRule { known, .. } => json!({"known": known}),
+            ReportError::BadOption { param, .. } => json!({"param": param}),
+            _ => json!({}),
+        };
+        self.finish(error(self.status(), message, extra))
     }
+}
+
+/// A [`ReportError`] answered as an HTML page.
+struct PageError(ReportError);
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let known: &[String] = match &e {
+            ReportError::UnknownRule { known, .. } => known,
+            _ => &[],
+        };
+        let body = pages::error_page(e.status().as_u16(), &e.to_string(), known);
+        e.finish(html(e.status(), body))
+    }
+}
+
+/// Scripts, fonts, images and styles from anywhere are refused: the pages
+/// carry everything inline.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, Html(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn presented_token(headers: &HeaderMap) -> Option<String> {
@@ -165,13 +280,63 @@ async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> R
     }
 }
 
+/// The pages' guard: the same rule as [`guard`], answered in HTML; a
+/// missing or wrong token asks the browser for Basic credentials.
+async fn page_guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match allowed(s.token.as_deref(), req.headers(), peer) {
+        Ok(()) => next.run(req).await,
+        Err((status, message)) => {
+            let message = if status == StatusCode::UNAUTHORIZED {
+                format!(
+                    "{message}. In a browser: give any user name and the report token as password."
+                )
+            } else {
+                message.to_string()
+            };
+            let mut r = html(status, pages::error_page(status.as_u16(), &message, &[]));
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"kairos reports\", charset=\"UTF-8\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+/// Every experiment's headline numbers, in a report slot.
+async fn overview_for(
+    s: &ReportState,
+    q: &BTreeMap<String, String>,
+) -> Result<Overview, ReportError> {
+    let options = s.defaults.with_params(q)?;
+    let _slot = s.limit.acquire().await?;
+    let designs = load_designs(&s.rules_dir);
+    overview(&s.root, &designs, &options).await
+}
+
+/// `rule`'s report, in a report slot.
+async fn report_for(
+    s: &ReportState,
+    rule: &str,
+    q: &BTreeMap<String, String>,
+) -> Result<Report, ReportError> {
+    let options = s.defaults.with_params(q)?;
+    let _slot = s.limit.acquire().await?;
+    let designs = load_designs(&s.rules_dir);
+    experiment_report(&s.root, &designs, rule, &options).await
+}
+
 async fn list(
     State(s): State<Arc<ReportState>>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ReportError> {
-    let options = s.defaults.with_params(&q)?;
-    let designs = load_designs(&s.rules_dir);
-    Ok(axum::Json(overview(&s.root, &designs, &options).await?).into_response())
+    Ok(axum::Json(overview_for(&s, &q).await?).into_response())
 }
 
 async fn one(
@@ -179,9 +344,24 @@ async fn one(
     Path(rule): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ReportError> {
-    let options = s.defaults.with_params(&q)?;
-    let designs = load_designs(&s.rules_dir);
-    Ok(axum::Json(experiment_report(&s.root, &designs, &rule, &options).await?).into_response())
+    Ok(axum::Json(report_for(&s, &rule, &q).await?).into_response())
+}
+
+async fn overview_page(
+    State(s): State<Arc<ReportState>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, PageError> {
+    let o = overview_for(&s, &q).await.map_err(PageError)?;
+    Ok(html(StatusCode::OK, pages::overview_page(&o, &q)))
+}
+
+async fn report_page(
+    State(s): State<Arc<ReportState>>,
+    Path(rule): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, PageError> {
+    let r = report_for(&s, &rule, &q).await.map_err(PageError)?;
+    Ok(html(StatusCode::OK, pages::report_page(&r, &q)))
 }
 
 /// Parses and analyses sufficient statistics; the error names the JSON
@@ -282,6 +462,139 @@ mod tests {
         assert_eq!(ok["arms"][1]["revenue_per_recipient"], 2.0);
     }
 
+    fn state(dir: &std::path::Path, token: Option<&str>, limit: ReportLimit) -> Arc<ReportState> {
+        crate::metrics::tests::tiny_lake(dir);
+        Arc::new(ReportState {
+            root: DataRoot::open(dir.to_str().expect("utf8")).expect("root"),
+            rules_dir: dir.join("no-rules"),
+            defaults: ReportOptions::default(),
+            token: token.map(str::to_string),
+            limit,
+        })
+    }
+
+    /// GET `uri` from loopback: status, headers, body.
+    async fn get(
+        s: &Arc<ReportState>,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        use tower::ServiceExt;
+        let mut req = Request::get(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let mut req = req.body(axum::body::Body::empty()).expect("request");
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(
+            "127.0.0.1:4000".parse().expect("addr"),
+        ));
+        let r = router(s.clone()).oneshot(req).await.expect("infallible");
+        let (parts, body) = r.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 22).await.expect("body");
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).expect("utf8"),
+        )
+    }
+
+    #[tokio::test]
+    async fn busy_report_slots_answer_503_with_retry_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One slot, no queue: a second report while one runs is refused.
+        let s = state(dir.path(), None, ReportLimit::new(1, Duration::ZERO));
+        let held = s.limit.acquire().await.expect("free");
+        for uri in [
+            "/api/experiments/cart",
+            "/api/experiments",
+            "/experiments/cart",
+        ] {
+            let (status, headers, body) = get(&s, uri, None).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+            assert_eq!(headers[header::RETRY_AFTER], "1", "{uri}");
+            assert!(body.contains("report.max_concurrent"), "{body}");
+        }
+        // Free again: answered.
+        drop(held);
+        assert_eq!(
+            get(&s, "/api/experiments/cart", None).await.0,
+            StatusCode::OK
+        );
+
+        // With a queue: the request waits for the slot, then answers.
+        let s = state(
+            dir.path(),
+            None,
+            ReportLimit::new(1, Duration::from_secs(30)),
+        );
+        let held = s.limit.acquire().await.expect("free");
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { get(&s, "/api/experiments/cart", None).await.0 }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "queued behind the held slot");
+        drop(held);
+        assert_eq!(waiting.await.expect("task"), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn pages_answer_html_with_the_api_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = state(dir.path(), None, ReportLimit::default());
+        let (status, headers, body) = get(&s, "/experiments/cart?window=9d", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/html")
+        );
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], PAGE_CSP);
+        assert!(body.contains(r#"<tr data-arm="holdout">"#), "{body}");
+        assert!(body.contains("window 9 d"), "the query applies: {body}");
+        assert!(
+            body.contains(r#"href="/experiments?window=9d""#),
+            "links keep it"
+        );
+        let (status, _, body) = get(&s, "/experiments", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.contains(r#"<tr data-rule="cart">"#) && body.contains(r#"<tr data-rule="other">"#)
+        );
+        // Errors are pages too, with the API's status.
+        let (status, headers, body) = get(&s, "/experiments/nope", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/html")
+        );
+        assert!(
+            body.contains("no experiment named `nope`")
+                && body.contains(r#"href="/experiments/cart""#),
+            "{body}"
+        );
+        let (status, _, body) = get(&s, "/experiments/cart?window=soon", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("window: "), "{body}");
+        // A token: a browser is asked for Basic credentials.
+        let s = state(dir.path(), Some("s3cret"), ReportLimit::default());
+        let (status, headers, body) = get(&s, "/experiments", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            headers[header::WWW_AUTHENTICATE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("Basic ")
+        );
+        assert!(body.contains("token as password"), "{body}");
+        // "any:s3cret"
+        let (status, _, _) = get(&s, "/experiments", Some("Basic YW55OnMzY3JldA==")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
     #[test]
     fn openapi_document_parses_and_covers_every_route() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
@@ -291,6 +604,8 @@ mod tests {
             "/api/experiments/{rule}",
             "/api/analyze",
             "/api/openapi.json",
+            "/experiments",
+            "/experiments/{rule}",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} undocumented");
         }

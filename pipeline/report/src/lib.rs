@@ -11,8 +11,11 @@
 //!   of each treatment against the holdout and triggered against scheduled,
 //!   the sample-ratio check against the rule's configured split, and the
 //!   overview's headline numbers with corrected p-values.
-//! - [`http`] serves it under `/api/` (token or loopback only); [`text`]
-//!   prints it in the terminal (`kairos report`).
+//! - [`http`] serves it under `/api/` and as the pages `/experiments` and
+//!   `/experiments/{rule}` (token or loopback only; at most
+//!   `report.max_concurrent` reports computed at once); [`pages`] renders
+//!   those pages as HTML with inline SVG charts ([`svg`]); [`text`] prints
+//!   a report in the terminal (`kairos report`).
 //!
 //! Definitions and the JSON schemas: `docs/reports.md`.
 
@@ -20,7 +23,9 @@ pub mod http;
 pub mod lake;
 pub mod metrics;
 pub mod options;
+pub mod pages;
 pub mod report;
+pub mod svg;
 pub mod text;
 
 pub use lake::Lake;
@@ -53,4 +58,13 @@ pub enum ReportError {
     /// sums come from the same rows).
     #[error("analysing the sums: {0}")]
     Stats(#[from] kairos_experiments::stats::StatsError),
+    /// Every report slot (`report.max_concurrent`) stayed busy for
+    /// `report.queue_timeout`: ask again later.
+    #[error(
+        "too many reports are being computed (report.max_concurrent); retry in {retry_after_secs} s"
+    )]
+    Busy {
+        /// When to ask again, seconds (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
 }

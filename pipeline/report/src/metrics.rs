@@ -19,6 +19,9 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use crate::lake::Lake;
 use crate::options::{Capping, ReportOptions};
 
+/// A day in µs: per-day rows group by `assigned_at / DAY_US` (UTC days).
+pub const DAY_US: i64 = 86_400_000_000;
+
 /// One (experiment, arm, variant)'s sums.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ArmSums {
@@ -54,6 +57,9 @@ pub struct ArmSums {
     pub last_assigned_us: i64,
     /// Recipients whose window had not closed by `data_until`.
     pub open_window: i64,
+    /// The UTC day of assignment (days since 1970-01-01) these sums cover,
+    /// for per-day rows ([`daily_arm_sums`]); `None` for whole-arm sums.
+    pub day: Option<i64>,
 }
 
 impl ArmSums {
@@ -72,7 +78,29 @@ impl ArmSums {
         self.first_assigned_us = self.first_assigned_us.min(o.first_assigned_us);
         self.last_assigned_us = self.last_assigned_us.max(o.last_assigned_us);
         self.open_window += o.open_window;
+        if self.day != o.day {
+            self.day = None;
+        }
     }
+}
+
+/// Whole-arm sums from per-day rows: the rows of each (experiment, arm,
+/// variant) added up, in the order they first appear.
+pub fn totals(rows: &[ArmSums]) -> Vec<ArmSums> {
+    let mut out: Vec<ArmSums> = Vec::new();
+    for r in rows {
+        let same = |t: &&mut ArmSums| {
+            t.experiment == r.experiment && t.arm == r.arm && t.variant == r.variant
+        };
+        match out.iter_mut().find(same) {
+            Some(t) => t.add(r),
+            None => out.push(ArmSums {
+                day: None,
+                ..r.clone()
+            }),
+        }
+    }
+    out
 }
 
 /// A string as an SQL literal.
@@ -95,8 +123,15 @@ pub async fn data_until(lake: &Lake) -> datafusion::error::Result<Option<i64>> {
     }))
 }
 
-/// The SQL computing every arm's sums; `rule` limits it to one experiment.
-pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> String {
+/// The SQL computing every arm's sums; `rule` limits it to one experiment;
+/// `by_day` splits each arm's sums by UTC day of assignment (the same
+/// recipients, caps and windows: only the final grouping differs).
+pub fn sql(
+    options: &ReportOptions,
+    rule: Option<&str>,
+    data_until_us: i64,
+    by_day: bool,
+) -> String {
     let w = options.window_secs as i64 * 1_000_000;
     let p = options.pre_period_secs as i64 * 1_000_000;
     let conv = lit(&options.conversion_event);
@@ -112,6 +147,12 @@ pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> S
         filter.push(format!("CAST(assigned_at AS BIGINT) < {t}"));
     }
     let filter = filter.join(" AND ");
+    let day_group = if by_day { ", day" } else { "" };
+    let day_col = if by_day {
+        "day"
+    } else {
+        "CAST(NULL AS BIGINT)"
+    };
     let msg_filter = rule
         .map(|r| format!(" AND rule = {}", lit(r)))
         .unwrap_or_default();
@@ -158,7 +199,8 @@ pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> S
            GROUP BY r.experiment, r.arm, r.variant, r.customer_id, r.at),
          caps AS ({caps}),
          c AS (
-           SELECT per.experiment, per.arm, per.variant, per.at, per.converted, per.y,
+           SELECT per.experiment, per.arm, per.variant, per.at, per.at / {DAY_US} AS day,
+             per.converted, per.y,
              caps.cap,
              CASE WHEN caps.cap IS NOT NULL AND per.y > caps.cap THEN caps.cap ELSE per.y END AS yc,
              CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc,
@@ -166,7 +208,7 @@ pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> S
            FROM per
            LEFT JOIN caps ON per.experiment = caps.experiment
            LEFT JOIN msg ON msg.experiment = per.experiment AND msg.customer_id = per.customer_id)
-         SELECT experiment, arm, variant,
+         SELECT experiment, arm, variant, {day_col} AS day,
            count(*) AS recipients,
            CAST(sum(messages) AS BIGINT) AS messages,
            CAST(sum(converted) AS BIGINT) AS conversions,
@@ -177,8 +219,8 @@ pub fn sql(options: &ReportOptions, rule: Option<&str>, data_until_us: i64) -> S
            max(cap) AS cap,
            min(at) AS first_assigned, max(at) AS last_assigned,
            CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
-         FROM c GROUP BY experiment, arm, variant
-         ORDER BY experiment, arm, variant"
+         FROM c GROUP BY experiment, arm, variant{day_group}
+         ORDER BY experiment, arm, variant{day_group}"
     )
 }
 
@@ -189,8 +231,28 @@ pub async fn arm_sums(
     options: &ReportOptions,
     rule: Option<&str>,
 ) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
+    query(lake, options, rule, false).await
+}
+
+/// Like [`arm_sums`], one row per arm and UTC day of assignment (sorted by
+/// day within each arm); [`totals`] adds them up to [`arm_sums`]' rows, so
+/// one query serves a report and its cumulative series.
+pub async fn daily_arm_sums(
+    lake: &Lake,
+    options: &ReportOptions,
+    rule: Option<&str>,
+) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
+    query(lake, options, rule, true).await
+}
+
+async fn query(
+    lake: &Lake,
+    options: &ReportOptions,
+    rule: Option<&str>,
+    by_day: bool,
+) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
     let until = data_until(lake).await?;
-    let q = sql(options, rule, until.unwrap_or(i64::MIN / 2));
+    let q = sql(options, rule, until.unwrap_or(i64::MIN / 2), by_day);
     let batches = lake.ctx.sql(&q).await?.collect().await?;
     let mut out = Vec::new();
     for b in &batches {
@@ -223,6 +285,7 @@ fn read_rows(b: &RecordBatch, out: &mut Vec<ArmSums>) -> datafusion::error::Resu
         "first_assigned",
         "last_assigned",
         "open_window",
+        "day",
     ]
     .iter()
     .map(|n| col(n, &DataType::Int64))
@@ -265,6 +328,7 @@ fn read_rows(b: &RecordBatch, out: &mut Vec<ArmSums>) -> datafusion::error::Resu
             first_assigned_us: int(3, i),
             last_assigned_us: int(4, i),
             open_window: int(5, i),
+            day: ints[6].is_valid(i).then(|| int(6, i)),
         });
     }
     Ok(())
@@ -592,6 +656,40 @@ pub(crate) mod tests {
         assert_eq!(rows[1].cap, Some(40.0));
         assert!(close(rows[1].revenue_sum, 80.0));
         assert!(close(rows[0].revenue_sum, 10.0));
+    }
+
+    #[tokio::test]
+    async fn per_day_rows_add_up_to_the_arms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let lake = Lake::open(&root).expect("lake");
+        let o = ReportOptions {
+            cap: Capping::Percentile { percentile: 50.0 },
+            ..ReportOptions::default()
+        };
+        let (daily, _) = daily_arm_sums(&lake, &o, Some("cart"))
+            .await
+            .expect("query");
+        // holdout: both on T0's day; triggered: T0 (t1, t3), T0+1d (t2), T0+30d (z9).
+        let keys: Vec<(&str, Option<i64>, i64)> = daily
+            .iter()
+            .map(|r| (r.arm.as_str(), r.day, r.recipients))
+            .collect();
+        let d0 = T0 / DAY_US;
+        assert_eq!(
+            keys,
+            [
+                ("holdout", Some(d0), 2),
+                ("triggered", Some(d0), 2),
+                ("triggered", Some(d0 + 1), 1),
+                ("triggered", Some(d0 + 30), 1)
+            ]
+        );
+        // The cap is the experiment's, not a day's: t1's 1030 is cut at 40.
+        assert!(close(daily[1].revenue_sum, 80.0), "{:?}", daily[1]);
+        // Whole numbers: the sums are exact in any order.
+        assert_eq!(totals(&daily), sums(dir.path(), &o).await);
     }
 
     #[tokio::test]

@@ -9,14 +9,14 @@ use std::path::Path;
 use serde::Serialize;
 
 use kairos_experiments::stats::{
-    Analysis, ArmStats, ComparisonPair, Effect, ExperimentInput, Srm, analyze, benjamini_hochberg,
-    holm_bonferroni,
+    Analysis, ArmStats, ComparisonPair, Effect, Effects, ExperimentInput, Srm, analyze,
+    benjamini_hochberg, holm_bonferroni,
 };
 use kairos_storage::DataRoot;
 
 use crate::ReportError;
 use crate::lake::Lake;
-use crate::metrics::{ArmSums, arm_sums};
+use crate::metrics::{ArmSums, DAY_US, arm_sums, daily_arm_sums, totals};
 use crate::options::{ReportOptions, rfc3339};
 
 /// A rule's configured split, from its file in the rules folder.
@@ -174,8 +174,113 @@ pub struct Report {
     /// Sample-ratio mismatch of the arms against the configured split; null
     /// when the split is unknown or an arm configured at 0% has recipients.
     pub srm: Option<Srm>,
+    /// Per comparison of `analysis` and `variant_analysis`, the lift day by
+    /// day of assignment: each point analyses everyone assigned up to the
+    /// end of that day.
+    pub cumulative: Vec<CumulativeSeries>,
     /// Why something is missing, in words.
     pub notes: Vec<String>,
+}
+
+/// One comparison's lift over time: a point per UTC day of assignment on
+/// which either arm gained recipients, each computed from the cumulative
+/// sums of everyone assigned up to the end of that day (unadjusted: no
+/// CUPED). The last point is the comparison's unadjusted result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CumulativeSeries {
+    /// Control arm name.
+    pub control: String,
+    /// Treatment arm name.
+    pub treatment: String,
+    /// By day, oldest first; days before both arms have two recipients are
+    /// left out (no variance yet).
+    pub points: Vec<CumulativePoint>,
+}
+
+/// The analysis of everyone assigned up to the end of `date`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CumulativePoint {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub date: String,
+    /// Control recipients so far.
+    pub control_recipients: i64,
+    /// Treatment recipients so far.
+    pub treatment_recipients: i64,
+    /// Conversion rate lift so far.
+    pub conversion: Effects,
+    /// Revenue per recipient lift so far.
+    pub revenue: Effects,
+}
+
+/// Whether a per-day row counts toward the arm (or `arm:variant`) `name`.
+fn row_is(r: &ArmSums, name: &str) -> bool {
+    r.arm == name
+        || r.variant
+            .as_deref()
+            .is_some_and(|v| name.strip_prefix(&r.arm).and_then(|n| n.strip_prefix(':')) == Some(v))
+}
+
+/// The cumulative series of every `(control, treatment)` pair from one
+/// experiment's per-day rows ([`daily_arm_sums`]).
+pub fn cumulative(
+    daily: &[ArmSums],
+    pairs: &[(String, String)],
+    alpha: f64,
+) -> Result<Vec<CumulativeSeries>, ReportError> {
+    let mut out = Vec::new();
+    for (control, treatment) in pairs {
+        let mut days: Vec<i64> = daily
+            .iter()
+            .filter(|r| row_is(r, control) || row_is(r, treatment))
+            .filter_map(|r| r.day)
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        let (mut c, mut t) = (ArmSums::default(), ArmSums::default());
+        let mut points = Vec::new();
+        for day in days {
+            for r in daily.iter().filter(|r| r.day == Some(day)) {
+                if row_is(r, control) {
+                    c.add(r);
+                } else if row_is(r, treatment) {
+                    t.add(r);
+                }
+            }
+            // The engine needs variance in both arms to say anything.
+            if c.recipients < 2 || t.recipients < 2 {
+                continue;
+            }
+            let stats = |s: &ArmSums, name: &str| {
+                ArmStats::new(
+                    name.to_string(),
+                    s.recipients,
+                    s.conversions,
+                    s.revenue_sum,
+                    s.revenue_sum_squares,
+                )
+            };
+            let mut input = ExperimentInput::new(vec![stats(&c, control), stats(&t, treatment)]);
+            input.control = Some(control.clone());
+            input.alpha = alpha;
+            let a = analyze(&input)?;
+            let Some(cmp) = a.comparisons.into_iter().next() else {
+                continue;
+            };
+            points.push(CumulativePoint {
+                date: rfc3339(day * DAY_US)[..10].to_string(),
+                control_recipients: c.recipients,
+                treatment_recipients: t.recipients,
+                conversion: cmp.conversion,
+                revenue: cmp.revenue,
+            });
+        }
+        out.push(CumulativeSeries {
+            control: control.clone(),
+            treatment: treatment.clone(),
+            points,
+        });
+    }
+    Ok(out)
 }
 
 const ARM_ORDER: [&str; 3] = ["holdout", "scheduled", "triggered"];
@@ -399,6 +504,7 @@ pub fn build(
         analysis,
         variant_analysis,
         srm,
+        cumulative: Vec::new(),
         notes,
     })
 }
@@ -435,7 +541,10 @@ pub async fn experiment_report(
     options: &ReportOptions,
 ) -> Result<Report, ReportError> {
     let lake = Lake::open(root)?;
-    let (rows, until) = arm_sums(&lake, options, Some(rule)).await?;
+    // One query: per-day sums, added up for the report and accumulated
+    // for its cumulative series.
+    let (daily, until) = daily_arm_sums(&lake, options, Some(rule)).await?;
+    let rows = totals(&daily);
     let design = designs.iter().find(|d| d.rule == rule);
     if rows.is_empty() && design.is_none() {
         let known = known_experiments(&lake, designs).await?;
@@ -446,7 +555,16 @@ pub async fn experiment_report(
             });
         }
     }
-    build(rule, &rows, design, options, until)
+    let mut report = build(rule, &rows, design, options, until)?;
+    let pairs: Vec<(String, String)> = report
+        .analysis
+        .iter()
+        .chain(&report.variant_analysis)
+        .flat_map(|a| &a.comparisons)
+        .map(|c| (c.control.clone(), c.treatment.clone()))
+        .collect();
+    report.cumulative = cumulative(&daily, &pairs, options.alpha)?;
+    Ok(report)
 }
 
 /// One experiment in the overview.
@@ -699,6 +817,97 @@ mod tests {
         );
         assert!(text.contains("triggered vs holdout:"), "{text}");
         assert!(text.contains("267.50"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn cumulative_lift_accumulates_by_day_of_assignment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let r = experiment_report(
+            &root(dir.path()),
+            &[design(50, 0)],
+            "cart",
+            &ReportOptions::default(),
+        )
+        .await
+        .expect("report");
+        assert_eq!(r.cumulative.len(), 1);
+        let s = &r.cumulative[0];
+        assert_eq!(
+            (s.control.as_str(), s.treatment.as_str()),
+            ("holdout", "triggered")
+        );
+        // Holdout: h1, h2 on 09-01. Triggered: t1, t3 on 09-01, t2 on
+        // 09-02, z9 on 10-01.
+        let days: Vec<(&str, i64, i64)> = s
+            .points
+            .iter()
+            .map(|p| {
+                (
+                    p.date.as_str(),
+                    p.control_recipients,
+                    p.treatment_recipients,
+                )
+            })
+            .collect();
+        assert_eq!(
+            days,
+            [
+                ("2026-09-01", 2, 2),
+                ("2026-09-02", 2, 3),
+                ("2026-10-01", 2, 4)
+            ]
+        );
+        // The first day alone: holdout 10 and 0, triggered 1030 and 40.
+        let Effect::Estimated(first) = &s.points[0].revenue.absolute else {
+            panic!("estimable: {:?}", s.points[0]);
+        };
+        assert!((first.estimate - (535.0 - 5.0)).abs() < 1e-9, "{first:?}");
+        // The last point is everyone: the report's unadjusted comparison.
+        let whole = &r.analysis.as_ref().expect("two arms").comparisons[0];
+        let last = s.points.last().expect("points");
+        assert_eq!(last.revenue, whole.revenue);
+        assert_eq!(last.conversion, whole.conversion);
+    }
+
+    #[test]
+    fn cumulative_series_of_variants_and_late_arms() {
+        let d = |arm: &str, variant: Option<&str>, day: i64, n: i64, conv: i64| ArmSums {
+            experiment: "x".into(),
+            arm: arm.into(),
+            variant: variant.map(str::to_string),
+            recipients: n,
+            conversions: conv,
+            revenue_sum: conv as f64 * 10.0,
+            revenue_sum_squares: conv as f64 * 100.0,
+            day: Some(day),
+            ..ArmSums::default()
+        };
+        let daily = [
+            d("holdout", None, 100, 1, 0),
+            d("holdout", None, 101, 9, 2),
+            d("triggered", Some("a"), 100, 5, 1),
+            d("triggered", Some("b"), 100, 5, 2),
+            d("triggered", Some("a"), 102, 5, 3),
+        ];
+        let pairs = [
+            ("holdout".to_string(), "triggered".to_string()),
+            ("holdout".to_string(), "triggered:a".to_string()),
+            ("holdout".to_string(), "triggered:b".to_string()),
+        ];
+        let s = cumulative(&daily, &pairs, 0.05).expect("series");
+        let n = |i: usize| -> Vec<(i64, i64)> {
+            s[i].points
+                .iter()
+                .map(|p| (p.control_recipients, p.treatment_recipients))
+                .collect()
+        };
+        // Day 100 has one holdout recipient: no point until day 101.
+        assert_eq!(n(0), [(10, 10), (10, 15)]);
+        assert_eq!(n(1), [(10, 5), (10, 10)]);
+        // Variant b gains nobody after day 100: its last point is day 101.
+        assert_eq!(n(2), [(10, 5)]);
+        assert_eq!(s[2].points[0].date, "1970-04-12");
     }
 
     #[tokio::test]
