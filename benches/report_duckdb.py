@@ -13,8 +13,9 @@ do the same work.
 It times the query on a fresh connection (cold: no metadata cached; the OS
 page cache may hold the files) and then WARM more runs on one connection,
 and checks every arm against the `kairos-sums.json` that `kairos
-bench-report` wrote into the same directory: the counts exactly, the sums to
-1e-9 relative (summation order differs).
+bench-report` wrote into the same directory: the counts (recipients,
+conversions, messages) exactly, the sums (revenue, its squares, the covariate
+and its products with revenue) to 1e-9 relative (summation order differs).
 """
 import argparse
 import json
@@ -98,10 +99,12 @@ def main():
         if d is None:
             bad.append(f"{k['arm']}: missing in DuckDB's answer")
             continue
-        for c in ["recipients", "conversions"]:
+        for c in ["recipients", "conversions", "messages"]:
             if d[c] != k[c]:
                 bad.append(f"{k['arm']}.{c}: duckdb {d[c]} vs kairos {k[c]}")
-        for c in ["revenue_sum", "revenue_sum_squares"]:
+        for c in ["revenue_sum", "revenue_sum_squares", "covariate_sum", "sum_products"]:
+            if k.get(c) is None:
+                continue
             if abs(d[c] - k[c]) > 1e-9 * max(1.0, abs(k[c])):
                 bad.append(f"{k['arm']}.{c}: duckdb {d[c]!r} vs kairos {k[c]!r}")
     if len(kairos["arms"]) != len(got):

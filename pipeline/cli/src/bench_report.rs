@@ -165,6 +165,9 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
                 "conversions": a["conversions"],
                 "revenue_sum": a["stats"]["revenue_sum"],
                 "revenue_sum_squares": a["stats"]["revenue_sum_squares"],
+                "messages": a["messages_sent"],
+                "covariate_sum": a["stats"]["covariate_sum"],
+                "sum_products": a["stats"]["revenue_covariate_sum_products"],
             })
         })
         .collect();
