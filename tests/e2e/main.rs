@@ -8,6 +8,7 @@
 mod durability;
 mod import;
 mod ingest;
+mod lift;
 mod messaging;
 mod pages;
 mod policy;

@@ -52,6 +52,10 @@ pub struct GenerateOptions {
     /// visitors included). Individual customers spread widely around it: a few
     /// are very active, many are light, some are dormant or lapsed.
     pub events_per_customer: f64,
+    /// The response simulator: when set, every customer abandons one cart and
+    /// converts at the rate of the arm Kairos will assign them (see [`Lift`]),
+    /// instead of following the ordinary journeys.
+    pub lift: Option<Lift>,
 }
 
 impl GenerateOptions {
@@ -67,7 +71,115 @@ impl GenerateOptions {
                 .single()
                 .expect("2026-09-01T00:00:00Z is a valid UTC instant"),
             events_per_customer: 12.0,
+            lift: None,
         }
+    }
+}
+
+/// A response simulator for one cart-abandonment experiment, so a report
+/// can be checked against a lift that is known in advance.
+///
+/// Each customer abandons exactly one cart at a random time; the rule
+/// qualifies them `delay` later. Their arm is what the live pipeline will
+/// give them: [`kairos_experiments::Design::assign`] over the rule's own
+/// salt and split and the canonical customer id (the `userId`). A customer
+/// converts (buys that cart: `Order Completed` with its revenue) with
+/// probability `base_rate × (1 + lift of the arm)`, the holdout's lift being
+/// 0, at a time after their message: 6 hours to 3¼ days after qualifying,
+/// a day later in the scheduled arm (its send waits for the next scheduled
+/// time, at most a day away). Every conversion falls inside a 7-day
+/// attribution window whatever replay batch span (up to 6 hours) decides the
+/// exact assignment instant. There are no other purchases and no anonymous
+/// visitors, so the true conversion lift of an arm over holdout is exactly
+/// its `lift`, and so is its revenue-per-recipient lift (what a converter
+/// spends does not depend on the arm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lift {
+    /// The rule (experiment) name, for messages.
+    pub rule: String,
+    /// The rule's experiment design: salt and split.
+    pub design: kairos_experiments::Design,
+    /// The rule's `delay` parameter: qualification comes this long after the
+    /// last cart add.
+    pub delay: Duration,
+    /// Conversion probability of a holdout customer (0 to 1).
+    pub base_rate: f64,
+    /// Relative conversion lift of the scheduled arm over holdout (0.08 = +8%).
+    pub scheduled: f64,
+    /// Relative conversion lift of the triggered arm over holdout.
+    pub triggered: f64,
+}
+
+impl Lift {
+    /// The simulator for `rule` (a cart-abandonment rule: an abandoned cart
+    /// qualifies `delay` after the last add; `1h` when it has no `delay`
+    /// parameter). `lifts` is `arm=lift,...`, e.g. `triggered=0.20,scheduled=0.08`.
+    pub fn for_rule(rule: &kairos_rules::Rule, base_rate: f64, lifts: &str) -> Result<Lift> {
+        ensure!(
+            rule.variants.is_empty(),
+            "rule {} has variants; the response simulator knows arms only: \
+             simulate a copy of the rule without its `variant` lines",
+            rule.name
+        );
+        let delay = match rule.params.get("delay") {
+            Some(kairos_rules::rule::Param::Duration(secs)) => {
+                Duration::seconds(i64::try_from(*secs).context("delay out of range")?)
+            }
+            Some(other) => anyhow::bail!(
+                "rule {}: the simulator reads `param delay` as a duration, found {other:?}",
+                rule.name
+            ),
+            None => Duration::hours(1),
+        };
+        let (mut scheduled, mut triggered) = (0.0, 0.0);
+        for part in lifts.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (arm, value) = part
+                .split_once('=')
+                .with_context(|| format!("--lift {part:?}: write ARM=LIFT, e.g. triggered=0.20"))?;
+            let value: f64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("--lift {part:?}: the lift is a number like 0.20"))?;
+            match arm.trim() {
+                "scheduled" => scheduled = value,
+                "triggered" => triggered = value,
+                other => anyhow::bail!(
+                    "--lift {other:?}: give `scheduled` and/or `triggered` (holdout is the baseline)"
+                ),
+            }
+        }
+        let lift = Lift {
+            rule: rule.name.clone(),
+            design: rule.design(),
+            delay,
+            base_rate,
+            scheduled,
+            triggered,
+        };
+        for arm in [
+            kairos_experiments::Arm::Holdout,
+            kairos_experiments::Arm::Scheduled,
+            kairos_experiments::Arm::Triggered,
+        ] {
+            let p = lift.rate(arm);
+            ensure!(
+                (0.0..=1.0).contains(&p),
+                "the {} arm would convert at {p} (base rate {base_rate} × (1 + lift)): \
+                 choose a base rate and lifts that keep every rate between 0 and 1",
+                arm.as_str()
+            );
+        }
+        Ok(lift)
+    }
+
+    /// The conversion probability of a customer in `arm`.
+    pub fn rate(&self, arm: kairos_experiments::Arm) -> f64 {
+        let lift = match arm {
+            kairos_experiments::Arm::Holdout => 0.0,
+            kairos_experiments::Arm::Scheduled => self.scheduled,
+            kairos_experiments::Arm::Triggered => self.triggered,
+        };
+        self.base_rate * (1.0 + lift)
     }
 }
 
@@ -141,7 +253,10 @@ fn generate_in_blocks(
     let mut written = 0;
     for index in 0..opts.customers {
         let customer = Customer::new(opts.seed, index, &span);
-        let (actor, evs) = customer_journey(&customer, opts, &span);
+        let (actor, evs) = match &opts.lift {
+            Some(lift) => experiment_journey(&customer, opts, &span, lift),
+            None => customer_journey(&customer, opts, &span),
+        };
         block.add(&actor, evs, &mut ids)?;
         block.customers += 1;
         if block.customers >= block_customers || block.lines.len() >= block_events {
@@ -149,8 +264,15 @@ fn generate_in_blocks(
         }
     }
     // Visitors join the last block, so a load of up to `block_customers`
-    // customers is still sorted as a whole.
-    for index in 0..opts.customers / CUSTOMERS_PER_VISITOR {
+    // customers is still sorted as a whole. The response simulator has none:
+    // an anonymous visitor's abandoned cart would make them a recipient who
+    // never converts.
+    let visitors = if opts.lift.is_some() {
+        0
+    } else {
+        opts.customers / CUSTOMERS_PER_VISITOR
+    };
+    for index in 0..visitors {
         let (actor, evs) = visitor_journey(opts, index, &span);
         block.add(&actor, evs, &mut ids)?;
         if block.lines.len() >= block_events {
@@ -237,6 +359,14 @@ impl Span {
             .start
             .checked_add_signed(Duration::days(i64::from(opts.days)))
             .context("start + days is out of range")?;
+        if opts.lift.is_some() {
+            ensure!(
+                opts.days >= LIFT_MIN_DAYS,
+                "the response simulator needs --days {LIFT_MIN_DAYS} or more (a day before the \
+                 first cart, and each cart's 7-day window inside the span); got {}",
+                opts.days
+            );
+        }
         Ok(Self {
             start: opts.start,
             end,
@@ -260,6 +390,7 @@ fn stream(seed: u64, purpose: u64, index: u64) -> StdRng {
 const STREAM_PROFILE: u64 = 1;
 const STREAM_JOURNEY: u64 = 2;
 const STREAM_VISITOR: u64 = 3;
+const STREAM_EXPERIMENT: u64 = 4;
 
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -1766,6 +1897,58 @@ fn customer_journey(c: &Customer, opts: &GenerateOptions, span: &Span) -> (Actor
     (j.actor, events)
 }
 
+/// Shortest span for the response simulator: a quiet first day, then carts,
+/// each followed by its whole 7-day attribution window plus a replay batch.
+const LIFT_MIN_DAYS: u32 = 10;
+
+/// The response simulator's journey (see [`Lift`]): one visit that leaves a
+/// cart, then, with the arm's probability, a visit that buys it after the
+/// message.
+fn experiment_journey(
+    c: &Customer,
+    opts: &GenerateOptions,
+    span: &Span,
+    lift: &Lift,
+) -> (Actor, Vec<Ev>) {
+    let mut rng = stream(opts.seed, STREAM_EXPERIMENT, c.index as u64);
+    let label = format!("{:05}", c.index);
+    let actor = Actor::new(&mut rng, label, Some(c.user_id.clone()), c.zone);
+    let mut j = Journey::new(rng, actor, Who::Both);
+    // Carts from the second day (profiles arrive first) until 8 days and
+    // the delay before the end, so every window closes inside the span.
+    let lo = span.start + Duration::days(1);
+    let hi = span.end - Duration::days(8) - lift.delay;
+    let t = j.visit_time(lo, hi.max(lo + Duration::hours(1)));
+    j.begin(t);
+    let category = j.pick_category();
+    j.view_category(category);
+    let p = j.pick_product(category);
+    j.view_product(p);
+    let mut cart = j.new_cart();
+    j.add_to_cart(&mut cart, p);
+    j.page("Cart", "/cart".into(), "Your cart".into());
+    j.end();
+
+    // The same function, inputs and salt the policy stage uses.
+    let arm = lift.design.assign(&c.user_id).arm;
+    if j.rng.random_bool(lift.rate(arm)) {
+        let qualified = j.clock + lift.delay;
+        let message = match arm {
+            kairos_experiments::Arm::Scheduled => qualified + Duration::days(1),
+            _ => qualified,
+        };
+        let lag = Duration::hours(6) + Duration::minutes(j.rng.random_range(0..3 * 24 * 60));
+        j.begin(message + lag);
+        j.page("Cart", "/cart".into(), "Your cart".into());
+        j.checkout(&mut cart, true);
+        j.end();
+    }
+    let mut events = j.events;
+    events.retain(|e| e.ts < span.end);
+    events.sort_by_key(|e| e.ts);
+    (j.actor, events)
+}
+
 /// An anonymous-only visitor: browses and fills carts, never signs up or
 /// buys.
 fn visitor_journey(opts: &GenerateOptions, index: usize, span: &Span) -> (Actor, Vec<Ev>) {
@@ -1847,6 +2030,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<()> {
 mod tests {
     use super::*;
     use chrono::Timelike;
+    use kairos_experiments::Arm;
     use std::collections::{HashMap, HashSet};
     use std::sync::OnceLock;
 
@@ -2628,5 +2812,97 @@ mod tests {
             r#"{"type":"x","a":{"m":"é\"","z":[1,{"a":1.5,"b":2}]}}"#
         );
         Ok(())
+    }
+
+    fn cart_rule(extra: &str) -> kairos_rules::Rule {
+        let text = format!(
+            "-- name: cart_abandonment\n-- description: d\n-- channel: email\n\
+             -- split: holdout=10 scheduled=20 triggered=70\n-- param delay: 1h\n{extra}\
+             SELECT customer_id, 'k' AS dedupe_key FROM carts\n"
+        );
+        kairos_rules::parse(std::path::Path::new("cart_abandonment.sql"), &text)
+            .expect("the test rule parses")
+    }
+
+    #[test]
+    fn the_response_simulator_converts_each_arm_at_its_rate_after_the_message() {
+        let lift = Lift::for_rule(&cart_rule(""), 0.3, "triggered=0.20,scheduled=0.08")
+            .expect("valid lifts");
+        let opts = GenerateOptions {
+            seed: 6,
+            customers: 20_000,
+            days: 12,
+            lift: Some(lift.clone()),
+            ..GenerateOptions::sample()
+        };
+        let out = run(&opts);
+        assert_eq!(out.summary.profiles, 20_000);
+        // Per customer: the cart add, and the purchase if any.
+        let mut carts: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut bought: HashMap<String, DateTime<Utc>> = HashMap::new();
+        for e in &out.events {
+            let user = s(e, "/userId").to_string();
+            assert!(!user.is_empty(), "no anonymous visitors: {e}");
+            let t = DateTime::parse_from_rfc3339(s(e, "/timestamp"))
+                .expect("timestamp")
+                .with_timezone(&Utc);
+            match s(e, "/event") {
+                "Product Added" => assert!(carts.insert(user, t).is_none(), "one cart each"),
+                "Order Completed" => assert!(bought.insert(user, t).is_none(), "one order each"),
+                _ => {}
+            }
+        }
+        assert_eq!(carts.len(), 20_000);
+        let mut n = [0usize; 3];
+        let mut converted = [0usize; 3];
+        for (user, cart) in &carts {
+            let arm = lift.design.assign(user).arm;
+            n[arm as usize] += 1;
+            if let Some(t) = bought.get(user) {
+                converted[arm as usize] += 1;
+                let after = *t - *cart;
+                let earliest = lift.delay + Duration::hours(6);
+                assert!(after >= earliest, "{user} bought {after} after the cart");
+                assert!(
+                    after < Duration::days(5),
+                    "{user} bought {after} after the cart"
+                );
+                assert!(*t < opts.start + Duration::days(12));
+            }
+        }
+        for arm in [Arm::Holdout, Arm::Scheduled, Arm::Triggered] {
+            let (k, n) = (converted[arm as usize] as f64, n[arm as usize] as f64);
+            let p = lift.rate(arm);
+            let sd = (n * p * (1.0 - p)).sqrt();
+            assert!(
+                (k - n * p).abs() < 4.0 * sd,
+                "{arm:?}: {k} of {n} converted, expected {p} ± {:.4}",
+                4.0 * sd / n
+            );
+        }
+        // Deterministic given the seed.
+        assert_eq!(run(&opts).events_raw, out.events_raw);
+    }
+
+    #[test]
+    fn the_response_simulator_refuses_what_it_cannot_simulate() {
+        let rule = cart_rule("");
+        let err = |r: &kairos_rules::Rule, base: f64, lifts: &str| {
+            Lift::for_rule(r, base, lifts)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(&rule, 0.1, "holdout=0.1").contains("baseline"));
+        assert!(err(&rule, 0.1, "triggered").contains("ARM=LIFT"));
+        assert!(err(&rule, 0.9, "triggered=0.2").contains("between 0 and 1"));
+        let variants = cart_rule("-- variant late: delay=6h\n");
+        assert!(err(&variants, 0.1, "triggered=0.2").contains("variants"));
+        let short = GenerateOptions {
+            days: 9,
+            lift: Some(Lift::for_rule(&rule, 0.1, "triggered=0.2").expect("valid")),
+            ..GenerateOptions::sample()
+        };
+        let e = generate(&short, &mut Vec::new(), &mut Vec::new()).expect_err("too short");
+        assert!(e.to_string().contains("--days 10"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backtest;
 mod bench;
+mod bench_report;
 mod callbacks;
 mod generate;
 mod import;
@@ -87,6 +88,18 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "data-samples")]
         out: PathBuf,
+        /// Response simulator: every customer abandons one cart and converts
+        /// at the base rate × (1 + the lift of the arm Kairos assigns them),
+        /// e.g. `triggered=0.20,scheduled=0.08` (holdout is the baseline).
+        #[arg(long, value_name = "ARM=LIFT,...")]
+        lift: Option<String>,
+        /// The rule the simulator predicts arms for (its salt, split and
+        /// `delay` parameter).
+        #[arg(long, default_value = "sql/cart_abandonment.sql", requires = "lift")]
+        lift_rule: PathBuf,
+        /// Holdout conversion probability for the simulator.
+        #[arg(long, default_value_t = 0.10, requires = "lift")]
+        base_rate: f64,
     },
     /// Load generator for benchmarks: Segment-shaped gzip batches against a server.
     Loadgen {
@@ -169,6 +182,9 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
     },
+    /// Benchmark the experiment report: build a synthetic lake of millions
+    /// of recipients (--build), then time the report over it.
+    BenchReport(bench_report::BenchReportArgs),
     /// Work with the SQL trigger rules.
     Rules {
         #[command(subcommand)]
@@ -242,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(bench::bench_policy(c, customers, firings))
         }
         Command::BenchDelivery { messages } => runtime()?.block_on(bench::bench_delivery(messages)),
+        Command::BenchReport(args) => runtime()?.block_on(bench_report::bench_report(args)),
         Command::BenchRules {
             history,
             batch,
@@ -309,7 +326,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             customers,
             days,
             out,
-        } => generate_files(sample, seed, customers, days, &out),
+            lift,
+            lift_rule,
+            base_rate,
+        } => {
+            let lift = lift
+                .map(|l| simulator(&lift_rule, base_rate, &l))
+                .transpose()?;
+            generate_files(sample, seed, customers, days, lift, &out)
+        }
         Command::Rules {
             command: RulesCommand::Check { dir, templates },
         } => rules_check(&dir, &templates),
@@ -338,6 +363,7 @@ fn reserved_name(c: &Command) -> &'static str {
         | Command::BenchRules { .. }
         | Command::BenchPolicy { .. }
         | Command::BenchDelivery { .. }
+        | Command::BenchReport(_)
         | Command::Generate { .. }
         | Command::Loadgen { .. }
         | Command::Report(_)
@@ -377,14 +403,34 @@ fn rules_check(dir: &std::path::Path, templates: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
+/// The response simulator for the rule in `file`.
+fn simulator(
+    file: &std::path::Path,
+    base_rate: f64,
+    lifts: &str,
+) -> anyhow::Result<generate::Lift> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        anyhow::anyhow!(
+            "--lift-rule {}: {e}; point it at the rule file the replay will use",
+            file.display()
+        )
+    })?;
+    let rule = kairos_rules::parse(file, &text).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("--lift-rule does not parse:\n{}", lines.join("\n"))
+    })?;
+    generate::Lift::for_rule(&rule, base_rate, lifts)
+}
+
 fn generate_files(
     sample: bool,
     seed: u64,
     customers: usize,
     days: u32,
+    lift: Option<generate::Lift>,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let opts = if sample {
+    let mut opts = if sample {
         generate::GenerateOptions::sample()
     } else {
         generate::GenerateOptions {
@@ -394,6 +440,7 @@ fn generate_files(
             ..generate::GenerateOptions::sample()
         }
     };
+    opts.lift = lift;
     std::fs::create_dir_all(out)?;
     let mut profiles = std::fs::File::create(out.join("profiles.ndjson"))?;
     let mut events = std::fs::File::create(out.join("events.ndjson"))?;
