@@ -286,7 +286,12 @@ fn stats_table(arms: &[&ArmReport]) -> String {
          <th class=\"num\">Σ covariate²</th><th class=\"num\">Σ revenue·covariate</th>\
          </tr></thead><tbody>",
     );
-    let g = |v: f64| format!("{v}");
+    // Shown to 6 decimals (sums of money carry float noise such as
+    // 1504.6999999999998); `data-value` keeps the exact number.
+    let g = |v: f64| {
+        let t = format!("{v:.6}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
     for a in arms {
         let st = &a.stats;
         let _ = write!(

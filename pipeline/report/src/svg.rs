@@ -68,7 +68,8 @@ const WIDTH: f64 = 560.0;
 /// Horizontal confidence-interval bars around a zero line; `fmt` formats
 /// the axis values. `rows` must not be empty.
 pub fn ci_chart(rows: &[CiRow], fmt: fn(f64) -> String) -> String {
-    let (left, right, row_h, top) = (190.0, WIDTH - 20.0, 30.0, 10.0);
+    // Room on the left for the longest label ("triggered − scheduled, CUPED").
+    let (left, right, row_h, top) = (230.0, WIDTH - 20.0, 30.0, 10.0);
     let height = top + row_h * rows.len() as f64 + 30.0;
     let d = domain(rows.iter().flat_map(|r| [r.ci[0], r.ci[1], r.estimate]));
     let x = |v: f64| scale(v, d, left, right);
@@ -259,9 +260,9 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("b − &lt;a&gt;"), "{svg}");
-        // Domain [-1, 3] padded by 0.2 each side onto x 190..540: zero at
-        // 190 + 1.2/4.4·350.
-        assert!(svg.contains(r#"x1="285.5""#), "{svg}");
+        // Domain [-1, 3] padded by 0.2 each side onto x 230..540: zero at
+        // 230 + 1.2/4.4·310.
+        assert!(svg.contains(r#"x1="314.5""#), "{svg}");
         assert!(svg.contains(&format!(r#"stroke="{}""#, PALETTE[0])));
         assert!(svg.contains(">-1.20<") && svg.contains(">3.20<"), "{svg}");
     }
