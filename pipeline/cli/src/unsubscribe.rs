@@ -83,13 +83,7 @@ async fn unsubscribe(
             "<p>This unsubscribe link is not valid. Use the link in the latest message you received.</p>",
         );
     };
-    let event = match channel {
-        Channel::Email => "Email Unsubscribed",
-        Channel::Sms => "SMS Opted Out",
-        Channel::Whatsapp => "WhatsApp Opted Out",
-        Channel::Push => "Push Opted Out",
-        Channel::Webhook => "Unsubscribed",
-    };
+    let event = kairos_messaging::callbacks::opt_out_event(channel);
     let call = serde_json::json!({
         "type": "track",
         "userId": customer,
