@@ -164,19 +164,11 @@ async fn sms_goes_through_the_provider_api_retrying_5xx_and_never_retrying_a_bad
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n\
          [messaging.channels.sms]\nprovider = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15550199\"\n"
     );
-    let mut server = Server::start_with_env(
+    let mut server = Server::start_with_rules(
         dir.path().to_str().expect("utf8"),
         &config,
-        vec![
-            (
-                "KAIROS__RULES__DIR".into(),
-                rules.path().display().to_string(),
-            ),
-            (
-                "KAIROS__MESSAGING__TEMPLATES".into(),
-                templates.path().display().to_string(),
-            ),
-        ],
+        rules.path(),
+        templates.path(),
     );
     let mut batch = Vec::new();
     for (i, phone) in ["+15550101", "+15550102", "+15550103"].iter().enumerate() {
@@ -284,19 +276,11 @@ async fn a_stop_reply_stops_the_next_sms_and_status_callbacks_are_recorded() {
          [messaging]\npublic_url = \"{public}\"\n\
          [messaging.channels.sms]\nprovider = \"twilio\"\nbase_url = \"{base}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15550199\"\n"
     );
-    let mut server = Server::start_with_env(
+    let mut server = Server::start_with_rules(
         dir.path().to_str().expect("utf8"),
         &config,
-        vec![
-            (
-                "KAIROS__RULES__DIR".into(),
-                rules.path().display().to_string(),
-            ),
-            (
-                "KAIROS__MESSAGING__TEMPLATES".into(),
-                templates.path().display().to_string(),
-            ),
-        ],
+        rules.path(),
+        templates.path(),
     );
     let batch = json!({"batch": [
         {"type": "identify", "userId": "c0", "messageId": "i0", "timestamp": "2026-09-01T08:00:00Z",

@@ -40,19 +40,11 @@ async fn decisions_are_recorded_with_their_reasons() {
         ("promo_holdout.email", email),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start_with_env(
+    let mut server = Server::start_with_rules(
         dir.path().to_str().expect("utf8"),
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
-        vec![
-            (
-                "KAIROS__RULES__DIR".into(),
-                rules.path().display().to_string(),
-            ),
-            (
-                "KAIROS__MESSAGING__TEMPLATES".into(),
-                templates.path().display().to_string(),
-            ),
-        ],
+        rules.path(),
+        templates.path(),
     );
     let batch = json!({"batch": [
         {"type": "identify", "userId": "c1", "messageId": "i1", "timestamp": "2026-09-01T11:00:00Z",
@@ -173,19 +165,11 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
         ),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start_with_env(
+    let mut server = Server::start_with_rules(
         dir.path().to_str().expect("utf8"),
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n",
-        vec![
-            (
-                "KAIROS__RULES__DIR".into(),
-                rules.path().display().to_string(),
-            ),
-            (
-                "KAIROS__MESSAGING__TEMPLATES".into(),
-                templates.path().display().to_string(),
-            ),
-        ],
+        rules.path(),
+        templates.path(),
     );
     let traits = |c: &str| {
         json!({"email": format!("{c}@example.com"), "phone": "+15550100",

@@ -185,19 +185,11 @@ async fn a_failing_rule_is_isolated_and_counted() {
     let templates =
         crate::support::templates_with(&[("broken.email", "Subject: never\n\nnever sent\n")]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start_with_env(
+    let mut server = Server::start_with_rules(
         dir.path().to_str().expect("utf8"),
         CONFIG,
-        vec![
-            (
-                "KAIROS__RULES__DIR".into(),
-                rules.path().display().to_string(),
-            ),
-            (
-                "KAIROS__MESSAGING__TEMPLATES".into(),
-                templates.path().display().to_string(),
-            ),
-        ],
+        rules.path(),
+        templates.path(),
     );
     let r = post(
         &server,

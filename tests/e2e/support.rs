@@ -42,6 +42,22 @@ impl Server {
         Server::start_with_env(data, toml, Vec::new())
     }
 
+    /// Like [`Server::start`], with the rules in `rules` and the templates
+    /// in `templates` instead of the repo's.
+    pub fn start_with_rules(data: &str, toml: &str, rules: &Path, templates: &Path) -> Server {
+        Server::start_with_env(
+            data,
+            toml,
+            vec![
+                ("KAIROS__RULES__DIR".into(), rules.display().to_string()),
+                (
+                    "KAIROS__MESSAGING__TEMPLATES".into(),
+                    templates.display().to_string(),
+                ),
+            ],
+        )
+    }
+
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(data: &str, toml: &str, env: Vec<(String, String)>) -> Server {
         let config = std::env::temp_dir().join(format!(

@@ -258,7 +258,10 @@ async fn status(
             return r;
         }
         let Some(r) = callbacks::verify_reference(&c.key, &reference) else {
-            return answer(StatusCode::NOT_FOUND, "not a reference this server signed");
+            return answer(
+                StatusCode::NOT_FOUND,
+                "not a reference this server signed; every server sending for this data root must use the same messaging.link_key",
+            );
         };
         callbacks::twilio_status(&r, &params)
     } else {

@@ -394,7 +394,7 @@ pub fn generic_status(key: &[u8], body: &Value) -> Result<StatusUpdate, String> 
         .as_str()
         .ok_or("field `reference`: missing; send the reference the message carried")?;
     let r = verify_reference(key, token)
-        .ok_or("field `reference`: not a reference this server signed")?;
+        .ok_or("field `reference`: not a reference this server signed (send back the one the message carried; servers sharing a data root need the same messaging.link_key)")?;
     let status = body["status"]
         .as_str()
         .ok_or("field `status`: missing (delivered, bounced, complained, opted_out, unregistered, failed, ...)")?

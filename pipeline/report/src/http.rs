@@ -260,12 +260,17 @@ pub fn allowed(
     }
 }
 
-async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
+/// [`allowed`] for a request: its token and the peer address axum saw.
+fn request_allowed(s: &ReportState, req: &Request) -> Result<(), (StatusCode, &'static str)> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    match allowed(s.token.as_deref(), req.headers(), peer) {
+    allowed(s.token.as_deref(), req.headers(), peer)
+}
+
+async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
+    match request_allowed(&s, &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => {
             let mut r = error(status, message, json!({}));
@@ -283,11 +288,7 @@ async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> R
 /// The pages' guard: the same rule as [`guard`], answered in HTML; a
 /// missing or wrong token asks the browser for Basic credentials.
 async fn page_guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    match allowed(s.token.as_deref(), req.headers(), peer) {
+    match request_allowed(&s, &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => {
             let message = if status == StatusCode::UNAUTHORIZED {
