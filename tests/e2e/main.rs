@@ -5,6 +5,7 @@
 //! the S3, reader and page tests, what `.ci/setup-test-env` installs
 //! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`, `KAIROS_TEST_CHROMIUM`).
 
+mod analysts;
 mod durability;
 mod import;
 mod ingest;

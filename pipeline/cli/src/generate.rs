@@ -56,6 +56,10 @@ pub struct GenerateOptions {
     /// converts at the rate of the arm Kairos will assign them (see [`Lift`]),
     /// instead of following the ordinary journeys.
     pub lift: Option<Lift>,
+    /// Customer ids are this prefix and a five-digit index (`cust-00017`);
+    /// the demo's simulated cohort uses its own so it can share a data root
+    /// with `data-samples/`.
+    pub id_prefix: &'static str,
 }
 
 impl GenerateOptions {
@@ -72,6 +76,7 @@ impl GenerateOptions {
                 .expect("2026-09-01T00:00:00Z is a valid UTC instant"),
             events_per_customer: 12.0,
             lift: None,
+            id_prefix: "cust-",
         }
     }
 }
@@ -240,7 +245,7 @@ fn generate_in_blocks(
 
     let mut profiles = BufWriter::new(profiles);
     for index in 0..opts.customers {
-        let customer = Customer::new(opts.seed, index, &span);
+        let customer = Customer::new(opts, index, &span);
         line.clear();
         customer.write_profile(&mut line, &ids.next_id())?;
         line.push(b'\n');
@@ -252,7 +257,7 @@ fn generate_in_blocks(
     let mut block = Block::default();
     let mut written = 0;
     for index in 0..opts.customers {
-        let customer = Customer::new(opts.seed, index, &span);
+        let customer = Customer::new(opts, index, &span);
         let (actor, evs) = match &opts.lift {
             Some(lift) => experiment_journey(&customer, opts, &span, lift),
             None => customer_journey(&customer, opts, &span),
@@ -925,9 +930,9 @@ struct Customer {
 }
 
 impl Customer {
-    fn new(seed: u64, index: usize, span: &Span) -> Self {
-        let mut rng = stream(seed, STREAM_PROFILE, index as u64);
-        let user_id = format!("cust-{index:05}");
+    fn new(opts: &GenerateOptions, index: usize, span: &Span) -> Self {
+        let mut rng = stream(opts.seed, STREAM_PROFILE, index as u64);
+        let user_id = format!("{}{index:05}", opts.id_prefix);
         let zone = Zone::pick(&mut rng);
         let (firsts, lasts) = zone.names();
         let first_name = pick(&mut rng, firsts);

@@ -22,7 +22,16 @@ use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, Stagin
 use crate::live;
 
 /// Runs the server until SIGTERM/SIGINT.
-pub async fn serve(mut config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    serve_with(config, |_| {}).await
+}
+
+/// [`serve`], calling `on_listen` with the bound address once the port is
+/// open (the demo prints its page links then).
+pub async fn serve_with(
+    mut config: Config,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let root = DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
@@ -114,9 +123,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     let (stop_publisher, stopped) = oneshot::channel();
     let interval = Duration::from_secs(config.publish.interval_secs.max(1));
+    let compaction = Compaction::from_config(&config, &root);
     let publish_task = tokio::spawn(publish_loop(
         publisher,
         interval,
+        compaction,
         backlog.clone(),
         metrics.clone(),
         stopped,
@@ -180,6 +191,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %local, data = %root.url, writer = %writer.0, "kairos listening");
     // Tests and scripts read this line to learn the port when asked for :0.
     println!("listening on http://{local}");
+    on_listen(local);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -227,9 +239,50 @@ fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
 /// Staged bytes that trigger a publish before the interval is up.
 const EARLY_PUBLISH_BYTES: u64 = 256 << 20;
 
+/// Compaction on a schedule, run by the publish loop between publishes so
+/// it never races a publish into the same hour.
+struct Compaction {
+    root: DataRoot,
+    every: Duration,
+    row_group_rows: usize,
+}
+
+impl Compaction {
+    fn from_config(config: &Config, root: &DataRoot) -> Option<Compaction> {
+        // Object stores cannot swap an hour's files atomically (see
+        // kairos_storage::compact), so only local roots are compacted.
+        (config.publish.compact_every_secs > 0 && root.local_dir.is_some()).then(|| Compaction {
+            root: root.clone(),
+            every: Duration::from_secs(config.publish.compact_every_secs),
+            row_group_rows: config.publish.row_group_rows,
+        })
+    }
+
+    async fn run(&self) {
+        // An hour is merged once it ended an hour ago: late events still
+        // arrive into it as new files, and the next pass merges those.
+        match crate::compact::run(&self.root, HOUR_US, self.row_group_rows).await {
+            Ok(s) if s.hours > 0 => tracing::info!(
+                hours = s.hours,
+                files = s.files_before,
+                rows = s.rows,
+                moved_back = s.moved_back,
+                "compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "compaction failed; the tables are unchanged and it is retried next time")
+            }
+        }
+    }
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
 async fn publish_loop(
     mut publisher: Publisher,
     interval: Duration,
+    compaction: Option<Compaction>,
     backlog: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
@@ -240,6 +293,7 @@ async fn publish_loop(
     let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_publish: Option<std::time::Instant> = None;
+    let mut last_compaction = std::time::Instant::now();
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
@@ -286,6 +340,12 @@ async fn publish_loop(
         }
         if last {
             return Ok(());
+        }
+        if let Some(c) = &compaction
+            && last_compaction.elapsed() >= c.every
+        {
+            c.run().await;
+            last_compaction = std::time::Instant::now();
         }
     }
 }

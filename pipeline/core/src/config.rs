@@ -191,6 +191,9 @@ pub struct PublishConfig {
     pub interval_secs: u64,
     /// Target rows per Parquet row group. Default 131072.
     pub row_group_rows: usize,
+    /// Merge the small files of closed hours this often, seconds; 0 = never.
+    /// Default 3600. Local data roots only.
+    pub compact_every_secs: u64,
 }
 
 /// `[dedupe]`

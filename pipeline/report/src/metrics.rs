@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 
-use crate::lake::Lake;
+use crate::lake::{ID_HASH, Lake};
 use crate::options::{Capping, ReportOptions};
 
 /// A day in µs: per-day rows group by `assigned_at / DAY_US` (UTC days).
@@ -146,12 +146,12 @@ pub fn sql(
     if let Some(t) = options.to_us {
         filter.push(format!("CAST(assigned_at AS BIGINT) < {t}"));
     }
+    let dated = options.from_us.is_some() || options.to_us.is_some();
     let filter = filter.join(" AND ");
-    let day_group = if by_day { ", day" } else { "" };
-    let day_col = if by_day {
-        "day"
+    let day = if by_day {
+        format!("at / {DAY_US}")
     } else {
-        "CAST(NULL AS BIGINT)"
+        "CAST(NULL AS BIGINT)".into()
     };
     let msg_filter = rule
         .map(|r| format!(" AND rule = {}", lit(r)))
@@ -159,7 +159,7 @@ pub fn sql(
     let caps = match options.cap {
         Capping::None => "SELECT DISTINCT experiment, CAST(NULL AS DOUBLE) AS cap FROM per".into(),
         Capping::Absolute { value } => {
-            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM per")
+            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM rcp")
         }
         // Nearest rank: the smallest y with at least p% of the positive
         // values at or below it.
@@ -172,55 +172,104 @@ pub fn sql(
             q = percentile / 100.0
         ),
     };
+    // Messages per arm: the `send` rows carry their arm, so without a date
+    // range they are counted straight from `sends` and put on each arm's
+    // first day (no per-day use needs them split); with one, only the
+    // recipients assigned in the range count, which takes the join.
+    let (msg, msg_day) = if dated {
+        (
+            format!(
+                "SELECT r.experiment, r.arm, r.variant, r.day, count(*) AS messages
+                 FROM rcp r JOIN (
+                   SELECT rule, {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
+                   FROM sends WHERE decision = 'send'{msg_filter}) s
+                 ON s.rule = r.experiment AND s.k1 = r.k1 AND s.k2 = r.k2
+                 GROUP BY r.experiment, r.arm, r.variant, r.day"
+            ),
+            "m.day IS NOT DISTINCT FROM a.day",
+        )
+    } else {
+        (
+            format!(
+                "SELECT rule AS experiment, arm, variant, count(*) AS messages
+                 FROM sends WHERE decision = 'send'{msg_filter} GROUP BY rule, arm, variant"
+            ),
+            "a.day IS NOT DISTINCT FROM a.first_day",
+        )
+    };
+    let day_order = if by_day { ", a.day" } else { "" };
+    // Only recipients with a conversion or revenue event in (at − pre-period,
+    // at + window] can change a sum; everyone else adds 1 to their group's
+    // recipients and 0 to the rest. So recipients are counted straight from
+    // `assignments`, events are inner-joined with their time range in the
+    // join condition (only buyers are grouped per recipient), on two hashes
+    // of the customer id rather than the strings, and the three aggregates
+    // are put together by group at the end. BENCHMARKS.md has the numbers.
     format!(
         "WITH link AS (
            SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
            FROM identities GROUP BY anonymous_id),
          rcp AS (
-           SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
-           FROM assignments WHERE {filter}),
+           SELECT experiment, arm, variant, at, {day} AS day,
+                  {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
+           FROM (SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
+                 FROM assignments WHERE {filter})),
          ev AS (
-           SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
-                  CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
-           FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
-           WHERE e.event_type IN ({conv}, {rev})),
-         msg AS (
-           SELECT rule AS experiment, customer_id, count(*) AS messages
-           FROM sends WHERE decision = 'send'{msg_filter} GROUP BY rule, customer_id),
+           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
+                  event_type, t, revenue
+           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
+                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
+                 FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
+                 WHERE e.event_type IN ({conv}, {rev}))),
          per AS (
-           SELECT r.experiment, r.arm, r.variant, r.customer_id, r.at,
-             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at AND ev.t <= r.at + {w}
-                      THEN 1 ELSE 0 END) AS converted,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at AND ev.t <= r.at + {w}
-                      THEN ev.revenue ELSE 0.0 END) AS y,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at - {p} AND ev.t <= r.at
-                      THEN ev.revenue ELSE 0.0 END) AS x
-           FROM rcp r LEFT JOIN ev ON ev.customer_id = r.customer_id
-           GROUP BY r.experiment, r.arm, r.variant, r.customer_id, r.at),
+           SELECT r.experiment, r.arm, r.variant, r.day,
+             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
+           FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
+             AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
+           GROUP BY r.experiment, r.arm, r.variant, r.day, r.k1, r.k2, r.at),
          caps AS ({caps}),
-         c AS (
-           SELECT per.experiment, per.arm, per.variant, per.at, per.at / {DAY_US} AS day,
-             per.converted, per.y,
-             caps.cap,
+         capped AS (
+           SELECT per.experiment, per.arm, per.variant, per.day, per.converted, per.y, caps.cap,
              CASE WHEN caps.cap IS NOT NULL AND per.y > caps.cap THEN caps.cap ELSE per.y END AS yc,
-             CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc,
-             coalesce(msg.messages, 0) AS messages
-           FROM per
-           LEFT JOIN caps ON per.experiment = caps.experiment
-           LEFT JOIN msg ON msg.experiment = per.experiment AND msg.customer_id = per.customer_id)
-         SELECT experiment, arm, variant, {day_col} AS day,
-           count(*) AS recipients,
-           CAST(sum(messages) AS BIGINT) AS messages,
-           CAST(sum(converted) AS BIGINT) AS conversions,
-           sum(y) AS revenue_uncapped,
-           sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares,
-           sum(xc) AS covariate_sum, sum(xc * xc) AS covariate_sum_squares,
-           sum(xc * yc) AS sum_products,
-           max(cap) AS cap,
-           min(at) AS first_assigned, max(at) AS last_assigned,
-           CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
-         FROM c GROUP BY experiment, arm, variant{day_group}
-         ORDER BY experiment, arm, variant{day_group}"
+             CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc
+           FROM per LEFT JOIN caps ON per.experiment = caps.experiment),
+         hits AS (
+           SELECT experiment, arm, variant, day,
+             CAST(sum(converted) AS BIGINT) AS conversions,
+             sum(y) AS revenue_uncapped,
+             sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares,
+             sum(xc) AS covariate_sum, sum(xc * xc) AS covariate_sum_squares,
+             sum(xc * yc) AS sum_products
+           FROM capped GROUP BY experiment, arm, variant, day),
+         msg AS ({msg}),
+         arms AS (
+           SELECT *, min(day) OVER (PARTITION BY experiment, arm, variant) AS first_day
+           FROM (SELECT experiment, arm, variant, day,
+                   count(*) AS recipients,
+                   min(at) AS first_assigned, max(at) AS last_assigned,
+                   CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+                 FROM rcp GROUP BY experiment, arm, variant, day))
+         SELECT a.experiment, a.arm, a.variant, a.day,
+           a.recipients,
+           CAST(coalesce(m.messages, 0) AS BIGINT) AS messages,
+           coalesce(h.conversions, 0) AS conversions,
+           coalesce(h.revenue_uncapped, 0.0) AS revenue_uncapped,
+           coalesce(h.revenue_sum, 0.0) AS revenue_sum,
+           coalesce(h.revenue_sum_squares, 0.0) AS revenue_sum_squares,
+           coalesce(h.covariate_sum, 0.0) AS covariate_sum,
+           coalesce(h.covariate_sum_squares, 0.0) AS covariate_sum_squares,
+           coalesce(h.sum_products, 0.0) AS sum_products,
+           c.cap,
+           a.first_assigned, a.last_assigned, a.open_window
+         FROM arms a
+         LEFT JOIN hits h ON h.experiment = a.experiment AND h.arm = a.arm
+           AND (h.variant IS NOT DISTINCT FROM a.variant) AND (h.day IS NOT DISTINCT FROM a.day)
+         LEFT JOIN msg m ON m.experiment = a.experiment AND m.arm = a.arm
+           AND (m.variant IS NOT DISTINCT FROM a.variant) AND ({msg_day})
+         LEFT JOIN caps c ON c.experiment = a.experiment
+         ORDER BY a.experiment, a.arm, a.variant{day_order}"
     )
 }
 

@@ -122,3 +122,32 @@ pub fn render(r: &Report) -> String {
     }
     out
 }
+
+/// One line per comparison, for summaries: the relative conversion lift and
+/// the revenue per recipient difference, each with its 95% CI and p-value.
+pub fn headlines(r: &Report) -> Vec<String> {
+    let short = |e: &Effect, fmt: fn(f64) -> String| match e {
+        Effect::Estimated(e) => format!(
+            "{}{} [{}, {}] p={:.4}",
+            if e.estimate >= 0.0 { "+" } else { "" },
+            fmt(e.estimate),
+            fmt(e.ci[0]),
+            fmt(e.ci[1]),
+            e.p_value
+        ),
+        Effect::NotEstimable { reason } => format!("not estimable ({reason:?})"),
+    };
+    r.analysis
+        .iter()
+        .flat_map(|a| &a.comparisons)
+        .map(|c| {
+            format!(
+                "{} vs {}: conversion {}, revenue per recipient {}",
+                c.treatment,
+                c.control,
+                short(&c.conversion.relative, pct),
+                short(&c.revenue.absolute, money)
+            )
+        })
+        .collect()
+}

@@ -12,7 +12,9 @@
 //!
 //! Nothing under `_staging/` or `_kairos/` belongs to a table, so a plain glob
 //! such as `events/**/*.parquet` sees only published, complete files.
+//! `compact` merges a closed hour's files into one, swapped in atomically.
 
+pub mod compact;
 pub mod dedupe;
 pub mod profiles;
 pub mod publish;
@@ -62,6 +64,9 @@ pub enum StorageError {
     /// Arrow could not build a batch (a schema bug).
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The operation cannot be done on this data root; the message says why.
+    #[error("{0}")]
+    Unsupported(String),
     /// A staged record did not decode (corruption beyond a torn tail).
     #[error("corrupt staging segment {path}: {reason}; move it aside and restart")]
     Corrupt {

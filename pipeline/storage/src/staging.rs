@@ -249,6 +249,18 @@ pub fn writer_is_live(root: &DataRoot, writer: &WriterId) -> Option<bool> {
     ))
 }
 
+/// Whether any process holds a writer lock under the local root `dir`: a
+/// server (or import) is running on it.
+pub fn any_writer_live(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir.join(STAGING_DIR)) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        File::open(e.path().join(LOCK_FILE))
+            .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    })
+}
+
 /// Removes a dead local writer's folder once its segments are published.
 pub fn remove_writer_dir(root: &DataRoot, writer: &WriterId) {
     if let Some(dir) = &root.local_dir {

@@ -1,0 +1,148 @@
+//! `kairos compact`, and the server's compaction on a schedule: which
+//! hours of which tables are safe to merge (`kairos_storage::compact` does
+//! the merging and the atomic swap).
+//!
+//! An hour is merged once it ended `settle` ago, and only when no writer
+//! can still add to it or rewrite one of its files:
+//! - `events`, `profiles`, `profile_changes`, `identities`: not while a
+//!   publish is unfinished (its redo rewrites files by name);
+//! - `firings`, `assignments`, `sends`: only hours before the rules'
+//!   last batch (the one batch a restart may redo);
+//! - `deliveries`: only hours before the oldest delivery in flight.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use object_store::path::Path as ObjectPath;
+
+use kairos_core::Config;
+use kairos_core::time::HOUR_US;
+use kairos_storage::DataRoot;
+use kairos_storage::compact::{CompactStats, CompactTable};
+use kairos_storage::tables::{self as t, TableRow};
+
+/// `kairos compact` flags.
+#[derive(clap::Args)]
+pub struct CompactArgs {
+    /// Data root (a local directory). Default from config (./kairos-data).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Merge an hour once it ended this long ago (90m, 6h, 1d).
+    #[arg(long, default_value = "1h")]
+    pub settle: String,
+}
+
+/// `kairos compact`.
+pub async fn compact_command(config: Config, args: CompactArgs) -> anyhow::Result<()> {
+    let data = args.data.unwrap_or(config.storage.data.clone());
+    let root = DataRoot::open(&data).with_context(|| format!("opening data root {data}"))?;
+    if let Some(dir) = &root.local_dir
+        && kairos_storage::staging::any_writer_live(dir)
+    {
+        anyhow::bail!(
+            "a server is running on {data}; it compacts on its own schedule (publish.compact_every_secs), so stop it or leave compaction to it"
+        );
+    }
+    let settle = kairos_rules::rule::parse_duration(&args.settle)
+        .map_err(|e| anyhow::anyhow!("--settle: {e}"))? as i64
+        * 1_000_000;
+    let started = Instant::now();
+    let s = run(&root, settle, config.publish.row_group_rows).await?;
+    for why in &s.skipped {
+        eprintln!("skipped {why}");
+    }
+    println!(
+        "compacted {} hour(s): {} files ({} rows, {:.1} MB) into {} ({:.1} MB) in {:.1?}",
+        s.hours,
+        s.files_before,
+        s.rows,
+        s.bytes_before as f64 / 1e6,
+        s.hours,
+        s.bytes_after as f64 / 1e6,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// One compaction pass over every table of `root`.
+pub async fn run(
+    root: &DataRoot,
+    settle_us: i64,
+    row_group_rows: usize,
+) -> anyhow::Result<CompactStats> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let tables = plan(root, now - settle_us).await?;
+    let root = root.clone();
+    let stats = tokio::task::spawn_blocking(move || {
+        kairos_storage::compact::compact(&root, &tables, 2, row_group_rows)
+    })
+    .await
+    .context("compaction task")??;
+    Ok(stats)
+}
+
+/// Every table with the last instant its hours may end at.
+async fn plan(root: &DataRoot, until: i64) -> anyhow::Result<Vec<CompactTable>> {
+    let publishing = !root
+        .list(&ObjectPath::from(kairos_storage::publish::PUBLISHING_DIR))
+        .await?
+        .is_empty();
+    let stored = if publishing { i64::MIN } else { until };
+    let checkpoint: Option<kairos_rules::runner::Checkpoint> = root
+        .read(&ObjectPath::from(kairos_rules::runner::CHECKPOINT))
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let rules = checkpoint.map_or(until, |c| {
+        until.min(c.clock_us.div_euclid(HOUR_US) * HOUR_US)
+    });
+    let oldest_intent = root
+        .list(&ObjectPath::from(kairos_messaging::delivery::INTENTS_DIR))
+        .await?
+        .iter()
+        .map(|m| m.last_modified.timestamp_micros())
+        .min();
+    let deliveries = oldest_intent.map_or(until, |t| until.min(t.div_euclid(HOUR_US) * HOUR_US));
+
+    fn stored_table<R: TableRow>(until_us: i64) -> CompactTable {
+        CompactTable {
+            name: R::TABLE,
+            schema: R::schema(),
+            sort_column: R::SORT_COLUMN,
+            bloom_columns: R::BLOOM_COLUMNS,
+            until_us,
+        }
+    }
+    let batch_table = |name, schema, until_us| CompactTable {
+        name,
+        schema,
+        sort_column: "customer_id",
+        bloom_columns: &[],
+        until_us,
+    };
+    Ok(vec![
+        stored_table::<kairos_core::event::EventRecord>(stored),
+        stored_table::<t::ProfileRow>(stored),
+        stored_table::<t::ChangeRow>(stored),
+        stored_table::<kairos_core::event::IdentityLink>(stored),
+        batch_table(
+            kairos_rules::firings::FIRINGS,
+            kairos_rules::firings::FIRINGS_SCHEMA.clone(),
+            rules,
+        ),
+        batch_table(
+            kairos_policy::tables::ASSIGNMENTS,
+            kairos_policy::tables::ASSIGNMENTS_SCHEMA.clone(),
+            rules,
+        ),
+        batch_table(
+            kairos_policy::tables::SENDS,
+            kairos_policy::tables::SENDS_SCHEMA.clone(),
+            rules,
+        ),
+        batch_table(
+            kairos_messaging::delivery::DELIVERIES,
+            kairos_messaging::delivery::DELIVERIES_SCHEMA.clone(),
+            deliveries,
+        ),
+    ])
+}
