@@ -157,21 +157,27 @@ pub fn sql(
         .map(|r| format!(" AND rule = {}", lit(r)))
         .unwrap_or_default();
     let caps = match options.cap {
-        Capping::None => "SELECT DISTINCT experiment, CAST(NULL AS DOUBLE) AS cap FROM per".into(),
+        Capping::None => "SELECT DISTINCT experiment, CAST(NULL AS DOUBLE) AS cap FROM groups".into(),
         Capping::Absolute { value } => {
-            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM rcp")
+            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM groups")
         }
         // Nearest rank: the smallest y with at least p% of the positive
         // values at or below it.
         Capping::Percentile { percentile } => format!(
             "SELECT experiment, max(CASE WHEN rn = k THEN y END) AS cap FROM (
-               SELECT experiment, y,
-                      row_number() OVER (PARTITION BY experiment ORDER BY y) AS rn,
-                      CAST(ceil({q:?} * count(*) OVER (PARTITION BY experiment)) AS BIGINT) AS k
-               FROM per WHERE y > 0) GROUP BY experiment",
+               SELECT groups.experiment, per.y,
+                      row_number() OVER (PARTITION BY groups.experiment ORDER BY per.y) AS rn,
+                      CAST(ceil({q:?} * count(*) OVER (PARTITION BY groups.experiment)) AS BIGINT) AS k
+               FROM per JOIN groups ON per.g = groups.g WHERE per.y > 0) GROUP BY experiment",
             q = percentile / 100.0
         ),
     };
+    // (experiment, arm, variant) as one integer, so the big aggregations
+    // and joins below never hash strings.
+    let group = |e: &str| {
+        format!("{ID_HASH}({e} || chr(31) || arm || chr(31) || coalesce(variant, ''), 3)")
+    };
+    let (g_rcp, g_sends) = (group("experiment"), group("rule"));
     // Messages per arm: the `send` rows carry their arm, so without a date
     // range they are counted straight from `sends` and put on each arm's
     // first day (no per-day use needs them split); with one, only the
@@ -179,20 +185,21 @@ pub fn sql(
     let (msg, msg_day) = if dated {
         (
             format!(
-                "SELECT r.experiment, r.arm, r.variant, r.day, count(*) AS messages
+                "SELECT r.g, r.day, count(*) AS messages
                  FROM rcp r JOIN (
                    SELECT rule, {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
                    FROM sends WHERE decision = 'send'{msg_filter}) s
                  ON s.rule = r.experiment AND s.k1 = r.k1 AND s.k2 = r.k2
-                 GROUP BY r.experiment, r.arm, r.variant, r.day"
+                 GROUP BY r.g, r.day"
             ),
             "m.day IS NOT DISTINCT FROM a.day",
         )
     } else {
         (
             format!(
-                "SELECT rule AS experiment, arm, variant, count(*) AS messages
-                 FROM sends WHERE decision = 'send'{msg_filter} GROUP BY rule, arm, variant"
+                "SELECT {g_sends} AS g, messages FROM (
+                   SELECT rule, arm, variant, count(*) AS messages
+                   FROM sends WHERE decision = 'send'{msg_filter} GROUP BY rule, arm, variant)"
             ),
             "a.day IS NOT DISTINCT FROM a.first_day",
         )
@@ -210,10 +217,18 @@ pub fn sql(
            SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
            FROM identities GROUP BY anonymous_id),
          rcp AS (
-           SELECT experiment, arm, variant, at, {day} AS day,
+           SELECT experiment, arm, variant, {g_rcp} AS g, at, {day} AS day,
                   {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
            FROM (SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
                  FROM assignments WHERE {filter})),
+         arms AS (
+           SELECT *, min(day) OVER (PARTITION BY g) AS first_day
+           FROM (SELECT g, experiment, arm, variant, day,
+                   count(*) AS recipients,
+                   min(at) AS first_assigned, max(at) AS last_assigned,
+                   CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+                 FROM rcp GROUP BY g, experiment, arm, variant, day)),
+         groups AS (SELECT DISTINCT g, experiment FROM arms),
          ev AS (
            SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
                   event_type, t, revenue
@@ -222,35 +237,29 @@ pub fn sql(
                  FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
                  WHERE e.event_type IN ({conv}, {rev}))),
          per AS (
-           SELECT r.experiment, r.arm, r.variant, r.day,
+           SELECT r.g, r.day,
              max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
              sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
              sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
            FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
              AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
-           GROUP BY r.experiment, r.arm, r.variant, r.day, r.k1, r.k2, r.at),
+           GROUP BY r.g, r.day, r.k1, r.k2, r.at),
          caps AS ({caps}),
          capped AS (
-           SELECT per.experiment, per.arm, per.variant, per.day, per.converted, per.y, caps.cap,
+           SELECT per.g, per.day, per.converted, per.y,
              CASE WHEN caps.cap IS NOT NULL AND per.y > caps.cap THEN caps.cap ELSE per.y END AS yc,
              CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc
-           FROM per LEFT JOIN caps ON per.experiment = caps.experiment),
+           FROM per JOIN groups ON per.g = groups.g
+           LEFT JOIN caps ON groups.experiment = caps.experiment),
          hits AS (
-           SELECT experiment, arm, variant, day,
+           SELECT g, day,
              CAST(sum(converted) AS BIGINT) AS conversions,
              sum(y) AS revenue_uncapped,
              sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares,
              sum(xc) AS covariate_sum, sum(xc * xc) AS covariate_sum_squares,
              sum(xc * yc) AS sum_products
-           FROM capped GROUP BY experiment, arm, variant, day),
-         msg AS ({msg}),
-         arms AS (
-           SELECT *, min(day) OVER (PARTITION BY experiment, arm, variant) AS first_day
-           FROM (SELECT experiment, arm, variant, day,
-                   count(*) AS recipients,
-                   min(at) AS first_assigned, max(at) AS last_assigned,
-                   CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
-                 FROM rcp GROUP BY experiment, arm, variant, day))
+           FROM capped GROUP BY g, day),
+         msg AS ({msg})
          SELECT a.experiment, a.arm, a.variant, a.day,
            a.recipients,
            CAST(coalesce(m.messages, 0) AS BIGINT) AS messages,
@@ -264,10 +273,8 @@ pub fn sql(
            c.cap,
            a.first_assigned, a.last_assigned, a.open_window
          FROM arms a
-         LEFT JOIN hits h ON h.experiment = a.experiment AND h.arm = a.arm
-           AND (h.variant IS NOT DISTINCT FROM a.variant) AND (h.day IS NOT DISTINCT FROM a.day)
-         LEFT JOIN msg m ON m.experiment = a.experiment AND m.arm = a.arm
-           AND (m.variant IS NOT DISTINCT FROM a.variant) AND ({msg_day})
+         LEFT JOIN hits h ON h.g = a.g AND (h.day IS NOT DISTINCT FROM a.day)
+         LEFT JOIN msg m ON m.g = a.g AND ({msg_day})
          LEFT JOIN caps c ON c.experiment = a.experiment
          ORDER BY a.experiment, a.arm, a.variant{day_order}"
     )
