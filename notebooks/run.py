@@ -11,6 +11,7 @@ with `kairos sql` and `kairos report`.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
     args = parser.parse_args()
     paths = args.notebooks or sorted(HERE.glob("*.ipynb"))
+    # Kernels run in the notebook's folder: a relative root means the caller's.
+    if "KAIROS_DATA" in os.environ:
+        os.environ["KAIROS_DATA"] = os.path.abspath(os.environ["KAIROS_DATA"])
     report = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)

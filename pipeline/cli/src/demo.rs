@@ -232,9 +232,11 @@ async fn summary(config: &Config, data: &Path) -> anyhow::Result<()> {
         "\nQuery it:   kairos sql --data {} \"SELECT arm, count(*) FROM assignments GROUP BY arm\"",
         data.display()
     );
+    // Absolute: a notebook's kernel runs in the notebook's own folder.
+    let absolute = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
     println!(
         "Notebooks:  KAIROS_DATA={} jupyter lab notebooks/   (notebooks/README.md)",
-        data.display()
+        absolute.display()
     );
     Ok(())
 }
