@@ -156,20 +156,39 @@ pub fn sql(
     let msg_filter = rule
         .map(|r| format!(" AND rule = {}", lit(r)))
         .unwrap_or_default();
-    let caps = match options.cap {
-        Capping::None => "SELECT DISTINCT experiment, CAST(NULL AS DOUBLE) AS cap FROM groups".into(),
+    // Caps: CTEs are inlined wherever they are named, so a per-experiment
+    // cap table (which needs the recipients' groups) is built only for a
+    // percentile cap; an absolute cap is a literal, and no cap costs nothing.
+    let (caps_cte, cap_of, cap_join, final_cap, final_cap_join) = match options.cap {
+        Capping::None => (
+            String::new(),
+            "CAST(NULL AS DOUBLE)".to_string(),
+            String::new(),
+            "CAST(NULL AS DOUBLE)".to_string(),
+            String::new(),
+        ),
         Capping::Absolute { value } => {
-            format!("SELECT DISTINCT experiment, CAST({value:?} AS DOUBLE) AS cap FROM groups")
+            let v = format!("CAST({value:?} AS DOUBLE)");
+            (String::new(), v.clone(), String::new(), v, String::new())
         }
         // Nearest rank: the smallest y with at least p% of the positive
         // values at or below it.
-        Capping::Percentile { percentile } => format!(
-            "SELECT experiment, max(CASE WHEN rn = k THEN y END) AS cap FROM (
-               SELECT groups.experiment, per.y,
-                      row_number() OVER (PARTITION BY groups.experiment ORDER BY per.y) AS rn,
-                      CAST(ceil({q:?} * count(*) OVER (PARTITION BY groups.experiment)) AS BIGINT) AS k
-               FROM per JOIN groups ON per.g = groups.g WHERE per.y > 0) GROUP BY experiment",
-            q = percentile / 100.0
+        Capping::Percentile { percentile } => (
+            format!(
+                "groups AS (SELECT DISTINCT g, experiment FROM rcp),
+                 caps AS (
+                   SELECT experiment, max(CASE WHEN rn = k THEN y END) AS cap FROM (
+                     SELECT groups.experiment, per.y,
+                            row_number() OVER (PARTITION BY groups.experiment ORDER BY per.y) AS rn,
+                            CAST(ceil({q:?} * count(*) OVER (PARTITION BY groups.experiment)) AS BIGINT) AS k
+                     FROM per JOIN groups ON per.g = groups.g WHERE per.y > 0) GROUP BY experiment),",
+                q = percentile / 100.0
+            ),
+            "caps.cap".to_string(),
+            "JOIN groups ON per.g = groups.g LEFT JOIN caps ON groups.experiment = caps.experiment"
+                .to_string(),
+            "c.cap".to_string(),
+            "LEFT JOIN caps c ON c.experiment = a.experiment".to_string(),
         ),
     };
     // (experiment, arm, variant) as one integer, so the big aggregations
@@ -228,7 +247,6 @@ pub fn sql(
                    min(at) AS first_assigned, max(at) AS last_assigned,
                    CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
                  FROM rcp GROUP BY g, experiment, arm, variant, day)),
-         groups AS (SELECT DISTINCT g, experiment FROM arms),
          ev AS (
            SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
                   event_type, t, revenue
@@ -244,13 +262,12 @@ pub fn sql(
            FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
              AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
            GROUP BY r.g, r.day, r.k1, r.k2, r.at),
-         caps AS ({caps}),
+         {caps_cte}
          capped AS (
            SELECT per.g, per.day, per.converted, per.y,
-             CASE WHEN caps.cap IS NOT NULL AND per.y > caps.cap THEN caps.cap ELSE per.y END AS yc,
-             CASE WHEN caps.cap IS NOT NULL AND per.x > caps.cap THEN caps.cap ELSE per.x END AS xc
-           FROM per JOIN groups ON per.g = groups.g
-           LEFT JOIN caps ON groups.experiment = caps.experiment),
+             CASE WHEN {cap_of} IS NOT NULL AND per.y > {cap_of} THEN {cap_of} ELSE per.y END AS yc,
+             CASE WHEN {cap_of} IS NOT NULL AND per.x > {cap_of} THEN {cap_of} ELSE per.x END AS xc
+           FROM per {cap_join}),
          hits AS (
            SELECT g, day,
              CAST(sum(converted) AS BIGINT) AS conversions,
@@ -270,12 +287,12 @@ pub fn sql(
            coalesce(h.covariate_sum, 0.0) AS covariate_sum,
            coalesce(h.covariate_sum_squares, 0.0) AS covariate_sum_squares,
            coalesce(h.sum_products, 0.0) AS sum_products,
-           c.cap,
+           {final_cap} AS cap,
            a.first_assigned, a.last_assigned, a.open_window
          FROM arms a
          LEFT JOIN hits h ON h.g = a.g AND (h.day IS NOT DISTINCT FROM a.day)
          LEFT JOIN msg m ON m.g = a.g AND ({msg_day})
-         LEFT JOIN caps c ON c.experiment = a.experiment
+         {final_cap_join}
          ORDER BY a.experiment, a.arm, a.variant{day_order}"
     )
 }
