@@ -36,20 +36,19 @@ fn repo() -> PathBuf {
 
 /// Runs kairos from the repository root (as the README does); its stdout.
 fn kairos(args: &[&str]) -> String {
-    let started = Instant::now();
-    let out = Command::new(kairos_bin())
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kairos");
-    assert!(
-        out.status.success(),
-        "kairos {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("kairos {} took {:.1?}", args[0], started.elapsed());
-    String::from_utf8(out.stdout).expect("utf8")
+    crate::support::run_kairos(args, &repo())
+}
+
+/// `kairos report cart_abandonment --json` over `data`.
+fn report_json(data: &Path) -> Value {
+    let out = kairos(&[
+        "report",
+        "cart_abandonment",
+        "--json",
+        "--data",
+        data.to_str().expect("utf8"),
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// `kairos sql --format json` rows.
@@ -213,14 +212,7 @@ fn issue_7_sql_duckdb_and_the_notebooks_agree_on_the_demo_lake() {
     assert!(pressure["max_per_customer_week"].as_i64().expect("max") >= 1);
 
     // Notebook 3 reproduces the report's arms and lifts by hand.
-    let report: Value = serde_json::from_str(&kairos(&[
-        "report",
-        "cart_abandonment",
-        "--json",
-        "--data",
-        data.to_str().expect("utf8"),
-    ]))
-    .expect("report json");
+    let report = report_json(&data);
     let deep = &nb["3-experiment-deep-dive.ipynb"];
     let arms = report["arms"].as_array().expect("arms");
     assert_eq!(arms.len(), 3, "{arms:?}");
@@ -295,14 +287,7 @@ fn issue_7_sql_duckdb_and_the_notebooks_agree_on_the_demo_lake() {
         before,
         "row counts after compaction"
     );
-    let again: Value = serde_json::from_str(&kairos(&[
-        "report",
-        "cart_abandonment",
-        "--json",
-        "--data",
-        data.to_str().expect("utf8"),
-    ]))
-    .expect("report json");
+    let again = report_json(&data);
     assert_eq!(again["arms"], report["arms"], "the report after compaction");
 }
 

@@ -11,12 +11,11 @@
 //! fails the test: the triggered interval must also exclude 0 and 2 × 0.20.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::{QUIET, Server, kairos_bin};
+use crate::support::{QUIET, Server};
 
 const RULE: &str = "cart_abandonment";
 const TOKEN: &str = "rt-lift-6";
@@ -34,20 +33,7 @@ fn repo(p: &str) -> std::path::PathBuf {
 }
 
 fn kairos(args: &[&str], dir: &Path) {
-    let started = Instant::now();
-    let out = Command::new(kairos_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("KAIROS__MESSAGING__TEMPLATES", repo("templates"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kairos");
-    assert!(
-        out.status.success(),
-        "kairos {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("kairos {} took {:.1?}", args[0], started.elapsed());
+    crate::support::run_kairos(args, dir);
 }
 
 async fn report(server: &Server) -> Value {

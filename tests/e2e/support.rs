@@ -349,3 +349,23 @@ pub fn templates_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Runs `kairos ARGS` in `dir` with the repo's templates, asserts it
+/// succeeded, and returns its stdout.
+pub fn run_kairos(args: &[&str], dir: &Path) -> String {
+    let started = Instant::now();
+    let out = Command::new(kairos_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("KAIROS__MESSAGING__TEMPLATES", repo_templates())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kairos");
+    assert!(
+        out.status.success(),
+        "kairos {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("kairos {} took {:.1?}", args[0], started.elapsed());
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}

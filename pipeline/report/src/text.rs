@@ -18,15 +18,23 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), money)
 }
 
-/// One effect as `+1.23 [0.10, 2.36] p=0.032`.
+/// `+1.23 [0.10, 2.36]`.
+fn interval(e: &kairos_experiments::stats::Estimate, fmt: fn(f64) -> String) -> String {
+    format!(
+        "{}{} [{}, {}]",
+        if e.estimate >= 0.0 { "+" } else { "" },
+        fmt(e.estimate),
+        fmt(e.ci[0]),
+        fmt(e.ci[1])
+    )
+}
+
+/// One effect as `+1.23 [0.10, 2.36]  p=0.0320  chance to win 98.1%`.
 fn effect(e: &Effect, fmt: fn(f64) -> String) -> String {
     match e {
         Effect::Estimated(e) => format!(
-            "{}{} [{}, {}]  p={:.4}  chance to win {:.1}%",
-            if e.estimate >= 0.0 { "+" } else { "" },
-            fmt(e.estimate),
-            fmt(e.ci[0]),
-            fmt(e.ci[1]),
+            "{}  p={:.4}  chance to win {:.1}%",
+            interval(e, fmt),
             e.p_value,
             e.chance_to_win * 100.0
         ),
@@ -127,14 +135,7 @@ pub fn render(r: &Report) -> String {
 /// the revenue per recipient difference, each with its 95% CI and p-value.
 pub fn headlines(r: &Report) -> Vec<String> {
     let short = |e: &Effect, fmt: fn(f64) -> String| match e {
-        Effect::Estimated(e) => format!(
-            "{}{} [{}, {}] p={:.4}",
-            if e.estimate >= 0.0 { "+" } else { "" },
-            fmt(e.estimate),
-            fmt(e.ci[0]),
-            fmt(e.ci[1]),
-            e.p_value
-        ),
+        Effect::Estimated(e) => format!("{} p={:.4}", interval(e, fmt), e.p_value),
         Effect::NotEstimable { reason } => format!("not estimable ({reason:?})"),
     };
     r.analysis
