@@ -247,7 +247,8 @@ fn merge_hour(
     exchange(&work, live)?;
     sync_dir(live.parent().unwrap_or(live))?;
     finish(root, &manifest, stats)?;
-    std::fs::remove_file(&manifest_path).map_err(StorageError::io(manifest_path.display()))?;
+    std::fs::rename(&manifest_path, done_path(&manifest_path))
+        .map_err(StorageError::io(manifest_path.display()))?;
 
     stats.hours += 1;
     stats.files_before += files.len();
@@ -260,7 +261,10 @@ fn merge_hour(
 
 /// After the exchange: files that are in the old folder but were not
 /// merged go back to the live folder (a table file that arrived meanwhile,
-/// or anything else someone keeps there); then the old folder goes.
+/// or anything else someone keeps there). The old folder itself stays for
+/// [`GRACE_SECS`]: a reader that opened the hour's folder just before the
+/// swap still lists the old names (and then finds them gone, and retries)
+/// instead of an emptied folder it would take for an empty hour.
 fn finish(root: &Path, m: &Manifest, stats: &mut CompactStats) -> Result<()> {
     let (live, old) = (root.join(&m.live), root.join(&m.work));
     for from in read_dir(&old)? {
@@ -274,32 +278,63 @@ fn finish(root: &Path, m: &Manifest, stats: &mut CompactStats) -> Result<()> {
             tracing::warn!(hour = %m.live, file = %name, "a file arrived during compaction; moved back, not merged");
         }
     }
-    std::fs::remove_dir_all(&old).map_err(StorageError::io(old.display()))
+    Ok(())
 }
 
-/// Completes or undoes what a crashed run left in `_kairos/compacting/`.
+/// How long a swapped-out hour folder is kept before a later run deletes it.
+pub const GRACE_SECS: u64 = 600;
+
+fn done_path(manifest: &Path) -> PathBuf {
+    manifest.with_extension("done")
+}
+
+/// Completes or undoes what a crashed run left in `_kairos/compacting/`,
+/// and deletes swapped-out folders older than [`GRACE_SECS`].
 fn recover(root: &Path, stats: &mut CompactStats) -> Result<()> {
     let dir = root.join(COMPACTING_DIR);
     let entries = read_dir(&dir)?;
     let mut claimed = BTreeSet::new();
-    for path in entries.iter().filter(|p| name_of(p).ends_with(".json")) {
+    let read_manifest = |path: &Path| -> Result<Manifest> {
         let text = std::fs::read(path).map_err(StorageError::io(path.display()))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| StorageError::Corrupt {
+        serde_json::from_slice(&text).map_err(|e| StorageError::Corrupt {
             path: path.display().to_string(),
             reason: format!("{e}; delete it and the work folder it names"),
-        })?;
-        claimed.insert(root.join(&m.work));
-        if root.join(&m.live).join(&m.output).exists() {
-            // Exchanged: the work folder holds the old files.
-            finish(root, &m, stats)?;
-        } else {
-            // Not exchanged: the work folder holds only the unused merge.
+        })
+    };
+    for path in &entries {
+        let name = name_of(path);
+        if name.ends_with(".done") {
+            let m = read_manifest(path)?;
+            let age = std::fs::metadata(path)
+                .and_then(|md| md.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_secs());
+            if age < GRACE_SECS {
+                claimed.insert(root.join(&m.work));
+                continue;
+            }
             let work = root.join(&m.work);
             if work.exists() {
                 std::fs::remove_dir_all(&work).map_err(StorageError::io(work.display()))?;
             }
+            std::fs::remove_file(path).map_err(StorageError::io(path.display()))?;
+        } else if name.ends_with(".json") {
+            let m = read_manifest(path)?;
+            if root.join(&m.live).join(&m.output).exists() {
+                // Exchanged: the work folder holds the old files.
+                finish(root, &m, stats)?;
+                claimed.insert(root.join(&m.work));
+                std::fs::rename(path, done_path(path)).map_err(StorageError::io(path.display()))?;
+            } else {
+                // Not exchanged: the work folder holds only the unused merge.
+                let work = root.join(&m.work);
+                if work.exists() {
+                    std::fs::remove_dir_all(&work).map_err(StorageError::io(work.display()))?;
+                }
+                std::fs::remove_file(path).map_err(StorageError::io(path.display()))?;
+            }
         }
-        std::fs::remove_file(path).map_err(StorageError::io(path.display()))?;
     }
     // A work folder without a manifest crashed before the manifest was
     // written, so before any exchange: it holds only a partial merge.
@@ -467,6 +502,20 @@ mod tests {
         Ok(out)
     }
 
+    /// The `*.parquet` names in `dir` as a glob reader gets them: one
+    /// directory read, file types from the entries (no stat by path).
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        names.sort();
+        names
+    }
+
     fn root(dir: &Path) -> DataRoot {
         DataRoot::open(dir.to_str().expect("utf8")).expect("root")
     }
@@ -515,11 +564,17 @@ mod tests {
             2,
             "open hour untouched"
         );
-        assert!(
-            read_dir(&dir.path().join(COMPACTING_DIR))
-                .expect("list")
-                .is_empty()
+        let left: Vec<String> = read_dir(&dir.path().join(COMPACTING_DIR))
+            .expect("list")
+            .iter()
+            .map(|p| name_of(p).to_string())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the swapped-out folder and its .done manifest: {left:?}"
         );
+        assert!(left.iter().any(|n| n.ends_with(".done")), "{left:?}");
 
         // The older file's missing column is null in the merged file.
         let file = File::open(h0.join(&files[0])).expect("open");
@@ -638,7 +693,18 @@ mod tests {
             "merged rows once, the late file moved back"
         );
         assert_eq!(rows(&h1).expect("read"), vec![("d".to_string(), 4)]);
-        assert!(read_dir(&work_root).expect("list").is_empty());
+        // The swapped-out folder stays for the grace period; the rest goes.
+        let mut left: Vec<String> = read_dir(&work_root)
+            .expect("list")
+            .iter()
+            .map(|p| name_of(p).to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["w0", "w0.done"]);
+        assert_eq!(
+            parquet_files(&old).expect("list"),
+            ["p1.parquet", "p2.parquet"]
+        );
     }
 
     /// A reader listing the hour while it is compacted gets every old file
@@ -660,7 +726,7 @@ mod tests {
             let reader = s.spawn(|| {
                 let (mut listings, mut merged_seen) = (0, 0);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let listed = parquet_files(&h0).expect("list");
+                    let listed = listing(&h0);
                     let merged = listed.len() == 1 && listed[0].starts_with("compacted-");
                     // A listing that straddles the swap names fewer old
                     // files (the rest are gone from this path already);
