@@ -298,9 +298,9 @@ fn parquet_files(data: &Path) -> usize {
         .map(|t| {
             let dir = data.join(t);
             if dir.exists() {
-                walk(&dir)
+                crate::support::files_under(&dir)
                     .iter()
-                    .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                    .filter(|p| p.ends_with(".parquet"))
                     .count()
             } else {
                 0
@@ -444,29 +444,14 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
     assert!(html.contains("triggered beats holdout"), "verdict missing");
 
     let outbox = demo.join("data/outbox");
-    let messages = walk(&outbox);
+    let messages = crate::support::files_under(&outbox);
     assert!(
-        messages
-            .iter()
-            .any(|p| p.extension().is_some_and(|e| e == "eml")),
+        messages.iter().any(|p| p.ends_with(".eml")),
         "no email in {}",
         outbox.display()
     );
     child.kill().expect("stop demo");
     let _ = child.wait();
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

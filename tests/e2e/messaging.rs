@@ -144,21 +144,30 @@ async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
     (format!("http://{addr}"), seen)
 }
 
+/// A `promo` rule sending one SMS per `promo_seen` firing (deduplicated on
+/// `dedupe_key`, an SQL expression), and its template `body`.
+fn promo_sms(dedupe_key: &str, body: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let rules = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        rules.path().join("promo.sql"),
+        format!(
+            "-- name: promo\n-- description: test\n-- channel: sms\n\nSELECT customer_id, {dedupe_key} AS dedupe_key FROM batch_events WHERE event_type = 'promo_seen'\n"
+        ),
+    )
+    .expect("rule");
+    let templates = crate::support::templates_with(&[("promo.sms", body)]);
+    (rules, templates)
+}
+
 // Several threads: the fake provider answers while the test blocks on
 // the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_goes_through_the_provider_api_retrying_5xx_and_never_retrying_a_bad_number() {
     let (base, seen) = fake_twilio().await;
-    let rules = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        rules.path().join("promo.sql"),
-        "-- name: promo\n-- description: test\n-- channel: sms\n\nSELECT customer_id, 'k' AS dedupe_key FROM batch_events WHERE event_type = 'promo_seen'\n",
-    )
-    .expect("rule");
-    let templates = crate::support::templates_with(&[(
-        "promo.sms",
+    let (rules, templates) = promo_sms(
+        "'k'",
         "\nHi {{ profile.first_name | default(\"there\") }}, 10% off today. Reply STOP to opt out.\n",
-    )]);
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[rules]\nclock = \"events\"\ninterval_ms = 50\n[policy]\ncaps = []\nquiet_hours = \"\"\n\
@@ -257,17 +266,8 @@ async fn twilio_post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_reply_stops_the_next_sms_and_status_callbacks_are_recorded() {
     let (base, seen) = fake_twilio().await;
-    let rules = tempfile::tempdir().expect("tempdir");
     // One firing per promo event (its id is the dedupe key).
-    std::fs::write(
-        rules.path().join("promo.sql"),
-        "-- name: promo\n-- description: test\n-- channel: sms\n\nSELECT customer_id, event_id AS dedupe_key FROM batch_events WHERE event_type = 'promo_seen'\n",
-    )
-    .expect("rule");
-    let templates = crate::support::templates_with(&[(
-        "promo.sms",
-        "\nHi, 10% off today. Reply STOP to opt out.\n",
-    )]);
+    let (rules, templates) = promo_sms("event_id", "\nHi, 10% off today. Reply STOP to opt out.\n");
     let dir = tempfile::tempdir().expect("tempdir");
     // Twilio signs the URL it was given: the public one, not our loopback.
     let public = "https://kairos.example";

@@ -238,7 +238,7 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
             "onboarding:2:c2:k"
         ]
     );
-    let files: Vec<String> = walk(&dir.path().join("outbox"));
+    let files: Vec<String> = crate::support::files_under(&dir.path().join("outbox"));
     assert_eq!(files.len(), 5, "{files:?}");
     assert_eq!(files.iter().filter(|f| f.ends_with(".eml")).count(), 4);
     let sms = files
@@ -250,18 +250,4 @@ async fn a_sequence_sends_its_steps_across_a_restart_and_stops_after_a_purchase(
         text.contains("Step 2: 10% off") && text.contains("+15550100"),
         "{text}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out.sort();
-    out
 }

@@ -97,7 +97,7 @@ async fn s3_round_trip_stage_publish_restart() {
     ids.sort();
     assert_eq!(ids, vec!["s3-1", "s3-2"]);
     assert_eq!(rows(&read_table(&lake, "profiles")), 1);
-    let leftovers: Vec<_> = walk(&lake.join("_staging"))
+    let leftovers: Vec<_> = crate::support::files_under(&lake.join("_staging"))
         .into_iter()
         .filter(|p| p.ends_with(".log"))
         .collect();
@@ -105,19 +105,4 @@ async fn s3_round_trip_stage_publish_restart() {
         leftovers.is_empty(),
         "published segments are deleted: {leftovers:?}"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }

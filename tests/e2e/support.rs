@@ -369,3 +369,19 @@ pub fn run_kairos(args: &[&str], dir: &Path) -> String {
     eprintln!("kairos {} took {:.1?}", args[0], started.elapsed());
     String::from_utf8(out.stdout).expect("utf8 stdout")
 }
+
+/// Every file under `dir`, recursively, as sorted path strings (none when
+/// `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use object_store::path::Path as ObjectPath;
 
 use kairos_core::Config;
-use kairos_core::time::HOUR_US;
+use kairos_core::time::{HOUR_US, hour_bucket, now_us};
 use kairos_storage::DataRoot;
 use kairos_storage::compact::{CompactStats, CompactTable};
 use kairos_storage::tables::{self as t, TableRow};
@@ -70,7 +70,7 @@ pub async fn run(
     settle_us: i64,
     row_group_rows: usize,
 ) -> anyhow::Result<CompactStats> {
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = now_us();
     let tables = plan(root, now - settle_us).await?;
     let root = root.clone();
     let stats = tokio::task::spawn_blocking(move || {
@@ -92,16 +92,14 @@ async fn plan(root: &DataRoot, until: i64) -> anyhow::Result<Vec<CompactTable>> 
         .read(&ObjectPath::from(kairos_rules::runner::CHECKPOINT))
         .await?
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let rules = checkpoint.map_or(until, |c| {
-        until.min(c.clock_us.div_euclid(HOUR_US) * HOUR_US)
-    });
+    let rules = checkpoint.map_or(until, |c| until.min(hour_bucket(c.clock_us) * HOUR_US));
     let oldest_intent = root
         .list(&ObjectPath::from(kairos_messaging::delivery::INTENTS_DIR))
         .await?
         .iter()
         .map(|m| m.last_modified.timestamp_micros())
         .min();
-    let deliveries = oldest_intent.map_or(until, |t| until.min(t.div_euclid(HOUR_US) * HOUR_US));
+    let deliveries = oldest_intent.map_or(until, |t| until.min(hour_bucket(t) * HOUR_US));
 
     fn stored_table<R: TableRow>(until_us: i64) -> CompactTable {
         CompactTable {

@@ -261,7 +261,8 @@ impl Compaction {
     async fn run(&self) {
         // An hour is merged once it ended an hour ago: late events still
         // arrive into it as new files, and the next pass merges those.
-        match crate::compact::run(&self.root, HOUR_US, self.row_group_rows).await {
+        match crate::compact::run(&self.root, kairos_core::time::HOUR_US, self.row_group_rows).await
+        {
             Ok(s) if s.hours > 0 => tracing::info!(
                 hours = s.hours,
                 files = s.files_before,
@@ -276,8 +277,6 @@ impl Compaction {
         }
     }
 }
-
-const HOUR_US: i64 = 3_600_000_000;
 
 async fn publish_loop(
     mut publisher: Publisher,
