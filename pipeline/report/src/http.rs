@@ -138,14 +138,16 @@ impl ReportError {
             ReportError::UnknownRule { .. } => StatusCode::NOT_FOUND,
             ReportError::BadOption { .. } => StatusCode::BAD_REQUEST,
             ReportError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ReportError::Query(_) | ReportError::Stats(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ReportError::Query(_) | ReportError::Stats(_) | ReportError::Outcomes(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
     /// Logs what someone must act on; adds `Retry-After` when busy.
     fn finish(&self, mut r: Response) -> Response {
         match self {
-            ReportError::Query(_) | ReportError::Stats(_) => {
+            ReportError::Query(_) | ReportError::Stats(_) | ReportError::Outcomes(_) => {
                 tracing::error!(error = %self, "report failed");
             }
             ReportError::Busy { retry_after_secs } => {

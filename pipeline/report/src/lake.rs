@@ -19,7 +19,7 @@ use kairos_storage::DataRoot;
 pub use id_hash::ID_HASH;
 
 /// Where DataFusion finds the data root's store.
-const STORE_URL: &str = "kairos://lake/";
+pub(crate) const STORE_URL: &str = "kairos://lake/";
 
 fn ts(name: &str) -> Field {
     Field::new(

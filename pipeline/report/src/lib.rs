@@ -23,6 +23,7 @@ pub mod http;
 pub mod lake;
 pub mod metrics;
 pub mod options;
+pub mod outcomes;
 pub mod pages;
 pub mod report;
 pub mod svg;
@@ -58,6 +59,9 @@ pub enum ReportError {
     /// sums come from the same rows).
     #[error("analysing the sums: {0}")]
     Stats(#[from] kairos_experiments::stats::StatsError),
+    /// The maintained outcomes could not be read or written.
+    #[error("outcomes (_kairos/outcomes/): {0}")]
+    Outcomes(String),
     /// Every report slot (`report.max_concurrent`) stayed busy for
     /// `report.queue_timeout`: ask again later.
     #[error(
@@ -67,4 +71,16 @@ pub enum ReportError {
         /// When to ask again, seconds (the `Retry-After` header).
         retry_after_secs: u64,
     },
+}
+
+impl From<datafusion::arrow::error::ArrowError> for ReportError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        ReportError::Query(e.into())
+    }
+}
+
+impl From<datafusion::parquet::errors::ParquetError> for ReportError {
+    fn from(e: datafusion::parquet::errors::ParquetError) -> Self {
+        ReportError::Query(e.into())
+    }
 }

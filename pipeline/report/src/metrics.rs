@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 
 use crate::lake::{ID_HASH, Lake};
 use crate::options::{Capping, ReportOptions};
+use crate::outcomes::{MessageCount, OutcomeKey, Snapshot};
 
 /// A day in µs: per-day rows group by `assigned_at / DAY_US` (UTC days).
 pub const DAY_US: i64 = 86_400_000_000;
@@ -104,7 +105,7 @@ pub fn totals(rows: &[ArmSums]) -> Vec<ArmSums> {
 }
 
 /// A string as an SQL literal.
-fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -131,6 +132,7 @@ pub fn sql(
     rule: Option<&str>,
     data_until_us: i64,
     by_day: bool,
+    outcomes: bool,
 ) -> String {
     let w = options.window_secs as i64 * 1_000_000;
     let p = options.pre_period_secs as i64 * 1_000_000;
@@ -201,7 +203,12 @@ pub fn sql(
     // range they are counted straight from `sends` and put on each arm's
     // first day (no per-day use needs them split); with one, only the
     // recipients assigned in the range count, which takes the join.
-    let (msg, msg_day) = if dated {
+    let (msg, msg_day) = if outcomes {
+        (
+            "SELECT CAST(NULL AS BIGINT) AS g, CAST(0 AS BIGINT) AS messages WHERE FALSE".into(),
+            "TRUE",
+        )
+    } else if dated {
         (
             format!(
                 "SELECT r.g, r.day, count(*) AS messages
@@ -231,37 +238,66 @@ pub fn sql(
     // join condition (only buyers are grouped per recipient), on two hashes
     // of the customer id rather than the strings, and the three aggregates
     // are put together by group at the end. BENCHMARKS.md has the numbers.
+    let head = if outcomes {
+        // The maintained outcomes (`outcomes.rs`): one row per recipient
+        // with its window sums already taken; messages are added from their
+        // per-day counts afterwards.
+        format!(
+            "rcp AS (
+               SELECT experiment, arm, variant, g, at, {day} AS day
+               FROM (SELECT experiment, arm, variant, g, CAST(assigned_at AS BIGINT) AS at
+                     FROM outcomes WHERE {filter})),
+             arms AS (
+               SELECT *, min(day) OVER (PARTITION BY g) AS first_day
+               FROM (SELECT g, experiment, arm, variant, day,
+                       count(*) AS recipients,
+                       min(at) AS first_assigned, max(at) AS last_assigned,
+                       CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+                     FROM rcp GROUP BY g, experiment, arm, variant, day)),
+             per AS (
+               SELECT g, {day} AS day, converted, y, x
+               FROM (SELECT g, CAST(assigned_at AS BIGINT) AS at,
+                       CASE WHEN converted THEN 1 ELSE 0 END AS converted,
+                       revenue AS y, pre_revenue AS x
+                     FROM outcomes
+                     WHERE {filter} AND (converted OR revenue <> 0.0 OR pre_revenue <> 0.0))),"
+        )
+    } else {
+        format!(
+            "link AS (
+               SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
+               FROM identities GROUP BY anonymous_id),
+             rcp AS (
+               SELECT experiment, arm, variant, {g_rcp} AS g, at, {day} AS day,
+                      {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
+               FROM (SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
+                     FROM assignments WHERE {filter})),
+             arms AS (
+               SELECT *, min(day) OVER (PARTITION BY g) AS first_day
+               FROM (SELECT g, experiment, arm, variant, day,
+                       count(*) AS recipients,
+                       min(at) AS first_assigned, max(at) AS last_assigned,
+                       CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+                     FROM rcp GROUP BY g, experiment, arm, variant, day)),
+             ev AS (
+               SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
+                      event_type, t, revenue
+               FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
+                            CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
+                     FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
+                     WHERE e.event_type IN ({conv}, {rev}))),
+             per AS (
+               SELECT r.g, r.day,
+                 max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
+                 sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
+                 sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
+               FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
+                 AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
+               GROUP BY r.g, r.day, r.k1, r.k2, r.at),"
+        )
+    };
     format!(
-        "WITH link AS (
-           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
-           FROM identities GROUP BY anonymous_id),
-         rcp AS (
-           SELECT experiment, arm, variant, {g_rcp} AS g, at, {day} AS day,
-                  {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
-           FROM (SELECT experiment, arm, variant, customer_id, CAST(assigned_at AS BIGINT) AS at
-                 FROM assignments WHERE {filter})),
-         arms AS (
-           SELECT *, min(day) OVER (PARTITION BY g) AS first_day
-           FROM (SELECT g, experiment, arm, variant, day,
-                   count(*) AS recipients,
-                   min(at) AS first_assigned, max(at) AS last_assigned,
-                   CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
-                 FROM rcp GROUP BY g, experiment, arm, variant, day)),
-         ev AS (
-           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
-                  event_type, t, revenue
-           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
-                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
-                 FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
-                 WHERE e.event_type IN ({conv}, {rev}))),
-         per AS (
-           SELECT r.g, r.day,
-             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
-           FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
-             AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
-           GROUP BY r.g, r.day, r.k1, r.k2, r.at),
+        "WITH {head}
          {caps_cte}
          capped AS (
            SELECT per.g, per.day, per.converted, per.y,
@@ -297,14 +333,25 @@ pub fn sql(
     )
 }
 
+/// Where a report's per-recipient sums come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// Every recipient joined to the raw events.
+    Raw,
+    /// The maintained outcomes (registered as `outcomes` in the lake) and
+    /// their message counts; ignored for a date range.
+    Outcomes(&'a Snapshot),
+}
+
 /// Every arm's sums (of `rule` only, when given), sorted by experiment,
 /// arm and variant.
 pub async fn arm_sums(
     lake: &Lake,
     options: &ReportOptions,
     rule: Option<&str>,
+    source: Source<'_>,
 ) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
-    query(lake, options, rule, false).await
+    query(lake, options, rule, false, source).await
 }
 
 /// Like [`arm_sums`], one row per arm and UTC day of assignment (sorted by
@@ -314,8 +361,9 @@ pub async fn daily_arm_sums(
     lake: &Lake,
     options: &ReportOptions,
     rule: Option<&str>,
+    source: Source<'_>,
 ) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
-    query(lake, options, rule, true).await
+    query(lake, options, rule, true, source).await
 }
 
 async fn query(
@@ -323,15 +371,51 @@ async fn query(
     options: &ReportOptions,
     rule: Option<&str>,
     by_day: bool,
+    source: Source<'_>,
 ) -> datafusion::error::Result<(Vec<ArmSums>, Option<i64>)> {
+    let dated = options.from_us.is_some() || options.to_us.is_some();
+    let snapshot = match source {
+        Source::Outcomes(s) if !dated && s.key == OutcomeKey::of(options) => {
+            s.register(lake)?;
+            Some(s)
+        }
+        _ => None,
+    };
     let until = data_until(lake).await?;
-    let q = sql(options, rule, until.unwrap_or(i64::MIN / 2), by_day);
+    let q = sql(
+        options,
+        rule,
+        until.unwrap_or(i64::MIN / 2),
+        by_day,
+        snapshot.is_some(),
+    );
     let batches = lake.ctx.sql(&q).await?.collect().await?;
     let mut out = Vec::new();
     for b in &batches {
         read_rows(b, &mut out)?;
     }
+    if let Some(s) = snapshot {
+        add_messages(&mut out, &s.messages);
+    }
     Ok((out, until))
+}
+
+/// Puts each arm's `send` count on its first row (its first day), as the
+/// raw query does.
+fn add_messages(rows: &mut [ArmSums], counts: &[MessageCount]) {
+    let mut seen: Option<(String, String, Option<String>)> = None;
+    for r in rows {
+        let id = (r.experiment.clone(), r.arm.clone(), r.variant.clone());
+        if seen.as_ref() == Some(&id) {
+            continue;
+        }
+        r.messages = counts
+            .iter()
+            .filter(|c| c.rule == id.0 && c.arm == id.1 && c.variant == id.2)
+            .map(|c| c.messages)
+            .sum();
+        seen = Some(id);
+    }
 }
 
 fn read_rows(b: &RecordBatch, out: &mut Vec<ArmSums>) -> datafusion::error::Result<()> {
@@ -625,7 +709,7 @@ pub(crate) mod tests {
     pub async fn sums(dir: &Path, options: &ReportOptions) -> Vec<ArmSums> {
         let root = DataRoot::open(dir.to_str().expect("utf8")).expect("root");
         let lake = Lake::open(&root).expect("lake");
-        arm_sums(&lake, options, Some("cart"))
+        arm_sums(&lake, options, Some("cart"), Source::Raw)
             .await
             .expect("query")
             .0
@@ -741,7 +825,7 @@ pub(crate) mod tests {
             cap: Capping::Percentile { percentile: 50.0 },
             ..ReportOptions::default()
         };
-        let (daily, _) = daily_arm_sums(&lake, &o, Some("cart"))
+        let (daily, _) = daily_arm_sums(&lake, &o, Some("cart"), Source::Raw)
             .await
             .expect("query");
         // holdout: both on T0's day; triggered: T0 (t1, t3), T0+1d (t2), T0+30d (z9).

@@ -16,7 +16,7 @@ use kairos_storage::DataRoot;
 
 use crate::ReportError;
 use crate::lake::Lake;
-use crate::metrics::{ArmSums, DAY_US, arm_sums, daily_arm_sums, totals};
+use crate::metrics::{ArmSums, DAY_US, Source, arm_sums, daily_arm_sums, totals};
 use crate::options::{ReportOptions, rfc3339};
 
 /// A rule's configured split, from its file in the rules folder.
@@ -540,10 +540,12 @@ pub async fn experiment_report(
     rule: &str,
     options: &ReportOptions,
 ) -> Result<Report, ReportError> {
+    let outcomes = crate::outcomes::for_report(root, options).await;
+    let source = outcomes.as_ref().map_or(Source::Raw, Source::Outcomes);
     let lake = Lake::open(root)?;
     // One query: per-day sums, added up for the report and accumulated
     // for its cumulative series.
-    let (daily, until) = daily_arm_sums(&lake, options, Some(rule)).await?;
+    let (daily, until) = daily_arm_sums(&lake, options, Some(rule), source).await?;
     let rows = totals(&daily);
     let design = designs.iter().find(|d| d.rule == rule);
     if rows.is_empty() && design.is_none() {
@@ -688,8 +690,10 @@ pub async fn overview(
     designs: &[RuleDesign],
     options: &ReportOptions,
 ) -> Result<Overview, ReportError> {
+    let outcomes = crate::outcomes::for_report(root, options).await;
+    let source = outcomes.as_ref().map_or(Source::Raw, Source::Outcomes);
     let lake = Lake::open(root)?;
-    let (rows, until) = arm_sums(&lake, options, None).await?;
+    let (rows, until) = arm_sums(&lake, options, None, source).await?;
     let mut names: BTreeSet<String> = designs.iter().map(|d| d.rule.clone()).collect();
     names.extend(rows.iter().map(|r| r.experiment.clone()));
     let mut experiments = Vec::new();

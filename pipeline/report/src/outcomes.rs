@@ -1,0 +1,1140 @@
+//! Per-recipient outcomes, maintained as data arrives, so a report reads
+//! one row per recipient instead of joining every recipient to the raw
+//! events.
+//!
+//! For one choice of window, pre-period, conversion and revenue event (the
+//! [`OutcomeKey`]), every assignment gets a row: its experiment, arm,
+//! variant, customer and time, whether it converted in the window, its
+//! window revenue and its pre-period revenue (uncapped: caps are applied
+//! when a report reads them). Rows are kept in one Parquet file per UTC day
+//! of assignment under `_kairos/outcomes/data/`, and `state.json` beside it
+//! names the current file of every day.
+//!
+//! A day's outcomes depend on that day's `assignments/` files, the
+//! `events/` files whose hours can fall in one of its windows (the day
+//! widened by the pre-period before and the window after), and the
+//! identity links of those events' anonymous ids. The state keeps a
+//! fingerprint (the names and sizes of those files) per day, so
+//! [`refresh`] recomputes only days whose inputs changed: a late event, a
+//! new assignment, a compacted hour, or a new identity link to an id with
+//! events in range. A day whose windows have all closed is never read
+//! again unless such data arrives for it. Messages per arm come from a
+//! per-day count of `sends/`, kept the same way.
+//!
+//! Readers take the files named by one `state.json` (never a listing), so
+//! a report never sees a day twice while a refresh writes its successor;
+//! replaced files are deleted [`GRACE_SECS`] after they were retired.
+//!
+//! This relies on what `docs/tables.md` promises: a row lies in the
+//! folder of its table's time column, and published files are never
+//! modified (a change is a new file name or size).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch, kernels::cmp::eq};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::parquet::arrow::ArrowWriter;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use kairos_storage::DataRoot;
+
+use crate::lake::{ID_HASH, Lake, STORE_URL, tables};
+use crate::metrics::{DAY_US, lit};
+use crate::{ReportError, ReportOptions};
+
+/// Where the outcomes live under the data root.
+pub const DIR: &str = "_kairos/outcomes";
+/// Replaced day files are deleted this long after they were replaced, so a
+/// report that read `state.json` just before can still open them.
+pub const GRACE_SECS: u64 = 600;
+/// Bumped when the files' columns or meaning change: a state of another
+/// version is rebuilt.
+const VERSION: u32 = 1;
+const HOUR_US: i64 = kairos_core::time::HOUR_US;
+
+/// What the outcomes measure: reports asking for the same window,
+/// pre-period and events read them; any other question reads the raw
+/// tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeKey {
+    /// Attribution window after assignment, seconds.
+    pub window_secs: u64,
+    /// Pre-period before assignment, seconds.
+    pub pre_period_secs: u64,
+    /// The conversion event type.
+    pub conversion_event: String,
+    /// The event type whose revenue counts.
+    pub revenue_event: String,
+}
+
+impl OutcomeKey {
+    /// The key of a report's options.
+    pub fn of(options: &ReportOptions) -> OutcomeKey {
+        OutcomeKey {
+            window_secs: options.window_secs,
+            pre_period_secs: options.pre_period_secs,
+            conversion_event: options.conversion_event.clone(),
+            revenue_event: options.revenue_event.clone(),
+        }
+    }
+
+    fn window_us(&self) -> i64 {
+        self.window_secs as i64 * 1_000_000
+    }
+
+    fn pre_us(&self) -> i64 {
+        self.pre_period_secs as i64 * 1_000_000
+    }
+}
+
+/// One day of assignments' outcomes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct DayState {
+    /// Fingerprint of its inputs (hex).
+    inputs: String,
+    /// Its file, relative to the data root.
+    file: String,
+    /// Its rows.
+    recipients: u64,
+}
+
+/// One day of `sends/`: `send` decisions per (rule, arm, variant).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct SendDay {
+    inputs: String,
+    counts: Vec<MessageCount>,
+}
+
+/// `send` decisions of one (rule, arm, variant).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageCount {
+    /// The rule (experiment).
+    pub rule: String,
+    /// The arm.
+    pub arm: String,
+    /// The variant, if any.
+    pub variant: Option<String>,
+    /// `send` decisions.
+    pub messages: i64,
+}
+
+/// A file replaced by a refresh, deleted after [`GRACE_SECS`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Retired {
+    file: String,
+    at_us: i64,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    key: OutcomeKey,
+    /// Per UTC day of assignment (`YYYY-MM-DD`).
+    days: BTreeMap<String, DayState>,
+    /// Per UTC day of `sends/`.
+    sends: BTreeMap<String, SendDay>,
+    /// The `identities/` files already taken into account (path → size).
+    identities: BTreeMap<String, u64>,
+    retired: Vec<Retired>,
+    /// When this state was written, µs.
+    refreshed_at_us: i64,
+}
+
+impl State {
+    fn empty(key: &OutcomeKey) -> State {
+        State {
+            version: VERSION,
+            key: key.clone(),
+            days: BTreeMap::new(),
+            sends: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            retired: Vec::new(),
+            refreshed_at_us: 0,
+        }
+    }
+}
+
+/// The columns of an outcome file.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("experiment", DataType::Utf8, true),
+        Field::new("arm", DataType::Utf8, true),
+        Field::new("variant", DataType::Utf8, true),
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new(
+            "assigned_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        // `(experiment, arm, variant)` hashed as in the report's SQL.
+        Field::new("g", DataType::Int64, true),
+        Field::new("converted", DataType::Boolean, true),
+        Field::new("revenue", DataType::Float64, true),
+        Field::new("pre_revenue", DataType::Float64, true),
+    ]))
+}
+
+/// What a report reads: the outcome files of one state and the message
+/// counts.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Outcome files, relative to the data root.
+    pub files: Vec<String>,
+    /// `send` decisions per (rule, arm, variant), summed over days.
+    pub messages: Vec<MessageCount>,
+    /// What the outcomes measure.
+    pub key: OutcomeKey,
+}
+
+impl Snapshot {
+    fn of(state: &State) -> Snapshot {
+        let mut totals: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
+        for c in state.sends.values().flat_map(|d| &d.counts) {
+            *totals
+                .entry((c.rule.clone(), c.arm.clone(), c.variant.clone()))
+                .or_default() += c.messages;
+        }
+        Snapshot {
+            files: state.days.values().map(|d| d.file.clone()).collect(),
+            messages: totals
+                .into_iter()
+                .map(|((rule, arm, variant), messages)| MessageCount {
+                    rule,
+                    arm,
+                    variant,
+                    messages,
+                })
+                .collect(),
+            key: state.key.clone(),
+        }
+    }
+
+    /// Registers the files as the table `outcomes` of `lake`.
+    pub fn register(&self, lake: &Lake) -> datafusion::error::Result<()> {
+        let table: Arc<dyn datafusion::catalog::TableProvider> = if self.files.is_empty() {
+            Arc::new(MemTable::try_new(schema(), vec![vec![]])?)
+        } else {
+            let urls = self
+                .files
+                .iter()
+                .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{f}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::new()))
+                .with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(schema());
+            Arc::new(ListingTable::try_new(config)?)
+        };
+        lake.ctx.deregister_table("outcomes")?;
+        lake.ctx.register_table("outcomes", table)?;
+        Ok(())
+    }
+}
+
+/// What one [`refresh`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RefreshStats {
+    /// Days of assignments recomputed.
+    pub days_recomputed: usize,
+    /// Their recipients.
+    pub recipients_recomputed: u64,
+    /// Days of `sends/` recounted.
+    pub send_days_recounted: usize,
+    /// Days in the state after the refresh.
+    pub days: usize,
+    /// Whether everything was rebuilt (no state, another key or version).
+    pub rebuilt: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// One refresh at a time per process: a report waiting here finds the work
+/// of the one before it done.
+static REFRESHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The outcomes a report with `options` can read, brought up to date first;
+/// `None` when it must read the raw tables: a date range (messages are then
+/// counted per recipient), or outcomes kept for another key. A lake without
+/// outcomes gets them for this key. A refresh that fails (a read-only root,
+/// say) is logged and the report reads the raw tables.
+pub async fn for_report(root: &DataRoot, options: &ReportOptions) -> Option<Snapshot> {
+    if options.from_us.is_some() || options.to_us.is_some() {
+        return None;
+    }
+    let key = OutcomeKey::of(options);
+    match read_state(root).await {
+        Ok(Some(s)) if s.key != key => return None,
+        Err(e) => tracing::warn!(error = %e, "outcome state unreadable; it is rebuilt"),
+        _ => {}
+    }
+    match refresh(root, &key).await {
+        Ok((snapshot, _)) => Some(snapshot),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
+            None
+        }
+    }
+}
+
+fn state_path() -> ObjectPath {
+    ObjectPath::from(format!("{DIR}/state.json"))
+}
+
+async fn read_state(root: &DataRoot) -> Result<Option<State>, ReportError> {
+    let Some(bytes) = root.read(&state_path()).await.map_err(storage)? else {
+        return Ok(None);
+    };
+    let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+        ReportError::Outcomes(format!("{DIR}/state.json is not valid ({e})"))
+    })?;
+    Ok((state.version == VERSION).then_some(state))
+}
+
+fn storage(e: kairos_storage::StorageError) -> ReportError {
+    ReportError::Outcomes(e.to_string())
+}
+
+/// A published file: its path and size, and the hour its folder names.
+#[derive(Clone, Debug)]
+struct Listed {
+    path: String,
+    size: u64,
+    hour_us: i64,
+}
+
+impl Listed {
+    fn day(&self) -> String {
+        kairos_core::time::partition_of(self.hour_us).0
+    }
+}
+
+/// The hour of a `…/date=YYYY-MM-DD/hour=HH/…` path, µs.
+fn hour_of(path: &str) -> Option<i64> {
+    let date = path.split('/').find_map(|p| p.strip_prefix("date="))?;
+    let hour: u32 = path
+        .split('/')
+        .find_map(|p| p.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let t = day.and_hms_opt(hour, 0, 0)?.and_utc();
+    Some(t.timestamp_micros())
+}
+
+fn day_start(day: &str) -> Option<i64> {
+    hour_of(&format!("date={day}/hour=00"))
+}
+
+async fn list(root: &DataRoot, table: &str) -> Result<Vec<Listed>, ReportError> {
+    let mut out: Vec<Listed> = root
+        .list(&ObjectPath::from(table))
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter_map(|m| {
+            let path = m.location.to_string();
+            let hour_us = hour_of(&path)?;
+            path.ends_with(".parquet").then_some(Listed {
+                path,
+                size: m.size,
+                hour_us,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.hour_us, &a.path).cmp(&(b.hour_us, &b.path)));
+    Ok(out)
+}
+
+fn fingerprint<'a>(files: impl Iterator<Item = &'a Listed>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in files {
+        h.update(f.path.as_bytes());
+        h.update(&f.size.to_le_bytes());
+    }
+    format!("{:032x}", h.digest128())
+}
+
+/// The instants `[from, to)` whose events can count for a recipient
+/// assigned on `day` (which starts at `start`): its windows reach from
+/// `start − pre-period` to the day's end plus the window.
+fn event_range(start: i64, key: &OutcomeKey) -> (i64, i64) {
+    (start - key.pre_us(), start + DAY_US + key.window_us() + 1)
+}
+
+/// Brings the outcomes for `key` up to date (rebuilding them when they
+/// were kept for another key) and returns what a report reads.
+pub async fn refresh(
+    root: &DataRoot,
+    key: &OutcomeKey,
+) -> Result<(Snapshot, RefreshStats), ReportError> {
+    let _one = REFRESHING.lock().await;
+    let started = Instant::now();
+    let old = match read_state(root).await {
+        Ok(s) => s.filter(|s| s.key == *key),
+        Err(e) => {
+            tracing::warn!(error = %e, "rebuilding the outcomes");
+            None
+        }
+    };
+    let mut stats = RefreshStats {
+        rebuilt: old.is_none(),
+        ..RefreshStats::default()
+    };
+    let mut state = old.clone().unwrap_or_else(|| State::empty(key));
+
+    let (assignments, events, identities, sends) = (
+        list(root, "assignments").await?,
+        list(root, "events").await?,
+        list(root, "identities").await?,
+        list(root, "sends").await?,
+    );
+
+    // Each day's inputs: its assignment files and the event files whose
+    // hour can fall in one of its windows.
+    let mut by_day: BTreeMap<String, Vec<&Listed>> = BTreeMap::new();
+    for f in &assignments {
+        by_day.entry(f.day()).or_default().push(f);
+    }
+    let mut inputs: BTreeMap<String, String> = BTreeMap::new();
+    for (day, files) in &by_day {
+        let start = day_start(day).unwrap_or_default();
+        let (from, to) = event_range(start, key);
+        let evs = events
+            .iter()
+            .filter(|e| e.hour_us + HOUR_US > from && e.hour_us < to);
+        inputs.insert(day.clone(), fingerprint(files.iter().copied().chain(evs)));
+    }
+
+    let mut dirty: BTreeSet<String> = inputs
+        .iter()
+        .filter(|(day, fp)| state.days.get(*day).is_none_or(|d| &d.inputs != *fp))
+        .map(|(day, _)| day.clone())
+        .collect();
+    // New identity links move their anonymous ids' events to another
+    // customer: every day whose windows reach an hour holding such events
+    // is recomputed.
+    let new_links: Vec<&Listed> = identities
+        .iter()
+        .filter(|f| state.identities.get(&f.path) != Some(&f.size))
+        .collect();
+    if old.is_some() && !new_links.is_empty() && dirty.len() < inputs.len() {
+        let hours = linked_event_hours(root, &new_links).await?;
+        for day in inputs.keys() {
+            let (from, to) = event_range(day_start(day).unwrap_or_default(), key);
+            if hours.iter().any(|h| h + HOUR_US > from && *h < to) {
+                dirty.insert(day.clone());
+            }
+        }
+    }
+
+    let now = kairos_core::time::now_us();
+    let generation = format!("{now}-{:08x}", rand_suffix());
+    if !dirty.is_empty() {
+        let written = recompute(root, key, &dirty, &events, &generation).await?;
+        for day in &dirty {
+            let fresh = written.get(day).cloned();
+            if let Some(prev) = state.days.remove(day) {
+                state.retired.push(Retired {
+                    file: prev.file,
+                    at_us: now,
+                });
+            }
+            // A day with assignment files always has rows; one without
+            // (all its files moved away) simply drops out.
+            if let Some((file, recipients)) = fresh {
+                stats.recipients_recomputed += recipients;
+                state.days.insert(
+                    day.clone(),
+                    DayState {
+                        inputs: inputs[day].clone(),
+                        file,
+                        recipients,
+                    },
+                );
+            }
+        }
+        stats.days_recomputed = dirty.len();
+    }
+    // Days whose assignment files are all gone.
+    let gone: Vec<String> = state
+        .days
+        .keys()
+        .filter(|d| !inputs.contains_key(*d))
+        .cloned()
+        .collect();
+    for day in gone {
+        if let Some(prev) = state.days.remove(&day) {
+            state.retired.push(Retired {
+                file: prev.file,
+                at_us: now,
+            });
+        }
+    }
+
+    // Messages: per day of `sends/`, recounted when its files change.
+    let mut send_days: BTreeMap<String, Vec<&Listed>> = BTreeMap::new();
+    for f in &sends {
+        send_days.entry(f.day()).or_default().push(f);
+    }
+    let send_inputs: BTreeMap<String, String> = send_days
+        .iter()
+        .map(|(d, fs)| (d.clone(), fingerprint(fs.iter().copied())))
+        .collect();
+    let recount: Vec<String> = send_inputs
+        .iter()
+        .filter(|(d, fp)| state.sends.get(*d).is_none_or(|s| &s.inputs != *fp))
+        .map(|(d, _)| d.clone())
+        .collect();
+    if !recount.is_empty() {
+        let mut counts = count_sends(root, &recount).await?;
+        for day in &recount {
+            state.sends.insert(
+                day.clone(),
+                SendDay {
+                    inputs: send_inputs[day].clone(),
+                    counts: counts.remove(day).unwrap_or_default(),
+                },
+            );
+        }
+    }
+    state.sends.retain(|d, _| send_inputs.contains_key(d));
+    stats.send_days_recounted = recount.len();
+    state.identities = identities.iter().map(|f| (f.path.clone(), f.size)).collect();
+
+    if old.as_ref() != Some(&state) {
+        state.refreshed_at_us = now;
+        let expired: Vec<Retired> = state
+            .retired
+            .iter()
+            .filter(|r| now - r.at_us > GRACE_SECS as i64 * 1_000_000)
+            .cloned()
+            .collect();
+        state.retired.retain(|r| !expired.contains(r));
+        let json = serde_json::to_vec_pretty(&state)
+            .map_err(|e| ReportError::Outcomes(e.to_string()))?;
+        root.store
+            .put(&state_path(), PutPayload::from(json))
+            .await
+            .map_err(|e| ReportError::Outcomes(format!("writing {DIR}/state.json: {e}")))?;
+        // Only after the new state names their successors.
+        for r in expired {
+            let _ = root.store.delete(&ObjectPath::from(r.file.as_str())).await;
+        }
+    }
+    stats.days = state.days.len();
+    stats.elapsed = started.elapsed();
+    if stats.days_recomputed > 0 || stats.send_days_recounted > 0 {
+        tracing::info!(
+            days = stats.days_recomputed,
+            recipients = stats.recipients_recomputed,
+            send_days = stats.send_days_recounted,
+            rebuilt = stats.rebuilt,
+            ms = stats.elapsed.as_millis() as u64,
+            "outcomes refreshed"
+        );
+    }
+    Ok((Snapshot::of(&state), stats))
+}
+
+/// A few random bits for file names, so two processes refreshing the same
+/// root at once never write the same file.
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
+/// The hours of `events/` holding an event of an anonymous id that one of
+/// `links` (new `identities/` files) maps.
+async fn linked_event_hours(
+    root: &DataRoot,
+    links: &[&Listed],
+) -> Result<BTreeSet<i64>, ReportError> {
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    for f in links {
+        let batches = kairos_storage::tables::read_parquet(
+            root,
+            &ObjectPath::from(f.path.as_str()),
+            Some(&["anonymous_id"]),
+        )
+        .await
+        .map_err(storage)?;
+        for b in &batches {
+            let c = cast(b.column(0), &DataType::Utf8)?;
+            ids.extend(c.as_string::<i32>().iter().flatten().map(str::to_string));
+        }
+    }
+    let lake = Lake::for_queries(root, &tables())?;
+    let ids: Vec<String> = ids.into_iter().collect();
+    let mut hours = BTreeSet::new();
+    // Literal lists, so the events' bloom filters and sorted pages skip
+    // the files and pages without these ids.
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = chunk.iter().map(|i| lit(i)).collect();
+        let q = format!(
+            "SELECT DISTINCT date, hour FROM events WHERE customer_id IN ({})",
+            list.join(", ")
+        );
+        for b in lake.ctx.sql(&q).await?.collect().await? {
+            let (d, h) = (cast(b.column(0), &DataType::Utf8)?, cast(b.column(1), &DataType::Utf8)?);
+            let (d, h) = (d.as_string::<i32>(), h.as_string::<i32>());
+            for i in 0..b.num_rows() {
+                if let Some(t) = hour_of(&format!("date={}/hour={}", d.value(i), h.value(i))) {
+                    hours.insert(t);
+                }
+            }
+        }
+    }
+    Ok(hours)
+}
+
+/// Recomputes the outcomes of `days` in one query and writes one file per
+/// day; returns each day's file and rows.
+async fn recompute(
+    root: &DataRoot,
+    key: &OutcomeKey,
+    days: &BTreeSet<String>,
+    events: &[Listed],
+    generation: &str,
+) -> Result<BTreeMap<String, (String, u64)>, ReportError> {
+    // Event dates any of the days' windows reach.
+    let mut event_days: BTreeSet<String> = BTreeSet::new();
+    for day in days {
+        let (from, to) = event_range(day_start(day).unwrap_or_default(), key);
+        event_days.extend(
+            events
+                .iter()
+                .filter(|e| e.hour_us + HOUR_US > from && e.hour_us < to)
+                .map(Listed::day),
+        );
+    }
+    let day_list = |set: &BTreeSet<String>| -> String {
+        if set.is_empty() {
+            "NULL".into()
+        } else {
+            set.iter().map(|d| lit(d)).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let (w, p) = (key.window_us(), key.pre_us());
+    let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
+    let q = format!(
+        "WITH link AS (
+           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
+           FROM identities GROUP BY anonymous_id),
+         rcp AS (
+           SELECT date, experiment, arm, variant, customer_id, assigned_at,
+                  CAST(assigned_at AS BIGINT) AS at,
+                  {ID_HASH}(experiment || chr(31) || arm || chr(31) || coalesce(variant, ''), 3) AS g,
+                  {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
+           FROM assignments WHERE date IN ({days})),
+         ev AS (
+           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
+                  event_type, t, revenue
+           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
+                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
+                 FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
+                 WHERE e.event_type IN ({conv}, {rev}) AND e.date IN ({event_days}))),
+         per AS (
+           SELECT r.g, r.k1, r.k2, r.at,
+             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
+           FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
+             AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
+           GROUP BY r.g, r.k1, r.k2, r.at)
+         SELECT r.date, r.experiment, r.arm, r.variant, r.customer_id, r.assigned_at, r.g,
+                coalesce(per.converted, 0) = 1 AS converted,
+                coalesce(per.y, 0.0) AS revenue, coalesce(per.x, 0.0) AS pre_revenue
+         FROM rcp r LEFT JOIN per
+           ON per.g = r.g AND per.k1 = r.k1 AND per.k2 = r.k2 AND per.at = r.at",
+        days = day_list(days),
+        event_days = day_list(&event_days),
+    );
+    let lake = Lake::for_queries(root, &tables())?;
+    let mut stream = lake.ctx.sql(&q).await?.execute_stream().await?;
+    let schema = schema();
+    let props = kairos_storage::tables::writer_properties(&schema, "customer_id", &[], 128 * 1024);
+    // One writer per day, fed as batches arrive, so memory holds the
+    // compressed files rather than every row.
+    let mut writers: BTreeMap<String, (ArrowWriter<Vec<u8>>, u64)> = BTreeMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let dates = cast(batch.column(0), &DataType::Utf8)?;
+        let dates = dates.as_string::<i32>();
+        let distinct: BTreeSet<&str> = dates.iter().flatten().collect();
+        let rows = RecordBatch::try_new(schema.clone(), {
+            let mut cols = Vec::with_capacity(schema.fields().len());
+            for (i, f) in schema.fields().iter().enumerate() {
+                cols.push(cast(batch.column(i + 1), f.data_type())?);
+            }
+            cols
+        })?;
+        for day in distinct {
+            let mask = eq(dates, &StringArray::new_scalar(day))?;
+            let part = filter_record_batch(&rows, &mask)?;
+            let (w, n) = match writers.get_mut(day) {
+                Some(w) => w,
+                None => {
+                    let w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))?;
+                    writers.entry(day.to_string()).or_insert((w, 0))
+                }
+            };
+            w.write(&part)?;
+            *n += part.num_rows() as u64;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (day, (w, n)) in writers {
+        let bytes = w.into_inner()?;
+        let file = format!("{DIR}/data/date={day}/{generation}.parquet");
+        root.store
+            .put(&ObjectPath::from(file.as_str()), PutPayload::from(bytes))
+            .await
+            .map_err(|e| ReportError::Outcomes(format!("writing {file}: {e}")))?;
+        out.insert(day, (file, n));
+    }
+    Ok(out)
+}
+
+/// `send` decisions per (rule, arm, variant) of each of `days` of `sends/`.
+async fn count_sends(
+    root: &DataRoot,
+    days: &[String],
+) -> Result<BTreeMap<String, Vec<MessageCount>>, ReportError> {
+    let lake = Lake::for_queries(root, &tables())?;
+    let list: Vec<String> = days.iter().map(|d| lit(d)).collect();
+    let q = format!(
+        "SELECT date, rule, arm, variant, count(*) AS messages FROM sends
+         WHERE decision = 'send' AND date IN ({}) GROUP BY date, rule, arm, variant",
+        list.join(", ")
+    );
+    let mut out: BTreeMap<String, Vec<MessageCount>> = BTreeMap::new();
+    for b in lake.ctx.sql(&q).await?.collect().await? {
+        let s = |i: usize| cast(b.column(i), &DataType::Utf8);
+        let (d, r, a, v) = (s(0)?, s(1)?, s(2)?, s(3)?);
+        let (d, r, a, v) = (
+            d.as_string::<i32>(),
+            r.as_string::<i32>(),
+            a.as_string::<i32>(),
+            v.as_string::<i32>(),
+        );
+        let n = cast(b.column(4), &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            out.entry(d.value(i).to_string()).or_default().push(MessageCount {
+                rule: r.value(i).to_string(),
+                arm: a.value(i).to_string(),
+                variant: v.is_valid(i).then(|| v.value(i).to_string()),
+                messages: n.value(i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use datafusion::arrow::array::{ArrayRef, Float64Array, TimestampMicrosecondArray};
+
+    use crate::metrics::tests::{DAY, T0, tiny_lake};
+    use crate::metrics::{ArmSums, Source, arm_sums, daily_arm_sums};
+    use crate::options::Capping;
+
+    fn strs(v: Vec<Option<String>>) -> ArrayRef {
+        Arc::new(v.into_iter().collect::<StringArray>())
+    }
+    fn times(v: Vec<i64>) -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+    }
+
+    /// Writes `cols` as `table` files named `file`, one per hour folder of
+    /// the rows' `time` column, as the publisher lays them out.
+    fn write(dir: &Path, table: &str, time: &str, file: &str, cols: Vec<(&str, ArrayRef)>) {
+        let fields: Vec<Field> = cols
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            cols.into_iter().map(|(_, a)| a).collect(),
+        )
+        .expect("batch");
+        let t = batch.column_by_name(time).expect("time column");
+        let t = t.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+        let folders: Vec<String> = t
+            .values()
+            .iter()
+            .map(|us| kairos_storage::tables::partition_dir(table, *us))
+            .collect();
+        for folder in folders.iter().collect::<BTreeSet<_>>() {
+            let mask: datafusion::arrow::array::BooleanArray =
+                folders.iter().map(|f| Some(f == folder)).collect();
+            let part = filter_record_batch(&batch, &mask).expect("filter");
+            let path = dir.join(folder);
+            std::fs::create_dir_all(&path).expect("mkdir");
+            let f = std::fs::File::create(path.join(file)).expect("create");
+            let mut w = ArrowWriter::try_new(f, part.schema(), None).expect("writer");
+            w.write(&part).expect("write");
+            w.close().expect("close");
+        }
+    }
+
+    /// A small deterministic generator (no dependency needed for this).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    struct Events {
+        ids: Vec<Option<String>>,
+        types: Vec<Option<String>>,
+        at: Vec<i64>,
+        revenue: Vec<Option<f64>>,
+    }
+
+    fn events(dir: &Path, file: &str, e: Events) {
+        write(
+            dir,
+            "events",
+            "timestamp",
+            file,
+            vec![
+                ("customer_id", strs(e.ids)),
+                ("event_type", strs(e.types)),
+                ("timestamp", times(e.at)),
+                ("revenue", Arc::new(Float64Array::from(e.revenue))),
+            ],
+        );
+    }
+
+    fn assignments(dir: &Path, file: &str, rows: &[(&str, &str, Option<&str>, String, i64)]) {
+        let s = |f: &dyn Fn(&(&str, &str, Option<&str>, String, i64)) -> Option<String>| {
+            strs(rows.iter().map(f).collect())
+        };
+        write(
+            dir,
+            "assignments",
+            "assigned_at",
+            file,
+            vec![
+                ("experiment", s(&|r| Some(r.0.to_string()))),
+                ("arm", s(&|r| Some(r.1.to_string()))),
+                ("variant", s(&|r| r.2.map(str::to_string))),
+                ("customer_id", s(&|r| Some(r.3.clone()))),
+                ("assigned_at", times(rows.iter().map(|r| r.4).collect())),
+            ],
+        );
+    }
+
+    fn sends(dir: &Path, file: &str, rows: &[(&str, &str, String, &str, i64)]) {
+        let s = |f: &dyn Fn(&(&str, &str, String, &str, i64)) -> Option<String>| {
+            strs(rows.iter().map(f).collect())
+        };
+        write(
+            dir,
+            "sends",
+            "decided_at",
+            file,
+            vec![
+                ("rule", s(&|r| Some(r.0.to_string()))),
+                ("arm", s(&|r| Some(r.1.to_string()))),
+                ("customer_id", s(&|r| Some(r.2.clone()))),
+                ("decision", s(&|r| Some(r.3.to_string()))),
+                ("decided_at", times(rows.iter().map(|r| r.4).collect())),
+            ],
+        );
+    }
+
+    fn identities(dir: &Path, file: &str, links: &[(&str, &str, i64)]) {
+        write(
+            dir,
+            "identities",
+            "linked_at",
+            file,
+            vec![
+                ("anonymous_id", strs(links.iter().map(|l| Some(l.0.to_string())).collect())),
+                ("user_id", strs(links.iter().map(|l| Some(l.1.to_string())).collect())),
+                ("linked_at", times(links.iter().map(|l| l.2).collect())),
+            ],
+        );
+    }
+
+    /// 300 customers over 24 days: two experiments (`cart` with three arms
+    /// and two variants), purchases and views before, in and after the
+    /// windows, anonymous purchases linked to customers, and sends.
+    fn random_lake(dir: &Path) {
+        let mut r = Lcg(7);
+        let mut a = Vec::new();
+        let mut s = Vec::new();
+        let mut ev = Events { ids: vec![], types: vec![], at: vec![], revenue: vec![] };
+        for c in 0..300 {
+            let id = format!("c{c:03}");
+            for exp in ["cart", "other"] {
+                if r.below(10) < 7 {
+                    let arm = ["holdout", "scheduled", "triggered"][r.below(3) as usize];
+                    let variant = (arm == "triggered").then(|| ["A", "B"][r.below(2) as usize]);
+                    let at = T0 + r.below(24 * 24) as i64 * DAY / 24 + r.below(1000) as i64;
+                    a.push((exp, arm, variant, id.clone(), at));
+                    if arm != "holdout" && r.below(2) == 0 {
+                        s.push((exp, arm, id.clone(), "send", at));
+                    }
+                }
+            }
+            for _ in 0..r.below(5) {
+                let buy = r.below(3) > 0;
+                ev.ids.push(Some(if r.below(8) == 0 { format!("anon-{c}") } else { id.clone() }));
+                ev.types.push(Some(if buy { "purchase" } else { "product_viewed" }.into()));
+                ev.at.push(T0 - 8 * DAY + r.below(34 * 24) as i64 * DAY / 24);
+                ev.revenue.push(buy.then(|| (r.below(20_000) as f64) / 100.0));
+            }
+        }
+        assignments(dir, "a1.parquet", &a);
+        sends(dir, "s1.parquet", &s);
+        events(dir, "e1.parquet", ev);
+        let links: Vec<(String, String, i64)> = (0..300)
+            .step_by(3)
+            .map(|c| (format!("anon-{c}"), format!("c{c:03}"), T0))
+            .collect();
+        let links: Vec<(&str, &str, i64)> =
+            links.iter().map(|(a, u, t)| (a.as_str(), u.as_str(), *t)).collect();
+        identities(dir, "i1.parquet", &links);
+    }
+
+    fn root(dir: &Path) -> DataRoot {
+        DataRoot::open(dir.to_str().expect("utf8")).expect("root")
+    }
+
+    fn same(raw: &[ArmSums], kept: &[ArmSums], what: &str) {
+        assert_eq!(raw.len(), kept.len(), "{what}: {raw:#?}\nvs\n{kept:#?}");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs());
+        for (a, b) in raw.iter().zip(kept) {
+            let ints = |x: &ArmSums| {
+                (
+                    x.experiment.clone(), x.arm.clone(), x.variant.clone(), x.day,
+                    x.recipients, x.messages, x.conversions,
+                    x.first_assigned_us, x.last_assigned_us, x.open_window,
+                )
+            };
+            assert_eq!(ints(a), ints(b), "{what}");
+            let floats = |x: &ArmSums| {
+                [
+                    x.revenue_uncapped, x.revenue_sum, x.revenue_sum_squares,
+                    x.covariate_sum, x.covariate_sum_squares, x.sum_products,
+                    x.cap.unwrap_or(-1.0),
+                ]
+            };
+            for (p, q) in floats(a).iter().zip(floats(b)) {
+                assert!(close(*p, q), "{what}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// Every report shape answered from the outcomes equals the raw query.
+    async fn check(dir: &Path, snapshot: &Snapshot, what: &str) {
+        let lake = Lake::open(&root(dir)).expect("lake");
+        let caps = [
+            Capping::None,
+            Capping::Absolute { value: 60.0 },
+            Capping::Percentile { percentile: 90.0 },
+        ];
+        for cap in caps {
+            let o = ReportOptions { cap, ..ReportOptions::default() };
+            for rule in [Some("cart"), None] {
+                let raw = arm_sums(&lake, &o, rule, Source::Raw).await.expect("raw");
+                let kept = arm_sums(&lake, &o, rule, Source::Outcomes(snapshot)).await.expect("kept");
+                assert!(!raw.0.is_empty(), "{what}: the lake has arms");
+                same(&raw.0, &kept.0, &format!("{what}, {o:?}, {rule:?}"));
+            }
+            let raw = daily_arm_sums(&lake, &o, Some("cart"), Source::Raw).await.expect("raw");
+            let kept = daily_arm_sums(&lake, &o, Some("cart"), Source::Outcomes(snapshot))
+                .await
+                .expect("kept");
+            same(&raw.0, &kept.0, &format!("{what}, by day, {o:?}"));
+        }
+    }
+
+    fn key() -> OutcomeKey {
+        OutcomeKey::of(&ReportOptions::default())
+    }
+
+    #[tokio::test]
+    async fn the_tiny_lake_reads_the_same_from_outcomes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_lake(dir.path());
+        let (snapshot, stats) = refresh(&root(dir.path()), &key()).await.expect("refresh");
+        assert!(stats.rebuilt && stats.days_recomputed == 1, "{stats:?}");
+        check(dir.path(), &snapshot, "tiny").await;
+    }
+
+    #[tokio::test]
+    async fn only_days_whose_inputs_changed_are_recomputed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        random_lake(d);
+        let r = root(d);
+        let (snapshot, stats) = refresh(&r, &key()).await.expect("build");
+        assert!(stats.rebuilt, "{stats:?}");
+        assert_eq!(stats.days, 24, "one file per day of assignments: {stats:?}");
+        check(d, &snapshot, "built").await;
+
+        let (_, stats) = refresh(&r, &key()).await.expect("again");
+        assert_eq!(
+            (stats.days_recomputed, stats.send_days_recounted, stats.rebuilt),
+            (0, 0, false),
+            "nothing changed: {stats:?}"
+        );
+
+        // A late purchase on day 20 of someone assigned on day 16: only the
+        // days whose windows (7 days after, 7 before) reach day 20 change.
+        let late = Events {
+            ids: vec![Some("c001".into()), Some("c002".into())],
+            types: vec![Some("purchase".into()); 2],
+            at: vec![T0 + 20 * DAY + 5, T0 + 20 * DAY + 7],
+            revenue: vec![Some(12.5), Some(1000.0)],
+        };
+        events(d, "late.parquet", late);
+        let (snapshot, stats) = refresh(&r, &key()).await.expect("late event");
+        assert!(
+            (8..=16).contains(&stats.days_recomputed),
+            "days 12–23 reach day 20 (the first 12 do not): {stats:?}"
+        );
+        check(d, &snapshot, "late event").await;
+
+        // A new link moves anon-1's purchases (none linked before) to c001.
+        identities(d, "i2.parquet", &[("anon-1", "c001", T0 + 30 * DAY)]);
+        let (snapshot, stats) = refresh(&r, &key()).await.expect("new link");
+        check(d, &snapshot, "new link").await;
+        // The link changes a customer's revenue only if anon-1 has events.
+        let _ = stats;
+
+        // New assignments on a new day (and their sends).
+        let new = vec![
+            ("cart", "triggered", Some("A"), "c001x".to_string(), T0 + 26 * DAY),
+            ("cart", "holdout", None, "c002x".to_string(), T0 + 26 * DAY + 1),
+        ];
+        assignments(d, "a2.parquet", &new);
+        sends(d, "s2.parquet", &[("cart", "triggered", "c001x".into(), "send", T0 + 26 * DAY)]);
+        let (snapshot, stats) = refresh(&r, &key()).await.expect("new day");
+        assert_eq!((stats.days, stats.send_days_recounted), (25, 1), "{stats:?}");
+        check(d, &snapshot, "new day").await;
+    }
+
+    #[tokio::test]
+    async fn a_new_identity_link_recomputes_the_days_its_events_reach() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        random_lake(d);
+        // anon-zz buys on day 3, then becomes c005 (assigned in some arm).
+        events(
+            d,
+            "zz.parquet",
+            Events {
+                ids: vec![Some("anon-zz".into())],
+                types: vec![Some("purchase".into())],
+                at: vec![T0 + 3 * DAY + 1],
+                revenue: vec![Some(77.0)],
+            },
+        );
+        let r = root(d);
+        refresh(&r, &key()).await.expect("build");
+        identities(d, "i2.parquet", &[("anon-zz", "c005", T0 + 3 * DAY + 2)]);
+        let (snapshot, stats) = refresh(&r, &key()).await.expect("link");
+        assert!(
+            stats.days_recomputed > 0 && stats.days_recomputed <= 11,
+            "days 0–10 reach day 3: {stats:?}"
+        );
+        check(d, &snapshot, "link").await;
+    }
+
+    #[tokio::test]
+    async fn another_key_reads_raw_tables_and_a_refresh_for_it_rebuilds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        random_lake(d);
+        let r = root(d);
+        assert!(for_report(&r, &ReportOptions::default()).await.is_some());
+        let three_days = ReportOptions { window_secs: 3 * 86_400, ..ReportOptions::default() };
+        assert!(
+            for_report(&r, &three_days).await.is_none(),
+            "the outcomes are kept for 7 days: a 3-day report reads the raw tables"
+        );
+        let dated = ReportOptions { from_us: Some(T0), ..ReportOptions::default() };
+        assert!(for_report(&r, &dated).await.is_none(), "a date range reads the raw tables");
+        let (snapshot, stats) = refresh(&r, &OutcomeKey::of(&three_days)).await.expect("3d");
+        assert!(stats.rebuilt);
+        let lake = Lake::open(&r).expect("lake");
+        let raw = arm_sums(&lake, &three_days, None, Source::Raw).await.expect("raw");
+        let kept = arm_sums(&lake, &three_days, None, Source::Outcomes(&snapshot))
+            .await
+            .expect("kept");
+        same(&raw.0, &kept.0, "3-day window");
+        // A 7-day snapshot asked for a 3-day report is not used.
+        let (seven, _) = refresh(&r, &key()).await.expect("7d");
+        let other = arm_sums(&lake, &three_days, None, Source::Outcomes(&seven))
+            .await
+            .expect("falls back");
+        same(&raw.0, &other.0, "a snapshot of another key is ignored");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_state_is_rebuilt_and_replaced_files_go_after_the_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        random_lake(d);
+        let r = root(d);
+        let (first, _) = refresh(&r, &key()).await.expect("build");
+        let state = d.join(DIR).join("state.json");
+        // Files replaced by a rebuild are kept while a report may read them.
+        std::fs::write(&state, b"{ not json").expect("damage");
+        let (second, stats) = refresh(&r, &key()).await.expect("rebuild");
+        assert!(stats.rebuilt);
+        check(d, &second, "rebuilt").await;
+        for f in &first.files {
+            assert!(d.join(f).exists(), "{f} was deleted while a reader may hold it");
+        }
+        // Once the grace has passed, the next refresh that writes deletes
+        // the retired files (the damaged state's files were never recorded,
+        // so only files named by a state are ever deleted).
+        let mut s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
+        let retired = s["retired"].as_array().expect("list").len();
+        assert_eq!(retired, 0, "a damaged state names no files to retire");
+        s["retired"] = serde_json::json!([{"file": first.files[0], "at_us": 0}]);
+        std::fs::write(&state, serde_json::to_vec(&s).expect("json")).expect("write");
+        sends(d, "s9.parquet", &[("cart", "triggered", "c001".into(), "send", T0)]);
+        let (third, _) = refresh(&r, &key()).await.expect("refresh");
+        assert!(!d.join(&first.files[0]).exists(), "retired past the grace");
+        for f in &third.files {
+            assert!(d.join(f).exists(), "{f}");
+        }
+        check(d, &third, "after cleanup").await;
+    }
+}
