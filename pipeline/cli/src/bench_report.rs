@@ -30,6 +30,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use kairos_experiments::{Arm, Design};
+use kairos_report::metrics::{self, Source};
+use kairos_report::outcomes::{self, OutcomeKey};
 use kairos_storage::tables;
 
 const RULE: &str = "cart_abandonment";
@@ -131,6 +133,20 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
         variants: Vec::new(),
     }];
     let options = kairos_report::ReportOptions::default();
+    let key = OutcomeKey::of(&options);
+
+    // The outcomes from scratch, as the first report on a lake builds them.
+    let kept = args.data.join(outcomes::DIR);
+    if kept.exists() {
+        std::fs::remove_dir_all(&kept)?;
+    }
+    let ((_, built), _) = timed("outcomes built from scratch", outcomes::refresh(&root, &key)).await?;
+    println!(
+        "  {} days, {} recipients",
+        built.days, built.recipients_recomputed
+    );
+    timed("refresh with nothing new", outcomes::refresh(&root, &key)).await?;
+
     let mut times = Vec::new();
     let mut last = None;
     for run in 0..=args.runs {
@@ -147,12 +163,39 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
     let r = last.context("no run")?;
     let warm = median(&times[1..]);
     println!(
-        "report over {} recipients: cold {:.3?}, warm median {:.3?} of {}",
+        "report over {} recipients from the outcomes: cold {:.3?}, warm median {:.3?} of {}",
         r.recipients,
         times[0],
         warm,
         times.len() - 1
     );
+
+    // The same sums straight from the raw tables, which must agree.
+    let lake = kairos_report::Lake::open(&root)?;
+    let (raw, raw_took) = timed(
+        "the raw-table query (no outcomes)",
+        metrics::arm_sums(&lake, &options, Some(RULE), Source::Raw),
+    )
+    .await?;
+    for a in &r.arms {
+        let b = raw
+            .0
+            .iter()
+            .find(|b| b.arm == a.name)
+            .with_context(|| format!("the raw query has no arm {}", a.name))?;
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * (1.0 + x.abs());
+        anyhow::ensure!(
+            a.recipients == b.recipients
+                && a.conversions == b.conversions
+                && a.messages_sent == b.messages
+                && close(a.stats.revenue_sum, b.revenue_sum)
+                && close(a.stats.revenue_sum_squares, b.revenue_sum_squares),
+            "arm {}: the outcomes and the raw tables disagree: {a:?} vs {b:?}",
+            a.name
+        );
+    }
+    println!("  same sums in every arm");
+
     let json = serde_json::to_value(&r)?;
     let arms: Vec<serde_json::Value> = json["arms"]
         .as_array()
@@ -180,11 +223,124 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({
             "cold_secs": times[0].as_secs_f64(),
             "warm_median_secs": warm.as_secs_f64(),
+            "raw_secs": raw_took.as_secs_f64(),
+            "outcomes_build_secs": built.elapsed.as_secs_f64(),
             "arms": arms,
         }))?,
     )?;
     println!("per-arm sums in {}", file.display());
+
+    // Data arriving: what a refresh costs, then the lake is put back.
+    let n = r.recipients as u32;
+    type Arrive = fn(&Path, u32) -> anyhow::Result<Vec<PathBuf>>;
+    let arrivals: [(&str, Arrive); 2] = [
+        ("late purchases in one hour of day 20", late_purchases),
+        ("one more hour of live data", live_hour),
+    ];
+    for (what, arrive) in arrivals {
+        let files = arrive(&args.data, n)?;
+        let ((_, s), _) = timed(what, outcomes::refresh(&root, &key)).await?;
+        println!(
+            "  {} of {} days recomputed ({} recipients)",
+            s.days_recomputed, s.days, s.recipients_recomputed
+        );
+        timed(
+            "  then the report",
+            kairos_report::experiment_report(&root, &designs, RULE, &options),
+        )
+        .await?;
+        for f in files {
+            std::fs::remove_file(f)?;
+        }
+        outcomes::refresh(&root, &key).await?;
+    }
     Ok(())
+}
+
+/// Awaits `f`, printing how long it took.
+async fn timed<T, E>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<(T, Duration)>
+where
+    anyhow::Error: From<E>,
+{
+    let started = Instant::now();
+    let out = f.await?;
+    let took = started.elapsed();
+    println!("{what}: {took:.3?}");
+    Ok((out, took))
+}
+
+/// 5,000 purchases by existing recipients, imported late into one hour of
+/// day 20; returns the files written.
+fn late_purchases(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
+    let mut rng = SmallRng::seed_from_u64(20);
+    let hour = T0 + 20 * DAY_US + 3 * HOUR_US;
+    let mut evs: Vec<Ev> = (0..5_000)
+        .map(|_| Ev {
+            t: hour + rng.random_range(0..HOUR_US),
+            customer: rng.random_range(0..n),
+            cents: rng.random_range(500..20_000),
+            kind: Kind::Purchase,
+        })
+        .collect();
+    evs.sort_unstable_by_key(|e| (e.customer, e.t));
+    Ok(vec![write(
+        dir,
+        "events",
+        hour,
+        &events_batch(&evs, 900_000_000)?,
+        &["customer_id", "event_id"],
+        131_072,
+        "late",
+    )?])
+}
+
+/// The hour after the last assignment: 15,000 new recipients (10M over
+/// four weeks is about 14,900 an hour), their cart views, and 4,700
+/// purchases by earlier recipients (the hourly rate); returns the files.
+fn live_hour(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
+    let mut rng = SmallRng::seed_from_u64(28);
+    let design = Design::from_percent(RULE, 10, 20);
+    let hour = T0 + ASSIGN_DAYS * DAY_US;
+    let mut recipients: Vec<Recipient> = (n..n + 15_000)
+        .map(|c| Recipient {
+            at: hour + rng.random_range(60_000_000..HOUR_US),
+            customer: c,
+            arm: design.assign(&customer_id(c)).arm,
+        })
+        .collect();
+    recipients.sort_unstable_by_key(|r| r.customer);
+    let mut evs: Vec<Ev> = recipients
+        .iter()
+        .map(|r| Ev {
+            t: r.at - 30_000_000,
+            customer: r.customer,
+            cents: 0,
+            kind: Kind::CartAdd,
+        })
+        .chain((0..4_700).map(|_| Ev {
+            t: hour + rng.random_range(0..HOUR_US),
+            customer: rng.random_range(0..n),
+            cents: rng.random_range(500..20_000),
+            kind: Kind::Purchase,
+        }))
+        .collect();
+    evs.sort_unstable_by_key(|e| (e.customer, e.t));
+    Ok(vec![
+        write(dir, "assignments", hour, &assignments(&recipients)?, &[], 65_536, "live")?,
+        write(dir, "sends", hour, &sends(&recipients)?, &[], 65_536, "live")?,
+        write(
+            dir,
+            "events",
+            hour,
+            &events_batch(&evs, 950_000_000)?,
+            &["customer_id", "event_id"],
+            131_072,
+            "live",
+        )?,
+    ])
 }
 
 fn median(times: &[Duration]) -> Duration {
@@ -282,8 +438,9 @@ fn build(dir: &Path, n: u32) -> anyhow::Result<(usize, usize)> {
                             &assignments(rows)?,
                             &[],
                             65_536,
+                            "bench",
                         )?;
-                        write(dir, "sends", rows[0].at, &sends(rows)?, &[], 65_536)?;
+                        write(dir, "sends", rows[0].at, &sends(rows)?, &[], 65_536, "bench")?;
                     }
                     for g in e_groups.iter().skip(w).step_by(2) {
                         let rows = &events[g.clone()];
@@ -294,6 +451,7 @@ fn build(dir: &Path, n: u32) -> anyhow::Result<(usize, usize)> {
                             &events_batch(rows, g.start)?,
                             &["customer_id", "event_id"],
                             131_072,
+                            "bench",
                         )?;
                     }
                     Ok(())
@@ -316,13 +474,15 @@ fn write(
     batch: &RecordBatch,
     bloom: &[&str],
     row_group: usize,
-) -> anyhow::Result<()> {
+    name: &str,
+) -> anyhow::Result<PathBuf> {
     let folder = dir.join(tables::partition_dir(table, at));
     std::fs::create_dir_all(&folder)?;
     let props = tables::writer_properties(&batch.schema(), "customer_id", bloom, row_group);
     let bytes = tables::encode_parquet(batch, props, table)?;
-    std::fs::write(folder.join("bench.parquet"), bytes)?;
-    Ok(())
+    let file = folder.join(format!("{name}.parquet"));
+    std::fs::write(&file, bytes)?;
+    Ok(file)
 }
 
 fn strs<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {

@@ -82,6 +82,8 @@ pub struct Lake {
     /// The session, with `assignments`, `sends`, `events` and `identities`
     /// registered.
     pub ctx: SessionContext,
+    /// The data root the tables are read from.
+    pub root: DataRoot,
 }
 
 impl Lake {
@@ -141,8 +143,26 @@ impl Lake {
                 .with_schema(schema.clone());
             ctx.register_table(*name, Arc::new(ListingTable::try_new(config)?))?;
         }
-        Ok(Lake { ctx })
+        Ok(Lake {
+            ctx,
+            root: root.clone(),
+        })
     }
+}
+
+/// A table over the Parquet files under `folder` (relative to the root,
+/// ending in `/`) with `schema`.
+pub(crate) fn folder_table(
+    folder: &str,
+    schema: SchemaRef,
+) -> datafusion::error::Result<Arc<ListingTable>> {
+    let path = ListingTableUrl::parse(format!("{STORE_URL}{folder}"))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::new())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(path)
+        .with_listing_options(options)
+        .with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
 /// `kairos_id_hash(id, seed)`: a 64-bit hash of a string id. Joining

@@ -60,7 +60,7 @@ pub const DIR: &str = "_kairos/outcomes";
 pub const GRACE_SECS: u64 = 600;
 /// Bumped when the files' columns or meaning change: a state of another
 /// version is rebuilt.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HOUR_US: i64 = kairos_core::time::HOUR_US;
 
 /// What the outcomes measure: reports asking for the same window,
@@ -107,6 +107,22 @@ struct DayState {
     file: String,
     /// Its rows.
     recipients: u64,
+    /// The (experiment, arm, variant) groups in it.
+    groups: Vec<Group>,
+}
+
+/// An (experiment, arm, variant) and its hash `g`, the column the outcome
+/// files carry instead of three strings per row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Group {
+    /// `kairos_id_hash(experiment ␟ arm ␟ variant, 3)`.
+    pub g: i64,
+    /// The experiment (rule).
+    pub experiment: String,
+    /// The arm.
+    pub arm: String,
+    /// The variant, if any.
+    pub variant: Option<String>,
 }
 
 /// One day of `sends/`: `send` decisions per (rule, arm, variant).
@@ -196,6 +212,8 @@ pub struct Snapshot {
     pub messages: Vec<MessageCount>,
     /// What the outcomes measure.
     pub key: OutcomeKey,
+    /// Every group in the files.
+    pub groups: Vec<Group>,
 }
 
 impl Snapshot {
@@ -218,6 +236,28 @@ impl Snapshot {
                 })
                 .collect(),
             key: state.key.clone(),
+            groups: state
+                .days
+                .values()
+                .flat_map(|d| d.groups.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// An SQL condition on `g` selecting `rule`'s rows (every row without one).
+    pub fn groups_of(&self, rule: Option<&str>) -> String {
+        let gs: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|g| rule.is_none_or(|r| g.experiment == r))
+            .map(|g| g.g.to_string())
+            .collect();
+        match (rule, gs.is_empty()) {
+            (None, _) => "TRUE".into(),
+            (Some(_), true) => "FALSE".into(),
+            (Some(_), false) => format!("g IN ({})", gs.join(", ")),
         }
     }
 
@@ -240,6 +280,31 @@ impl Snapshot {
         };
         lake.ctx.deregister_table("outcomes")?;
         lake.ctx.register_table("outcomes", table)?;
+        let groups = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("g", DataType::Int64, false),
+                Field::new("experiment", DataType::Utf8, false),
+                Field::new("arm", DataType::Utf8, false),
+                Field::new("variant", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(
+                    self.groups.iter().map(|g| g.g),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    self.groups.iter().map(|g| g.experiment.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    self.groups.iter().map(|g| g.arm.as_str()),
+                )),
+                Arc::new(self.groups.iter().map(|g| g.variant.as_deref()).collect::<StringArray>()),
+            ],
+        )?;
+        lake.ctx.deregister_table("outcome_groups")?;
+        lake.ctx.register_table(
+            "outcome_groups",
+            Arc::new(MemTable::try_new(groups.schema(), vec![vec![groups]])?),
+        )?;
         Ok(())
     }
 }
@@ -454,7 +519,7 @@ pub async fn refresh(
             }
             // A day with assignment files always has rows; one without
             // (all its files moved away) simply drops out.
-            if let Some((file, recipients)) = fresh {
+            if let Some((file, recipients, groups)) = fresh {
                 stats.recipients_recomputed += recipients;
                 state.days.insert(
                     day.clone(),
@@ -462,6 +527,7 @@ pub async fn refresh(
                         inputs: inputs[day].clone(),
                         file,
                         recipients,
+                        groups,
                     },
                 );
             }
@@ -533,6 +599,7 @@ pub async fn refresh(
         for r in expired {
             let _ = root.store.delete(&ObjectPath::from(r.file.as_str())).await;
         }
+        delete_orphans(root, &state, now).await;
     }
     stats.days = state.days.len();
     stats.elapsed = started.elapsed();
@@ -547,6 +614,27 @@ pub async fn refresh(
         );
     }
     Ok((Snapshot::of(&state), stats))
+}
+
+/// Deletes day files no state names (a refresh that crashed before its
+/// state was written, a damaged state) once they are older than the
+/// grace, so a refresh still writing its files is left alone.
+async fn delete_orphans(root: &DataRoot, state: &State, now: i64) {
+    let named: BTreeSet<&str> = state
+        .days
+        .values()
+        .map(|d| d.file.as_str())
+        .chain(state.retired.iter().map(|r| r.file.as_str()))
+        .collect();
+    let Ok(files) = root.list(&ObjectPath::from(format!("{DIR}/data"))).await else {
+        return;
+    };
+    for f in files {
+        let age_us = now - f.last_modified.timestamp_micros();
+        if !named.contains(f.location.as_ref()) && age_us > GRACE_SECS as i64 * 1_000_000 {
+            let _ = root.store.delete(&f.location).await;
+        }
+    }
 }
 
 /// A few random bits for file names, so two processes refreshing the same
@@ -608,14 +696,14 @@ async fn linked_event_hours(
 }
 
 /// Recomputes the outcomes of `days` in one query and writes one file per
-/// day; returns each day's file and rows.
+/// day; returns each day's file, rows and groups.
 async fn recompute(
     root: &DataRoot,
     key: &OutcomeKey,
     days: &BTreeSet<String>,
     events: &[Listed],
     generation: &str,
-) -> Result<BTreeMap<String, (String, u64)>, ReportError> {
+) -> Result<BTreeMap<String, (String, u64, Vec<Group>)>, ReportError> {
     // Event dates any of the days' windows reach.
     let mut event_days: BTreeSet<String> = BTreeSet::new();
     for day in days {
@@ -672,10 +760,13 @@ async fn recompute(
     let lake = Lake::for_queries(root, &tables())?;
     let mut stream = lake.ctx.sql(&q).await?.execute_stream().await?;
     let schema = schema();
-    let props = kairos_storage::tables::writer_properties(&schema, "customer_id", &[], 128 * 1024);
+    // Rows come in join order, so no sort order is recorded ("" names no
+    // column).
+    let props = kairos_storage::tables::writer_properties(&schema, "", &[], 128 * 1024);
     // One writer per day, fed as batches arrive, so memory holds the
     // compressed files rather than every row.
-    let mut writers: BTreeMap<String, (ArrowWriter<Vec<u8>>, u64)> = BTreeMap::new();
+    let mut writers: BTreeMap<String, (ArrowWriter<Vec<u8>>, u64, BTreeMap<i64, Group>)> =
+        BTreeMap::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let dates = cast(batch.column(0), &DataType::Utf8)?;
@@ -691,28 +782,54 @@ async fn recompute(
         for day in distinct {
             let mask = eq(dates, &StringArray::new_scalar(day))?;
             let part = filter_record_batch(&rows, &mask)?;
-            let (w, n) = match writers.get_mut(day) {
+            let (w, n, groups) = match writers.get_mut(day) {
                 Some(w) => w,
                 None => {
                     let w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))?;
-                    writers.entry(day.to_string()).or_insert((w, 0))
+                    writers
+                        .entry(day.to_string())
+                        .or_insert((w, 0, BTreeMap::new()))
                 }
             };
             w.write(&part)?;
             *n += part.num_rows() as u64;
+            note_groups(&part, groups);
         }
     }
     let mut out = BTreeMap::new();
-    for (day, (w, n)) in writers {
+    for (day, (w, n, groups)) in writers {
         let bytes = w.into_inner()?;
         let file = format!("{DIR}/data/date={day}/{generation}.parquet");
         root.store
             .put(&ObjectPath::from(file.as_str()), PutPayload::from(bytes))
             .await
             .map_err(|e| ReportError::Outcomes(format!("writing {file}: {e}")))?;
-        out.insert(day, (file, n));
+        out.insert(day, (file, n, groups.into_values().collect()));
     }
     Ok(out)
+}
+
+/// Adds the groups of `rows` (outcome rows) not yet in `groups`.
+fn note_groups(rows: &RecordBatch, groups: &mut BTreeMap<i64, Group>) {
+    let g = rows.column(5).as_primitive::<Int64Type>();
+    let (e, a, v) = (
+        rows.column(0).as_string::<i32>(),
+        rows.column(1).as_string::<i32>(),
+        rows.column(2).as_string::<i32>(),
+    );
+    for i in 0..rows.num_rows() {
+        if g.is_valid(i) && !groups.contains_key(&g.value(i)) {
+            groups.insert(
+                g.value(i),
+                Group {
+                    g: g.value(i),
+                    experiment: e.value(i).to_string(),
+                    arm: a.value(i).to_string(),
+                    variant: v.is_valid(i).then(|| v.value(i).to_string()),
+                },
+            );
+        }
+    }
 }
 
 /// `send` decisions per (rule, arm, variant) of each of `days` of `sends/`.
@@ -1121,17 +1238,28 @@ mod tests {
             assert!(d.join(f).exists(), "{f} was deleted while a reader may hold it");
         }
         // Once the grace has passed, the next refresh that writes deletes
-        // the retired files (the damaged state's files were never recorded,
-        // so only files named by a state are ever deleted).
+        // a retired file, and files no state names (here the ones the
+        // damaged state named), by their age.
         let mut s: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
-        let retired = s["retired"].as_array().expect("list").len();
-        assert_eq!(retired, 0, "a damaged state names no files to retire");
-        s["retired"] = serde_json::json!([{"file": first.files[0], "at_us": 0}]);
+        assert_eq!(s["retired"].as_array().map(Vec::len), Some(0));
+        s["retired"] = serde_json::json!([{"file": second.files[0], "at_us": 0}]);
+        // (as if that day had been recomputed since)
+        let days = s["days"].as_object_mut().expect("days");
+        let first_day = days.keys().next().cloned().expect("a day");
+        days.remove(&first_day);
         std::fs::write(&state, serde_json::to_vec(&s).expect("json")).expect("write");
+        let old = std::time::SystemTime::now() - Duration::from_secs(GRACE_SECS + 60);
+        for f in &first.files[1..] {
+            let file = std::fs::File::options().write(true).open(d.join(f)).expect("open");
+            file.set_modified(old).expect("age");
+        }
+        let young = &first.files[0];
         sends(d, "s9.parquet", &[("cart", "triggered", "c001".into(), "send", T0)]);
         let (third, _) = refresh(&r, &key()).await.expect("refresh");
-        assert!(!d.join(&first.files[0]).exists(), "retired past the grace");
+        assert!(!d.join(&second.files[0]).exists(), "retired past the grace");
+        assert!(!d.join(&first.files[1]).exists(), "an old file no state names");
+        assert!(d.join(young).exists(), "an orphan younger than the grace stays");
         for f in &third.files {
             assert!(d.join(f).exists(), "{f}");
         }
