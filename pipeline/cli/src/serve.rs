@@ -219,21 +219,57 @@ fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
     if token.is_empty() && !config.server.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.server.listen, "no report.token configured: only loopback clients may read reports");
     }
+    let secs = |name: &str, value: &str| -> anyhow::Result<Duration> {
+        kairos_rules::rule::parse_duration(value)
+            .map(Duration::from_secs)
+            .map_err(|e| anyhow::anyhow!("report.{name}: {e} (e.g. \"10s\")"))
+    };
+    let defaults = kairos_report::ReportOptions::from_config(config)?;
+    let outcomes = Arc::new(kairos_report::outcomes::Outcomes::new(secs(
+        "outcomes_max_age",
+        &config.report.outcomes_max_age,
+    )?));
+    let every = secs("outcomes_refresh", &config.report.outcomes_refresh)?;
+    if !every.is_zero() {
+        tokio::spawn(refresh_outcomes(
+            outcomes.clone(),
+            root.clone(),
+            kairos_report::outcomes::OutcomeKey::of(&defaults),
+            every,
+        ));
+    }
     Ok(kairos_report::http::router(Arc::new(
         kairos_report::http::ReportState {
             root: root.clone(),
             rules_dir: config.rules.dir.clone(),
-            defaults: kairos_report::ReportOptions::from_config(config)?,
+            defaults,
             token: (!token.is_empty()).then(|| token.to_string()),
             limit: kairos_report::http::ReportLimit::new(
                 config.report.max_concurrent,
-                Duration::from_secs(
-                    kairos_rules::rule::parse_duration(&config.report.queue_timeout)
-                        .map_err(|e| anyhow::anyhow!("report.queue_timeout: {e} (e.g. \"10s\")"))?,
-                ),
+                secs("queue_timeout", &config.report.queue_timeout)?,
             ),
+            outcomes,
         },
     )))
+}
+
+/// Keeps the reports' outcomes up to date as data arrives, so a report
+/// finds little or nothing left to recompute. Stops with the process; a
+/// refresh cut short leaves the last state intact.
+async fn refresh_outcomes(
+    outcomes: Arc<kairos_report::outcomes::Outcomes>,
+    root: DataRoot,
+    key: kairos_report::outcomes::OutcomeKey,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = outcomes.refresh(&root, &key).await {
+            tracing::warn!(error = %e, "refreshing the report outcomes failed; reports read the raw tables until it works");
+        }
+    }
 }
 
 /// Staged bytes that trigger a publish before the interval is up.

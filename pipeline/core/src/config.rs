@@ -64,6 +64,12 @@ pub struct ReportConfig {
     /// Longest a report waits in that queue before the answer is 503 with
     /// `Retry-After`, e.g. "10s" (default); "0s": never wait.
     pub queue_timeout: String,
+    /// How often `serve` brings the maintained outcomes up to date, e.g.
+    /// "30s" (default); "0s": only when a report asks.
+    pub outcomes_refresh: String,
+    /// A report refreshes the outcomes first unless they were refreshed
+    /// less than this long ago; "0s" (default): always, so it is exact.
+    pub outcomes_max_age: String,
 }
 
 /// `[messaging]`: templates and delivery.

@@ -41,7 +41,8 @@ use kairos_storage::DataRoot;
 use crate::ReportError;
 use crate::options::ReportOptions;
 use crate::pages;
-use crate::report::{Overview, Report, experiment_report, load_designs, overview};
+use crate::outcomes::Outcomes;
+use crate::report::{Overview, Report, experiment_report_from, load_designs, overview_from};
 
 /// The hand-written OpenAPI 3 document.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -58,6 +59,9 @@ pub struct ReportState {
     pub token: Option<String>,
     /// How many reports may be computed at once.
     pub limit: ReportLimit,
+    /// The maintained outcomes reports read (refreshed in the background
+    /// by `serve`).
+    pub outcomes: Arc<Outcomes>,
 }
 
 /// Bounds the reports computed at once (API and pages together): each
@@ -320,7 +324,7 @@ async fn overview_for(
     let options = s.defaults.with_params(q)?;
     let _slot = s.limit.acquire().await?;
     let designs = load_designs(&s.rules_dir);
-    overview(&s.root, &designs, &options).await
+    overview_from(&s.root, &designs, &options, &s.outcomes).await
 }
 
 /// `rule`'s report, in a report slot.
@@ -332,7 +336,7 @@ async fn report_for(
     let options = s.defaults.with_params(q)?;
     let _slot = s.limit.acquire().await?;
     let designs = load_designs(&s.rules_dir);
-    experiment_report(&s.root, &designs, rule, &options).await
+    experiment_report_from(&s.root, &designs, rule, &options, &s.outcomes).await
 }
 
 async fn list(
@@ -473,6 +477,7 @@ mod tests {
             defaults: ReportOptions::default(),
             token: token.map(str::to_string),
             limit,
+            outcomes: Arc::new(crate::outcomes::Outcomes::exact()),
         })
     }
 

@@ -31,7 +31,9 @@ pub mod text;
 
 pub use lake::Lake;
 pub use options::{Capping, ReportOptions};
-pub use report::{Overview, Report, experiment_report, overview};
+pub use report::{
+    Overview, Report, experiment_report, experiment_report_from, overview, overview_from,
+};
 
 /// Why a report could not be produced.
 #[derive(Debug, thiserror::Error)]

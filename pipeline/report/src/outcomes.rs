@@ -330,27 +330,92 @@ pub struct RefreshStats {
 /// of the one before it done.
 static REFRESHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The outcomes a report with `options` can read, brought up to date first;
-/// `None` when it must read the raw tables: a date range (messages are then
-/// counted per recipient), or outcomes kept for another key. A lake without
-/// outcomes gets them for this key. A refresh that fails (a read-only root,
-/// say) is logged and the report reads the raw tables.
-pub async fn for_report(root: &DataRoot, options: &ReportOptions) -> Option<Snapshot> {
-    if options.from_us.is_some() || options.to_us.is_some() {
-        return None;
-    }
-    let key = OutcomeKey::of(options);
-    match read_state(root).await {
-        Ok(Some(s)) if s.key != key => return None,
-        Err(e) => tracing::warn!(error = %e, "outcome state unreadable; it is rebuilt"),
-        _ => {}
-    }
-    match refresh(root, &key).await {
-        Ok((snapshot, _)) => Some(snapshot),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
-            None
+/// The outcomes a process reads its reports from, with how stale they may
+/// be. `serve` refreshes them in the background as data arrives; a report
+/// reuses the last snapshot while it is younger than `max_age` and
+/// otherwise refreshes first (exact: the default, `max_age` 0).
+pub struct Outcomes {
+    max_age: Duration,
+    last: std::sync::Mutex<Option<Checked>>,
+}
+
+/// The last snapshot this process brought up to date, and when.
+struct Checked {
+    root: String,
+    key: OutcomeKey,
+    at: Instant,
+    snapshot: Snapshot,
+}
+
+impl Outcomes {
+    /// Reports refresh first whenever their snapshot is older than `max_age`.
+    pub fn new(max_age: Duration) -> Outcomes {
+        Outcomes {
+            max_age,
+            last: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Reports always see every published row.
+    pub fn exact() -> Outcomes {
+        Outcomes::new(Duration::ZERO)
+    }
+
+    /// The outcomes a report with `options` can read; `None` when it must
+    /// read the raw tables: a date range (messages are then counted per
+    /// recipient), or outcomes kept for another key. A lake without
+    /// outcomes gets them for this key. A refresh that fails (a read-only
+    /// root, say) is logged and the report reads the raw tables.
+    pub async fn for_report(&self, root: &DataRoot, options: &ReportOptions) -> Option<Snapshot> {
+        if options.from_us.is_some() || options.to_us.is_some() {
+            return None;
+        }
+        let key = OutcomeKey::of(options);
+        if let Some(s) = self.recent(root, &key) {
+            return Some(s);
+        }
+        match read_state(root).await {
+            Ok(Some(s)) if s.key != key => return None,
+            Err(e) => tracing::warn!(error = %e, "outcome state unreadable; it is rebuilt"),
+            _ => {}
+        }
+        match self.refresh(root, &key).await {
+            Ok(_) => self.recent(root, &key).or_else(|| self.last_snapshot()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
+                None
+            }
+        }
+    }
+
+    /// Brings the outcomes for `key` up to date (see [`refresh`]) and keeps
+    /// the snapshot for the reports that follow.
+    pub async fn refresh(
+        &self,
+        root: &DataRoot,
+        key: &OutcomeKey,
+    ) -> Result<RefreshStats, ReportError> {
+        let (snapshot, stats) = refresh(root, key).await?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checked {
+            root: root.url.clone(),
+            key: key.clone(),
+            at: Instant::now(),
+            snapshot,
+        });
+        Ok(stats)
+    }
+
+    /// The kept snapshot of `root` for `key` if younger than `max_age`.
+    fn recent(&self, root: &DataRoot, key: &OutcomeKey) -> Option<Snapshot> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|c| c.root == root.url && c.key == *key && c.at.elapsed() <= self.max_age)
+            .map(|c| c.snapshot.clone())
+    }
+
+    fn last_snapshot(&self) -> Option<Snapshot> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|c| c.snapshot.clone())
     }
 }
 
@@ -1197,14 +1262,15 @@ mod tests {
         let d = dir.path();
         random_lake(d);
         let r = root(d);
-        assert!(for_report(&r, &ReportOptions::default()).await.is_some());
+        let exact = Outcomes::exact();
+        assert!(exact.for_report(&r, &ReportOptions::default()).await.is_some());
         let three_days = ReportOptions { window_secs: 3 * 86_400, ..ReportOptions::default() };
         assert!(
-            for_report(&r, &three_days).await.is_none(),
+            exact.for_report(&r, &three_days).await.is_none(),
             "the outcomes are kept for 7 days: a 3-day report reads the raw tables"
         );
         let dated = ReportOptions { from_us: Some(T0), ..ReportOptions::default() };
-        assert!(for_report(&r, &dated).await.is_none(), "a date range reads the raw tables");
+        assert!(exact.for_report(&r, &dated).await.is_none(), "a date range reads the raw tables");
         let (snapshot, stats) = refresh(&r, &OutcomeKey::of(&three_days)).await.expect("3d");
         assert!(stats.rebuilt);
         let lake = Lake::open(&r).expect("lake");

@@ -17,6 +17,7 @@ use kairos_storage::DataRoot;
 use crate::ReportError;
 use crate::lake::Lake;
 use crate::metrics::{ArmSums, DAY_US, Source, arm_sums, daily_arm_sums, totals};
+use crate::outcomes::Outcomes;
 use crate::options::{ReportOptions, rfc3339};
 
 /// A rule's configured split, from its file in the rules folder.
@@ -533,14 +534,28 @@ pub async fn known_experiments(
     Ok(known.into_iter().collect())
 }
 
-/// `rule`'s report over the lake at `root`.
+/// `rule`'s report over the lake at `root`, exact (see
+/// [`experiment_report_from`]).
 pub async fn experiment_report(
     root: &DataRoot,
     designs: &[RuleDesign],
     rule: &str,
     options: &ReportOptions,
 ) -> Result<Report, ReportError> {
-    let outcomes = crate::outcomes::for_report(root, options).await;
+    experiment_report_from(root, designs, rule, options, &Outcomes::exact()).await
+}
+
+/// `rule`'s report over the lake at `root`, from the maintained outcomes
+/// when they answer `options` (as fresh as `outcomes` requires), else from
+/// the raw tables.
+pub async fn experiment_report_from(
+    root: &DataRoot,
+    designs: &[RuleDesign],
+    rule: &str,
+    options: &ReportOptions,
+    outcomes: &Outcomes,
+) -> Result<Report, ReportError> {
+    let outcomes = outcomes.for_report(root, options).await;
     let source = outcomes.as_ref().map_or(Source::Raw, Source::Outcomes);
     let lake = Lake::open(root)?;
     // One query: per-day sums, added up for the report and accumulated
@@ -684,13 +699,23 @@ fn headline(r: &Report) -> Headline {
 }
 
 /// Every experiment's report, one query over the lake, summarised with
-/// p-values corrected across experiments.
+/// p-values corrected across experiments; exact (see [`overview_from`]).
 pub async fn overview(
     root: &DataRoot,
     designs: &[RuleDesign],
     options: &ReportOptions,
 ) -> Result<Overview, ReportError> {
-    let outcomes = crate::outcomes::for_report(root, options).await;
+    overview_from(root, designs, options, &Outcomes::exact()).await
+}
+
+/// [`overview`] from the maintained outcomes when they answer `options`.
+pub async fn overview_from(
+    root: &DataRoot,
+    designs: &[RuleDesign],
+    options: &ReportOptions,
+    outcomes: &Outcomes,
+) -> Result<Overview, ReportError> {
+    let outcomes = outcomes.for_report(root, options).await;
     let source = outcomes.as_ref().map_or(Source::Raw, Source::Outcomes);
     let lake = Lake::open(root)?;
     let (rows, until) = arm_sums(&lake, options, None, source).await?;
