@@ -519,3 +519,113 @@ async fn without_a_token_reports_answer_loopback_clients() {
     assert_eq!(status, 200, "{report}");
     check_arms(&report, &want, "welcome");
 }
+
+/// The first assignment of `rule` in `arm`: (customer, assigned_at µs).
+fn recipient(dir: &Path, rule: &str, arm: &str) -> (String, i64) {
+    let a = read_table(dir, "assignments");
+    let (exp, arms, cust, at) = (
+        strings(&a, "experiment"),
+        strings(&a, "arm"),
+        strings(&a, "customer_id"),
+        times(&a, "assigned_at"),
+    );
+    (0..exp.len())
+        .find(|&i| exp[i].as_deref() == Some(rule) && arms[i].as_deref() == Some(arm))
+        .map(|i| (cust[i].clone().expect("customer"), at[i].expect("at")))
+        .unwrap_or_else(|| panic!("no {arm} recipient of {rule}"))
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .expect("time")
+        .to_rfc3339()
+}
+
+/// Reports read the per-recipient outcomes `serve` keeps: after a late
+/// purchase and an identity link arrive over HTTP, the report still equals
+/// the tables read by hand, and moved by exactly those purchases.
+#[tokio::test]
+async fn report_outcomes_follow_late_purchases_and_identity_links() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    replay(dir);
+    let config = format!(
+        "[publish]\ninterval_secs = 1\n[rules]\nenabled = false\n[ingest]\nwrite_keys = [\"{WRITE_KEY}\"]\n[report]\ntoken = \"{TOKEN}\"\noutcomes_refresh = \"1s\"\n"
+    );
+    let server = Server::start(dir.to_str().expect("utf8"), &config);
+    let url = server.url(&format!("/api/experiments/{RULE}"));
+    let (status, before, _) = get(&url, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{before}");
+    check_arms(
+        &before,
+        &expected(dir, RULE, 7 * DAY, f64::INFINITY),
+        "before",
+    );
+    assert!(
+        dir.join("_kairos/outcomes/state.json").is_file(),
+        "the report was answered from maintained outcomes"
+    );
+
+    // A holdout recipient buys an hour after assignment; an anonymous
+    // visitor buys two hours after a triggered recipient's assignment and
+    // is then identified as that recipient.
+    let (h, h_at) = recipient(dir, RULE, "holdout");
+    let (t, t_at) = recipient(dir, RULE, "triggered");
+    let buy = |who: (&str, &str), id: &str, at: i64, revenue: f64| {
+        json!({"type": "track", who.0: who.1, "event": "Order Completed", "messageId": id,
+               "timestamp": rfc3339(at), "properties": {"revenue": revenue, "currency": "EUR", "order_id": id}})
+    };
+    let batch = json!({"batch": [
+        buy(("userId", &h), "late-h", h_at + 3_600_000_000, 1234.5),
+        buy(("anonymousId", "anon-e2e"), "late-anon", t_at + 7_200_000_000, 4321.0),
+        {"type": "identify", "userId": t, "anonymousId": "anon-e2e", "messageId": "late-link",
+         "timestamp": rfc3339(t_at + 10_800_000_000)},
+    ]});
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/batch"))
+        .bearer_auth(WRITE_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+
+    // Once published, the report moves by exactly those purchases.
+    let revenue = |r: &Value, arm: &str| -> f64 {
+        r["arms"]
+            .as_array()
+            .expect("arms")
+            .iter()
+            .find(|a| a["name"] == arm)
+            .and_then(|a| a["revenue"].as_f64())
+            .expect("revenue")
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        let (status, after, _) = get(&url, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{after}");
+        if revenue(&after, "triggered") != revenue(&before, "triggered")
+            && revenue(&after, "holdout") != revenue(&before, "holdout")
+        {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the report never saw the late purchases: {after}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    check_arms(
+        &after,
+        &expected(dir, RULE, 7 * DAY, f64::INFINITY),
+        "after",
+    );
+    assert!(close(
+        revenue(&after, "holdout") - revenue(&before, "holdout"),
+        1234.5
+    ));
+    assert!(close(
+        revenue(&after, "triggered") - revenue(&before, "triggered"),
+        4321.0
+    ));
+}

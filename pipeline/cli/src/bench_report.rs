@@ -140,7 +140,11 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
     if kept.exists() {
         std::fs::remove_dir_all(&kept)?;
     }
-    let ((_, built), _) = timed("outcomes built from scratch", outcomes::refresh(&root, &key)).await?;
+    let ((_, built), _) = timed(
+        "outcomes built from scratch",
+        outcomes::refresh(&root, &key),
+    )
+    .await?;
     println!(
         "  {} days, {} recipients",
         built.days, built.recipients_recomputed
@@ -329,8 +333,24 @@ fn live_hour(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     evs.sort_unstable_by_key(|e| (e.customer, e.t));
     Ok(vec![
-        write(dir, "assignments", hour, &assignments(&recipients)?, &[], 65_536, "live")?,
-        write(dir, "sends", hour, &sends(&recipients)?, &[], 65_536, "live")?,
+        write(
+            dir,
+            "assignments",
+            hour,
+            &assignments(&recipients)?,
+            &[],
+            65_536,
+            "live",
+        )?,
+        write(
+            dir,
+            "sends",
+            hour,
+            &sends(&recipients)?,
+            &[],
+            65_536,
+            "live",
+        )?,
         write(
             dir,
             "events",
@@ -440,7 +460,15 @@ fn build(dir: &Path, n: u32) -> anyhow::Result<(usize, usize)> {
                             65_536,
                             "bench",
                         )?;
-                        write(dir, "sends", rows[0].at, &sends(rows)?, &[], 65_536, "bench")?;
+                        write(
+                            dir,
+                            "sends",
+                            rows[0].at,
+                            &sends(rows)?,
+                            &[],
+                            65_536,
+                            "bench",
+                        )?;
                     }
                     for g in e_groups.iter().skip(w).step_by(2) {
                         let rows = &events[g.clone()];

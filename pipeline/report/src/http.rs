@@ -40,8 +40,8 @@ use kairos_storage::DataRoot;
 
 use crate::ReportError;
 use crate::options::ReportOptions;
-use crate::pages;
 use crate::outcomes::Outcomes;
+use crate::pages;
 use crate::report::{Overview, Report, experiment_report_from, load_designs, overview_from};
 
 /// The hand-written OpenAPI 3 document.

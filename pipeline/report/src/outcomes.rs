@@ -271,8 +271,8 @@ impl Snapshot {
                 .iter()
                 .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{f}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::new()))
-                .with_file_extension(".parquet");
+            let options =
+                ListingOptions::new(Arc::new(ParquetFormat::new())).with_file_extension(".parquet");
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(schema());
@@ -297,7 +297,12 @@ impl Snapshot {
                 Arc::new(StringArray::from_iter_values(
                     self.groups.iter().map(|g| g.arm.as_str()),
                 )),
-                Arc::new(self.groups.iter().map(|g| g.variant.as_deref()).collect::<StringArray>()),
+                Arc::new(
+                    self.groups
+                        .iter()
+                        .map(|g| g.variant.as_deref())
+                        .collect::<StringArray>(),
+                ),
             ],
         )?;
         lake.ctx.deregister_table("outcome_groups")?;
@@ -427,9 +432,8 @@ async fn read_state(root: &DataRoot) -> Result<Option<State>, ReportError> {
     let Some(bytes) = root.read(&state_path()).await.map_err(storage)? else {
         return Ok(None);
     };
-    let state: State = serde_json::from_slice(&bytes).map_err(|e| {
-        ReportError::Outcomes(format!("{DIR}/state.json is not valid ({e})"))
-    })?;
+    let state: State = serde_json::from_slice(&bytes)
+        .map_err(|e| ReportError::Outcomes(format!("{DIR}/state.json is not valid ({e})")))?;
     Ok((state.version == VERSION).then_some(state))
 }
 
@@ -643,7 +647,10 @@ pub async fn refresh(
     }
     state.sends.retain(|d, _| send_inputs.contains_key(d));
     stats.send_days_recounted = recount.len();
-    state.identities = identities.iter().map(|f| (f.path.clone(), f.size)).collect();
+    state.identities = identities
+        .iter()
+        .map(|f| (f.path.clone(), f.size))
+        .collect();
 
     if old.as_ref() != Some(&state) {
         state.refreshed_at_us = now;
@@ -654,8 +661,8 @@ pub async fn refresh(
             .cloned()
             .collect();
         state.retired.retain(|r| !expired.contains(r));
-        let json = serde_json::to_vec_pretty(&state)
-            .map_err(|e| ReportError::Outcomes(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&state).map_err(|e| ReportError::Outcomes(e.to_string()))?;
         root.store
             .put(&state_path(), PutPayload::from(json))
             .await
@@ -748,7 +755,10 @@ async fn linked_event_hours(
             list.join(", ")
         );
         for b in lake.ctx.sql(&q).await?.collect().await? {
-            let (d, h) = (cast(b.column(0), &DataType::Utf8)?, cast(b.column(1), &DataType::Utf8)?);
+            let (d, h) = (
+                cast(b.column(0), &DataType::Utf8)?,
+                cast(b.column(1), &DataType::Utf8)?,
+            );
             let (d, h) = (d.as_string::<i32>(), h.as_string::<i32>());
             for i in 0..b.num_rows() {
                 if let Some(t) = hour_of(&format!("date={}/hour={}", d.value(i), h.value(i))) {
@@ -922,12 +932,14 @@ async fn count_sends(
         let n = cast(b.column(4), &DataType::Int64)?;
         let n = n.as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            out.entry(d.value(i).to_string()).or_default().push(MessageCount {
-                rule: r.value(i).to_string(),
-                arm: a.value(i).to_string(),
-                variant: v.is_valid(i).then(|| v.value(i).to_string()),
-                messages: n.value(i),
-            });
+            out.entry(d.value(i).to_string())
+                .or_default()
+                .push(MessageCount {
+                    rule: r.value(i).to_string(),
+                    arm: a.value(i).to_string(),
+                    variant: v.is_valid(i).then(|| v.value(i).to_string()),
+                    messages: n.value(i),
+                });
         }
     }
     Ok(out)
@@ -987,7 +999,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0 >> 33
         }
         fn below(&mut self, n: u64) -> u64 {
@@ -1062,8 +1077,14 @@ mod tests {
             "linked_at",
             file,
             vec![
-                ("anonymous_id", strs(links.iter().map(|l| Some(l.0.to_string())).collect())),
-                ("user_id", strs(links.iter().map(|l| Some(l.1.to_string())).collect())),
+                (
+                    "anonymous_id",
+                    strs(links.iter().map(|l| Some(l.0.to_string())).collect()),
+                ),
+                (
+                    "user_id",
+                    strs(links.iter().map(|l| Some(l.1.to_string())).collect()),
+                ),
                 ("linked_at", times(links.iter().map(|l| l.2).collect())),
             ],
         );
@@ -1076,7 +1097,12 @@ mod tests {
         let mut r = Lcg(7);
         let mut a = Vec::new();
         let mut s = Vec::new();
-        let mut ev = Events { ids: vec![], types: vec![], at: vec![], revenue: vec![] };
+        let mut ev = Events {
+            ids: vec![],
+            types: vec![],
+            at: vec![],
+            revenue: vec![],
+        };
         for c in 0..300 {
             let id = format!("c{c:03}");
             for exp in ["cart", "other"] {
@@ -1092,10 +1118,17 @@ mod tests {
             }
             for _ in 0..r.below(5) {
                 let buy = r.below(3) > 0;
-                ev.ids.push(Some(if r.below(8) == 0 { format!("anon-{c}") } else { id.clone() }));
-                ev.types.push(Some(if buy { "purchase" } else { "product_viewed" }.into()));
-                ev.at.push(T0 - 8 * DAY + r.below(34 * 24) as i64 * DAY / 24);
-                ev.revenue.push(buy.then(|| (r.below(20_000) as f64) / 100.0));
+                ev.ids.push(Some(if r.below(8) == 0 {
+                    format!("anon-{c}")
+                } else {
+                    id.clone()
+                }));
+                ev.types
+                    .push(Some(if buy { "purchase" } else { "product_viewed" }.into()));
+                ev.at
+                    .push(T0 - 8 * DAY + r.below(34 * 24) as i64 * DAY / 24);
+                ev.revenue
+                    .push(buy.then(|| (r.below(20_000) as f64) / 100.0));
             }
         }
         assignments(dir, "a1.parquet", &a);
@@ -1105,8 +1138,10 @@ mod tests {
             .step_by(3)
             .map(|c| (format!("anon-{c}"), format!("c{c:03}"), T0))
             .collect();
-        let links: Vec<(&str, &str, i64)> =
-            links.iter().map(|(a, u, t)| (a.as_str(), u.as_str(), *t)).collect();
+        let links: Vec<(&str, &str, i64)> = links
+            .iter()
+            .map(|(a, u, t)| (a.as_str(), u.as_str(), *t))
+            .collect();
         identities(dir, "i1.parquet", &links);
     }
 
@@ -1120,16 +1155,27 @@ mod tests {
         for (a, b) in raw.iter().zip(kept) {
             let ints = |x: &ArmSums| {
                 (
-                    x.experiment.clone(), x.arm.clone(), x.variant.clone(), x.day,
-                    x.recipients, x.messages, x.conversions,
-                    x.first_assigned_us, x.last_assigned_us, x.open_window,
+                    x.experiment.clone(),
+                    x.arm.clone(),
+                    x.variant.clone(),
+                    x.day,
+                    x.recipients,
+                    x.messages,
+                    x.conversions,
+                    x.first_assigned_us,
+                    x.last_assigned_us,
+                    x.open_window,
                 )
             };
             assert_eq!(ints(a), ints(b), "{what}");
             let floats = |x: &ArmSums| {
                 [
-                    x.revenue_uncapped, x.revenue_sum, x.revenue_sum_squares,
-                    x.covariate_sum, x.covariate_sum_squares, x.sum_products,
+                    x.revenue_uncapped,
+                    x.revenue_sum,
+                    x.revenue_sum_squares,
+                    x.covariate_sum,
+                    x.covariate_sum_squares,
+                    x.sum_products,
                     x.cap.unwrap_or(-1.0),
                 ]
             };
@@ -1148,14 +1194,21 @@ mod tests {
             Capping::Percentile { percentile: 90.0 },
         ];
         for cap in caps {
-            let o = ReportOptions { cap, ..ReportOptions::default() };
+            let o = ReportOptions {
+                cap,
+                ..ReportOptions::default()
+            };
             for rule in [Some("cart"), None] {
                 let raw = arm_sums(&lake, &o, rule, Source::Raw).await.expect("raw");
-                let kept = arm_sums(&lake, &o, rule, Source::Outcomes(snapshot)).await.expect("kept");
+                let kept = arm_sums(&lake, &o, rule, Source::Outcomes(snapshot))
+                    .await
+                    .expect("kept");
                 assert!(!raw.0.is_empty(), "{what}: the lake has arms");
                 same(&raw.0, &kept.0, &format!("{what}, {o:?}, {rule:?}"));
             }
-            let raw = daily_arm_sums(&lake, &o, Some("cart"), Source::Raw).await.expect("raw");
+            let raw = daily_arm_sums(&lake, &o, Some("cart"), Source::Raw)
+                .await
+                .expect("raw");
             let kept = daily_arm_sums(&lake, &o, Some("cart"), Source::Outcomes(snapshot))
                 .await
                 .expect("kept");
@@ -1189,7 +1242,11 @@ mod tests {
 
         let (_, stats) = refresh(&r, &key()).await.expect("again");
         assert_eq!(
-            (stats.days_recomputed, stats.send_days_recounted, stats.rebuilt),
+            (
+                stats.days_recomputed,
+                stats.send_days_recounted,
+                stats.rebuilt
+            ),
             (0, 0, false),
             "nothing changed: {stats:?}"
         );
@@ -1219,13 +1276,33 @@ mod tests {
 
         // New assignments on a new day (and their sends).
         let new = vec![
-            ("cart", "triggered", Some("A"), "c001x".to_string(), T0 + 26 * DAY),
-            ("cart", "holdout", None, "c002x".to_string(), T0 + 26 * DAY + 1),
+            (
+                "cart",
+                "triggered",
+                Some("A"),
+                "c001x".to_string(),
+                T0 + 26 * DAY,
+            ),
+            (
+                "cart",
+                "holdout",
+                None,
+                "c002x".to_string(),
+                T0 + 26 * DAY + 1,
+            ),
         ];
         assignments(d, "a2.parquet", &new);
-        sends(d, "s2.parquet", &[("cart", "triggered", "c001x".into(), "send", T0 + 26 * DAY)]);
+        sends(
+            d,
+            "s2.parquet",
+            &[("cart", "triggered", "c001x".into(), "send", T0 + 26 * DAY)],
+        );
         let (snapshot, stats) = refresh(&r, &key()).await.expect("new day");
-        assert_eq!((stats.days, stats.send_days_recounted), (25, 1), "{stats:?}");
+        assert_eq!(
+            (stats.days, stats.send_days_recounted),
+            (25, 1),
+            "{stats:?}"
+        );
         check(d, &snapshot, "new day").await;
     }
 
@@ -1263,18 +1340,34 @@ mod tests {
         random_lake(d);
         let r = root(d);
         let exact = Outcomes::exact();
-        assert!(exact.for_report(&r, &ReportOptions::default()).await.is_some());
-        let three_days = ReportOptions { window_secs: 3 * 86_400, ..ReportOptions::default() };
+        assert!(
+            exact
+                .for_report(&r, &ReportOptions::default())
+                .await
+                .is_some()
+        );
+        let three_days = ReportOptions {
+            window_secs: 3 * 86_400,
+            ..ReportOptions::default()
+        };
         assert!(
             exact.for_report(&r, &three_days).await.is_none(),
             "the outcomes are kept for 7 days: a 3-day report reads the raw tables"
         );
-        let dated = ReportOptions { from_us: Some(T0), ..ReportOptions::default() };
-        assert!(exact.for_report(&r, &dated).await.is_none(), "a date range reads the raw tables");
+        let dated = ReportOptions {
+            from_us: Some(T0),
+            ..ReportOptions::default()
+        };
+        assert!(
+            exact.for_report(&r, &dated).await.is_none(),
+            "a date range reads the raw tables"
+        );
         let (snapshot, stats) = refresh(&r, &OutcomeKey::of(&three_days)).await.expect("3d");
         assert!(stats.rebuilt);
         let lake = Lake::open(&r).expect("lake");
-        let raw = arm_sums(&lake, &three_days, None, Source::Raw).await.expect("raw");
+        let raw = arm_sums(&lake, &three_days, None, Source::Raw)
+            .await
+            .expect("raw");
         let kept = arm_sums(&lake, &three_days, None, Source::Outcomes(&snapshot))
             .await
             .expect("kept");
@@ -1301,7 +1394,10 @@ mod tests {
         assert!(stats.rebuilt);
         check(d, &second, "rebuilt").await;
         for f in &first.files {
-            assert!(d.join(f).exists(), "{f} was deleted while a reader may hold it");
+            assert!(
+                d.join(f).exists(),
+                "{f} was deleted while a reader may hold it"
+            );
         }
         // Once the grace has passed, the next refresh that writes deletes
         // a retired file, and files no state names (here the ones the
@@ -1317,15 +1413,28 @@ mod tests {
         std::fs::write(&state, serde_json::to_vec(&s).expect("json")).expect("write");
         let old = std::time::SystemTime::now() - Duration::from_secs(GRACE_SECS + 60);
         for f in &first.files[1..] {
-            let file = std::fs::File::options().write(true).open(d.join(f)).expect("open");
+            let file = std::fs::File::options()
+                .write(true)
+                .open(d.join(f))
+                .expect("open");
             file.set_modified(old).expect("age");
         }
         let young = &first.files[0];
-        sends(d, "s9.parquet", &[("cart", "triggered", "c001".into(), "send", T0)]);
+        sends(
+            d,
+            "s9.parquet",
+            &[("cart", "triggered", "c001".into(), "send", T0)],
+        );
         let (third, _) = refresh(&r, &key()).await.expect("refresh");
         assert!(!d.join(&second.files[0]).exists(), "retired past the grace");
-        assert!(!d.join(&first.files[1]).exists(), "an old file no state names");
-        assert!(d.join(young).exists(), "an orphan younger than the grace stays");
+        assert!(
+            !d.join(&first.files[1]).exists(),
+            "an old file no state names"
+        );
+        assert!(
+            d.join(young).exists(),
+            "an orphan younger than the grace stays"
+        );
         for f in &third.files {
             assert!(d.join(f).exists(), "{f}");
         }

@@ -17,8 +17,8 @@ use kairos_storage::DataRoot;
 use crate::ReportError;
 use crate::lake::Lake;
 use crate::metrics::{ArmSums, DAY_US, Source, arm_sums, daily_arm_sums, totals};
-use crate::outcomes::Outcomes;
 use crate::options::{ReportOptions, rfc3339};
+use crate::outcomes::Outcomes;
 
 /// A rule's configured split, from its file in the rules folder.
 #[derive(Clone, Debug, PartialEq, Serialize)]
