@@ -208,15 +208,19 @@ pub fn sql(
             (String::new(), v.clone(), String::new(), v, String::new())
         }
         // Nearest rank: the smallest y with at least p% of the positive
-        // values at or below it.
+        // values at or below it. Counted with the rows' weights (the
+        // outcomes' retractions are −1), over all rows of equal y at once
+        // (the RANGE frame), so a retraction cancels its row whatever
+        // order ties come in.
         Capping::Percentile { percentile } => (
             format!(
                 "groups AS (SELECT DISTINCT g, experiment FROM {group_names}),
                  caps AS (
-                   SELECT experiment, max(CASE WHEN rn = k THEN y END) AS cap FROM (
+                   SELECT experiment, min(CASE WHEN below >= k THEN y END) AS cap FROM (
                      SELECT groups.experiment, per.y,
-                            row_number() OVER (PARTITION BY groups.experiment ORDER BY per.y) AS rn,
-                            CAST(ceil({q:?} * count(*) OVER (PARTITION BY groups.experiment)) AS BIGINT) AS k
+                            sum(per.weight) OVER (PARTITION BY groups.experiment ORDER BY per.y
+                              RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS below,
+                            CAST(ceil({q:?} * sum(per.weight) OVER (PARTITION BY groups.experiment)) AS BIGINT) AS k
                      FROM per JOIN groups ON per.g = groups.g WHERE per.y > 0) GROUP BY experiment),",
                 q = percentile / 100.0,
                 group_names = if outcomes.is_some() { "outcome_groups" } else { "rcp" },
@@ -280,22 +284,22 @@ pub fn sql(
         // messages are added from their per-day counts afterwards.
         format!(
             "rcp AS (
-               SELECT g, at, {day} AS day
-               FROM (SELECT g, CAST(assigned_at AS BIGINT) AS at FROM outcomes WHERE {groups})),
+               SELECT g, at, {day} AS day, weight
+               FROM (SELECT g, CAST(assigned_at AS BIGINT) AS at, weight FROM outcomes WHERE {groups})),
              arms AS (
                SELECT a.*, n.experiment, n.arm, n.variant,
                       min(a.day) OVER (PARTITION BY a.g) AS first_day
                FROM (SELECT g, day,
-                       count(*) AS recipients,
+                       CAST(sum(weight) AS BIGINT) AS recipients,
                        min(at) AS first_assigned, max(at) AS last_assigned,
-                       CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
+                       CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN weight ELSE 0 END) AS BIGINT) AS open_window
                      FROM rcp GROUP BY g, day) a
                JOIN outcome_groups n ON n.g = a.g),
              per AS (
-               SELECT g, {day} AS day, converted, y, x
+               SELECT g, {day} AS day, converted, y, x, weight
                FROM (SELECT g, CAST(assigned_at AS BIGINT) AS at,
                        CASE WHEN converted THEN 1 ELSE 0 END AS converted,
-                       revenue AS y, pre_revenue AS x
+                       revenue AS y, pre_revenue AS x, weight
                      FROM outcomes
                      WHERE {groups} AND (converted OR revenue <> 0.0 OR pre_revenue <> 0.0))),"
         )
@@ -324,7 +328,7 @@ pub fn sql(
                      FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
                      WHERE e.event_type IN ({conv}, {rev}))),
              per AS (
-               SELECT r.g, r.day,
+               SELECT r.g, r.day, 1 AS weight,
                  max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
                  sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
                  sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
@@ -337,17 +341,17 @@ pub fn sql(
         "WITH {head}
          {caps_cte}
          capped AS (
-           SELECT per.g, per.day, per.converted, per.y,
+           SELECT per.g, per.day, per.weight, per.converted, per.y,
              CASE WHEN {cap_of} IS NOT NULL AND per.y > {cap_of} THEN {cap_of} ELSE per.y END AS yc,
              CASE WHEN {cap_of} IS NOT NULL AND per.x > {cap_of} THEN {cap_of} ELSE per.x END AS xc
            FROM per {cap_join}),
          hits AS (
            SELECT g, day,
-             CAST(sum(converted) AS BIGINT) AS conversions,
-             sum(y) AS revenue_uncapped,
-             sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares,
-             sum(xc) AS covariate_sum, sum(xc * xc) AS covariate_sum_squares,
-             sum(xc * yc) AS sum_products
+             CAST(sum(weight * converted) AS BIGINT) AS conversions,
+             sum(weight * y) AS revenue_uncapped,
+             sum(weight * yc) AS revenue_sum, sum(weight * yc * yc) AS revenue_sum_squares,
+             sum(weight * xc) AS covariate_sum, sum(weight * xc * xc) AS covariate_sum_squares,
+             sum(weight * xc * yc) AS sum_products
            FROM capped GROUP BY g, day),
          msg AS ({msg})
          SELECT a.experiment, a.arm, a.variant, a.day,
