@@ -60,7 +60,7 @@ pub const DIR: &str = "_kairos/outcomes";
 pub const GRACE_SECS: u64 = 600;
 /// Bumped when the files' columns or meaning change: a state of another
 /// version is rebuilt.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// A day's diffs are merged into one file beyond this many, so a report
 /// opens few files per day.
 const MAX_DIFFS: usize = 8;
@@ -213,6 +213,12 @@ pub fn schema() -> SchemaRef {
         // The refresh that wrote the row (µs): a recipient's current row is
         // its weight-1 row of the highest version.
         Field::new("version", DataType::Int64, true),
+        // `kairos_id_hash(customer_id, 1)` and `(…, 2)`: a diff finds the
+        // recipients new events touch by these, filtered in the scan.
+        Field::new("k1", DataType::Int64, true),
+        Field::new("k2", DataType::Int64, true),
+        // The UTC day of the assignment's folder: the file the row is in.
+        Field::new("day", DataType::Utf8, true),
     ]))
 }
 
@@ -597,7 +603,7 @@ pub async fn refresh(
         .map(|(day, files)| (day.clone(), fingerprint(files.iter().copied())))
         .collect();
     let mut full: BTreeSet<String> = BTreeSet::new();
-    let mut diff: BTreeMap<String, Vec<&Listed>> = BTreeMap::new();
+    let mut diff: BTreeSet<String> = BTreeSet::new();
     for (day, fp) in &fps {
         let kept = state.days.get(day);
         if kept.is_none_or(|d| &d.assignments != fp)
@@ -606,13 +612,8 @@ pub async fn refresh(
             full.insert(day.clone());
             continue;
         }
-        let new: Vec<&Listed> = added
-            .iter()
-            .copied()
-            .filter(|f| reaches(day, f.hour_us))
-            .collect();
-        if !new.is_empty() {
-            diff.insert(day.clone(), new);
+        if added.iter().any(|f| reaches(day, f.hour_us)) {
+            diff.insert(day.clone());
         }
     }
     // New identity links move their anonymous ids' events to another
@@ -630,7 +631,7 @@ pub async fn refresh(
             }
         }
     }
-    diff.retain(|day, _| !full.contains(day));
+    diff.retain(|day| !full.contains(day));
 
     let now = kairos_core::time::now_us();
     let generation = format!("{now}-{:08x}", rand_suffix());
@@ -647,39 +648,47 @@ pub async fn refresh(
             }
             // A day with assignment files always has rows; one without
             // (all its files moved away) simply drops out.
-            if let Some((file, recipients, groups)) = written.get(day).cloned() {
-                stats.recipients_recomputed += recipients;
+            if let Some(w) = written.get(day).cloned() {
+                stats.recipients_recomputed += w.rows;
                 state.days.insert(
                     day.clone(),
                     DayState {
                         assignments: fps[day].clone(),
-                        files: vec![file],
-                        recipients,
-                        groups,
+                        files: vec![w.file],
+                        recipients: w.rows,
+                        groups: w.groups,
                     },
                 );
             }
         }
         stats.days_recomputed = full.len();
     }
-    for (day, new) in &diff {
-        let Some(kept) = state.days.get(day).cloned() else {
-            continue;
-        };
-        let mut files = kept.files.clone();
-        if let Some((file, rows)) =
-            apply_events(root, key, day, &files, new, &generation, now).await?
-        {
-            stats.diff_rows += rows;
-            files.push(file);
+    if !diff.is_empty() {
+        let days: BTreeMap<String, Vec<String>> = diff
+            .iter()
+            .filter_map(|d| Some((d.clone(), state.days.get(d)?.files.clone())))
+            .collect();
+        let new: Vec<String> = added
+            .iter()
+            .filter(|f| diff.iter().any(|d| reaches(d, f.hour_us)))
+            .map(|f| f.path.clone())
+            .collect();
+        let written = apply_events(root, key, &days, &new, &generation, now).await?;
+        for (day, mut files) in days {
+            if let Some(w) = written.get(&day) {
+                stats.diff_rows += w.rows;
+                files.push(w.file.clone());
+            }
+            if files.len() > MAX_DIFFS + 1 {
+                let merged = merge_diffs(root, &day, &files[1..], &generation).await?;
+                retire(&mut state, files.split_off(1));
+                files.push(merged);
+            }
+            if let Some(d) = state.days.get_mut(&day) {
+                d.files = files;
+            }
         }
-        if files.len() > MAX_DIFFS + 1 {
-            let merged = merge_diffs(root, day, &files[1..], &generation).await?;
-            retire(&mut state, files.split_off(1));
-            files.push(merged);
-        }
-        stats.days_diffed += 1;
-        state.days.insert(day.clone(), DayState { files, ..kept });
+        stats.days_diffed = diff.len();
     }
     state.events = events.iter().map(|f| (f.path.clone(), f.size)).collect();
     // Days whose assignment files are all gone.
@@ -857,7 +866,7 @@ async fn recompute(
     events: &[Listed],
     generation: &str,
     version: i64,
-) -> Result<BTreeMap<String, (String, u64, Vec<Group>)>, ReportError> {
+) -> Result<BTreeMap<String, Written>, ReportError> {
     // Event dates any of the days' windows reach.
     let mut event_days: BTreeSet<String> = BTreeSet::new();
     for day in days {
@@ -903,18 +912,38 @@ async fn recompute(
            FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
              AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
            GROUP BY r.g, r.k1, r.k2, r.at)
-         SELECT r.date, r.experiment, r.arm, r.variant, r.customer_id, r.assigned_at, r.g,
+         SELECT r.experiment, r.arm, r.variant, r.customer_id, r.assigned_at, r.g,
                 coalesce(per.converted, 0) = 1 AS converted,
                 coalesce(per.y, 0.0) AS revenue, coalesce(per.x, 0.0) AS pre_revenue,
-                CAST(1 AS BIGINT) AS weight, CAST({version} AS BIGINT) AS version
+                CAST(1 AS BIGINT) AS weight, CAST({version} AS BIGINT) AS version,
+                r.k1, r.k2, r.date AS day
          FROM rcp r LEFT JOIN per
            ON per.g = r.g AND per.k1 = r.k1 AND per.k2 = r.k2 AND per.at = r.at",
         days = day_list(days),
         event_days = day_list(&event_days),
     );
     let lake = Lake::for_queries(root, &tables())?;
-    let mut stream = lake.ctx.sql(&q).await?.execute_stream().await?;
+    let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
+    write_by_day(root, stream, &format!("{generation}.parquet")).await
+}
+
+/// A day's file written by [`write_by_day`].
+#[derive(Clone, Debug)]
+struct Written {
+    file: String,
+    rows: u64,
+    groups: Vec<Group>,
+}
+
+/// Writes outcome rows (columns in [`schema`] order) as one file per
+/// `day`, named `name` in its folder.
+async fn write_by_day(
+    root: &DataRoot,
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    name: &str,
+) -> Result<BTreeMap<String, Written>, ReportError> {
     let schema = schema();
+    let day_col = schema.index_of("day")?;
     // Rows come in join order, so no sort order is recorded ("" names no
     // column).
     let props = kairos_storage::tables::writer_properties(&schema, "", &[], 128 * 1024);
@@ -923,13 +952,11 @@ async fn recompute(
     let mut writers: BTreeMap<String, (ArrowWriter<Vec<u8>>, u64, BTreeMap<i64, Group>)> =
         BTreeMap::new();
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let dates = cast(batch.column(0), &DataType::Utf8)?;
-        let dates = dates.as_string::<i32>();
-        let distinct: BTreeSet<&str> = dates.iter().flatten().collect();
-        let rows = conform(&batch, &schema, 1)?;
+        let rows = conform(&batch?, &schema, 0)?;
+        let days = rows.column(day_col).as_string::<i32>();
+        let distinct: BTreeSet<&str> = days.iter().flatten().collect();
         for day in distinct {
-            let mask = eq(dates, &StringArray::new_scalar(day))?;
+            let mask = eq(days, &StringArray::new_scalar(day))?;
             let part = filter_record_batch(&rows, &mask)?;
             let (w, n, groups) = match writers.get_mut(day) {
                 Some(w) => w,
@@ -946,55 +973,53 @@ async fn recompute(
         }
     }
     let mut out = BTreeMap::new();
-    for (day, (w, n, groups)) in writers {
+    for (day, (w, rows, groups)) in writers {
         let bytes = w.into_inner()?;
-        let file = format!("{DIR}/data/date={day}/{generation}.parquet");
+        let file = format!("{DIR}/data/date={day}/{name}");
         root.store
             .put(&ObjectPath::from(file.as_str()), PutPayload::from(bytes))
             .await
             .map_err(|e| ReportError::Outcomes(format!("writing {file}: {e}")))?;
-        out.insert(day, (file, n, groups.into_values().collect()));
+        let groups = groups.into_values().collect();
+        out.insert(day, Written { file, rows, groups });
     }
     Ok(out)
 }
 
-/// Brings `day` (its current `files`) up to date with `new` event files
-/// alone: for every recipient those events reach, a retraction of its
-/// current row (weight −1) and its new row (weight 1, the new events'
-/// sums added). Written as one diff file; `None` when the events reach no
-/// recipient. Exact because nothing else changed for the day: its
-/// assignments, the event files it read and its identity links are as
-/// they were (else [`refresh`] recomputes it in full).
+/// Brings the `days` (each with its current files) up to date with the
+/// `new` event files alone: for every recipient those events reach, a
+/// retraction of its current row (weight −1) and its new row (weight 1,
+/// the new events' sums added). One diff file per day the events reach.
+/// Exact because nothing else changed for these days: their assignments,
+/// the event files they read and their identity links are as they were
+/// (else [`refresh`] recomputes them in full).
 async fn apply_events(
     root: &DataRoot,
     key: &OutcomeKey,
-    day: &str,
-    files: &[String],
-    new: &[&Listed],
+    days: &BTreeMap<String, Vec<String>>,
+    new: &[String],
     generation: &str,
     version: i64,
-) -> Result<Option<(String, u64)>, ReportError> {
+) -> Result<BTreeMap<String, Written>, ReportError> {
     let lake = Lake::open(root)?;
+    let files: Vec<String> = days.values().flatten().cloned().collect();
     lake.ctx
-        .register_table("day_outcomes", files_table(files, schema())?)?;
+        .register_table("cur", files_table(&files, schema())?)?;
     let events_schema = tables()
         .into_iter()
         .find(|(name, _)| *name == "events")
         .map(|(_, s)| s)
         .ok_or_else(|| ReportError::Outcomes("no events schema".into()))?;
-    let new: Vec<String> = new.iter().map(|f| f.path.clone()).collect();
     lake.ctx
-        .register_table("new_events", files_table(&new, events_schema)?)?;
+        .register_table("new_events", files_table(new, events_schema)?)?;
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
+    // The join of the few new events to the days' rows is on the stored
+    // hashes, so the scan skips every row of an untouched recipient.
     let q = format!(
         "WITH link AS (
            SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
            FROM identities GROUP BY anonymous_id),
-         cur AS (
-           SELECT *, CAST(assigned_at AS BIGINT) AS at,
-                  {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
-           FROM day_outcomes),
          ev AS (
            SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
                   event_type, t, revenue
@@ -1002,35 +1027,41 @@ async fn apply_events(
                         CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
                  FROM new_events e LEFT JOIN link ON e.customer_id = link.anonymous_id
                  WHERE e.event_type IN ({conv}, {rev}))),
+         hit AS (
+           SELECT DISTINCT c.g, c.k1, c.k2, CAST(c.assigned_at AS BIGINT) AS at
+           FROM ev JOIN cur c ON ev.k1 = c.k1 AND ev.k2 = c.k2
+           WHERE c.weight > 0
+             AND ev.t > CAST(c.assigned_at AS BIGINT) - {p}
+             AND ev.t <= CAST(c.assigned_at AS BIGINT) + {w}),
          touch AS (
-           SELECT r.g, r.k1, r.k2, r.at,
-             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
-           FROM ev JOIN (SELECT DISTINCT g, k1, k2, at FROM cur WHERE weight > 0) r
-             ON ev.k1 = r.k1 AND ev.k2 = r.k2 AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
-           GROUP BY r.g, r.k1, r.k2, r.at),
+           SELECT h.g, h.k1, h.k2, h.at,
+             max(CASE WHEN ev.event_type = {conv} AND ev.t > h.at THEN 1 ELSE 0 END) AS converted,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t > h.at THEN ev.revenue ELSE 0.0 END) AS y,
+             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= h.at THEN ev.revenue ELSE 0.0 END) AS x
+           FROM ev JOIN hit h ON ev.k1 = h.k1 AND ev.k2 = h.k2
+             AND ev.t > h.at - {p} AND ev.t <= h.at + {w}
+           GROUP BY h.g, h.k1, h.k2, h.at),
          old AS (
            SELECT * FROM (
-             SELECT c.experiment, c.arm, c.variant, c.customer_id, c.assigned_at, c.g,
-                    c.converted, c.revenue, c.pre_revenue, c.k1, c.k2, c.at,
-                    row_number() OVER (PARTITION BY c.g, c.k1, c.k2, c.at ORDER BY c.version DESC) AS rn
-             FROM cur c JOIN touch t ON c.g = t.g AND c.k1 = t.k1 AND c.k2 = t.k2 AND c.at = t.at
+             SELECT c.*, CAST(c.assigned_at AS BIGINT) AS at,
+                    row_number() OVER (PARTITION BY c.g, c.k1, c.k2, c.assigned_at
+                                       ORDER BY c.version DESC) AS rn
+             FROM cur c JOIN hit h ON c.k1 = h.k1 AND c.k2 = h.k2 AND c.g = h.g
+               AND CAST(c.assigned_at AS BIGINT) = h.at
              WHERE c.weight > 0)
            WHERE rn = 1)
          SELECT experiment, arm, variant, customer_id, assigned_at, g, converted, revenue,
-                pre_revenue, CAST(-1 AS BIGINT) AS weight, CAST({version} AS BIGINT) AS version
+                pre_revenue, CAST(-1 AS BIGINT) AS weight, CAST({version} AS BIGINT) AS version,
+                k1, k2, day
          FROM old
          UNION ALL
          SELECT o.experiment, o.arm, o.variant, o.customer_id, o.assigned_at, o.g,
                 o.converted OR t.converted = 1, o.revenue + t.y, o.pre_revenue + t.x,
-                CAST(1 AS BIGINT), CAST({version} AS BIGINT)
+                CAST(1 AS BIGINT), CAST({version} AS BIGINT), o.k1, o.k2, o.day
          FROM old o JOIN touch t ON o.g = t.g AND o.k1 = t.k1 AND o.k2 = t.k2 AND o.at = t.at"
     );
-    let batches = lake.ctx.sql(&q).await?.collect().await?;
-    let file = format!("{DIR}/data/date={day}/{generation}-diff.parquet");
-    let rows = put_rows(root, &file, &batches).await?;
-    Ok((rows > 0).then_some((file, rows)))
+    let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
+    write_by_day(root, stream, &format!("{generation}-diff.parquet")).await
 }
 
 /// Merges a day's diff files into one (their rows as they are).
