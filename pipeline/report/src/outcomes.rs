@@ -641,7 +641,9 @@ pub async fn refresh(
             .extend(files.into_iter().map(|file| Retired { file, at_us: now }));
     };
     if !full.is_empty() {
+        let t = Instant::now();
         let written = recompute(root, key, &full, &events, &generation, now).await?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "outcomes: full");
         for day in &full {
             if let Some(prev) = state.days.remove(day) {
                 retire(&mut state, prev.files);
@@ -673,7 +675,9 @@ pub async fn refresh(
             .filter(|f| diff.iter().any(|d| reaches(d, f.hour_us)))
             .map(|f| f.path.clone())
             .collect();
+        let t = Instant::now();
         let written = apply_events(root, key, &days, &new, &generation, now).await?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "outcomes: diff");
         for (day, mut files) in days {
             if let Some(w) = written.get(&day) {
                 stats.diff_rows += w.rows;
@@ -719,7 +723,9 @@ pub async fn refresh(
         .map(|(d, _)| d.clone())
         .collect();
     if !recount.is_empty() {
+        let t = Instant::now();
         let mut counts = count_sends(root, &recount).await?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "outcomes: sends");
         for day in &recount {
             state.sends.insert(
                 day.clone(),
@@ -1014,8 +1020,11 @@ async fn apply_events(
         .register_table("new_events", files_table(new, events_schema)?)?;
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
-    // The join of the few new events to the days' rows is on the stored
-    // hashes, so the scan skips every row of an untouched recipient.
+    // The few new events (and the recipients they hit) are the build side
+    // of every join with the days' rows, on the stored hashes, so the
+    // join's dynamic filter skips every untouched recipient in the scan.
+    // (`h.at` is selected so the last join stays an inner join: as a semi
+    // join the planner would build it on the days' millions of rows.)
     let q = format!(
         "WITH link AS (
            SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
@@ -1043,10 +1052,10 @@ async fn apply_events(
            GROUP BY h.g, h.k1, h.k2, h.at),
          old AS (
            SELECT * FROM (
-             SELECT c.*, CAST(c.assigned_at AS BIGINT) AS at,
+             SELECT c.*, h.at,
                     row_number() OVER (PARTITION BY c.g, c.k1, c.k2, c.assigned_at
                                        ORDER BY c.version DESC) AS rn
-             FROM cur c JOIN hit h ON c.k1 = h.k1 AND c.k2 = h.k2 AND c.g = h.g
+             FROM hit h JOIN cur c ON c.k1 = h.k1 AND c.k2 = h.k2 AND c.g = h.g
                AND CAST(c.assigned_at AS BIGINT) = h.at
              WHERE c.weight > 0)
            WHERE rn = 1)
