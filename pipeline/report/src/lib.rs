@@ -4,9 +4,14 @@
 //! - [`lake`] registers the lake's Parquet tables (`assignments/`, `sends/`,
 //!   `events/`, `identities/`) with DataFusion, on a local directory or an
 //!   object store.
+//! - [`outcomes`] keeps each recipient's window outcome up to date as data
+//!   arrives (`_kairos/outcomes/`), recomputing only the days new data
+//!   reaches, so a report over millions of recipients reads one row each.
 //! - [`metrics`] computes, in one SQL query, the per-(experiment, arm,
 //!   variant) recipients, messages, conversions and revenue sums — the
-//!   sufficient statistics of `kairos_experiments::stats`.
+//!   sufficient statistics of `kairos_experiments::stats` — from the
+//!   outcomes when they answer the report's options, else from the raw
+//!   tables.
 //! - [`report`] turns them into a [`Report`]: per-arm metrics, the analysis
 //!   of each treatment against the holdout and triggered against scheduled,
 //!   the sample-ratio check against the rule's configured split, and the
