@@ -276,19 +276,27 @@ where
     Ok((out, took))
 }
 
+/// `count` purchases in the hour from `hour` by customers below `n`.
+fn random_purchases(
+    rng: &mut SmallRng,
+    hour: i64,
+    n: u32,
+    count: usize,
+) -> impl Iterator<Item = Ev> + '_ {
+    (0..count).map(move |_| Ev {
+        t: hour + rng.random_range(0..HOUR_US),
+        customer: rng.random_range(0..n),
+        cents: rng.random_range(500..20_000),
+        kind: Kind::Purchase,
+    })
+}
+
 /// 5,000 purchases by existing recipients, imported late into one hour of
 /// day 20; returns the files written.
 fn late_purchases(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
     let mut rng = SmallRng::seed_from_u64(20);
     let hour = T0 + 20 * DAY_US + 3 * HOUR_US;
-    let mut evs: Vec<Ev> = (0..5_000)
-        .map(|_| Ev {
-            t: hour + rng.random_range(0..HOUR_US),
-            customer: rng.random_range(0..n),
-            cents: rng.random_range(500..20_000),
-            kind: Kind::Purchase,
-        })
-        .collect();
+    let mut evs: Vec<Ev> = random_purchases(&mut rng, hour, n, 5_000).collect();
     evs.sort_unstable_by_key(|e| (e.customer, e.t));
     Ok(vec![write(
         dir,
@@ -324,12 +332,7 @@ fn live_hour(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
             cents: 0,
             kind: Kind::CartAdd,
         })
-        .chain((0..4_700).map(|_| Ev {
-            t: hour + rng.random_range(0..HOUR_US),
-            customer: rng.random_range(0..n),
-            cents: rng.random_range(500..20_000),
-            kind: Kind::Purchase,
-        }))
+        .chain(random_purchases(&mut rng, hour, n, 4_700))
         .collect();
     evs.sort_unstable_by_key(|e| (e.customer, e.t));
     Ok(vec![

@@ -155,6 +155,52 @@ pub async fn data_until(lake: &Lake) -> datafusion::error::Result<Option<i64>> {
     Ok(None)
 }
 
+/// `(experiment, arm, variant)` as one integer `g`, from the column
+/// holding the experiment (`experiment` or `rule`) and `arm`, `variant`.
+pub(crate) fn group_hash(experiment: &str) -> String {
+    format!("{ID_HASH}({experiment} || chr(31) || arm || chr(31) || coalesce(variant, ''), 3)")
+}
+
+/// The `link` and `ev` CTEs of every outcome computation (the raw report,
+/// a day's full recomputation, a diff), so all attribute events alike:
+/// `link` maps an anonymous id to the user of its earliest link; `ev` is
+/// `events`' conversion and revenue events (`conv`, `rev`: SQL literals;
+/// `and` narrows them further) under the canonical id, as its two hashes
+/// `k1`, `k2`, with `t` (µs) and `revenue` (0 when null).
+pub(crate) fn events_ctes(events: &str, conv: &str, rev: &str, and: &str) -> String {
+    format!(
+        "link AS (
+           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
+           FROM identities GROUP BY anonymous_id),
+         ev AS (
+           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
+                  event_type, t, revenue
+           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
+                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
+                 FROM {events} e LEFT JOIN link ON e.customer_id = link.anonymous_id
+                 WHERE e.event_type IN ({conv}, {rev}){and}))"
+    )
+}
+
+/// `ev` rows of recipient `r` (hashes `k1`, `k2`, assigned at `at`) in
+/// `(at − pre, at + window]` (µs), as a join condition.
+pub(crate) fn in_windows(r: &str, pre_us: i64, window_us: i64) -> String {
+    format!(
+        "ev.k1 = {r}.k1 AND ev.k2 = {r}.k2 AND ev.t > {r}.at - {pre_us} AND ev.t <= {r}.at + {window_us}"
+    )
+}
+
+/// A recipient `r`'s window sums over its `ev` rows: `converted` (0 or 1:
+/// a conversion after `at`), `y` (revenue after `at`), `x` (revenue up to
+/// and including `at`, the pre-period).
+pub(crate) fn window_sums(r: &str, conv: &str, rev: &str) -> String {
+    format!(
+        "max(CASE WHEN ev.event_type = {conv} AND ev.t > {r}.at THEN 1 ELSE 0 END) AS converted,
+         sum(CASE WHEN ev.event_type = {rev} AND ev.t > {r}.at THEN ev.revenue ELSE 0.0 END) AS y,
+         sum(CASE WHEN ev.event_type = {rev} AND ev.t <= {r}.at THEN ev.revenue ELSE 0.0 END) AS x"
+    )
+}
+
 /// The SQL computing every arm's sums; `rule` limits it to one experiment;
 /// `by_day` splits each arm's sums by UTC day of assignment (the same
 /// recipients, caps and windows: only the final grouping differs).
@@ -234,10 +280,7 @@ pub fn sql(
     };
     // (experiment, arm, variant) as one integer, so the big aggregations
     // and joins below never hash strings.
-    let group = |e: &str| {
-        format!("{ID_HASH}({e} || chr(31) || arm || chr(31) || coalesce(variant, ''), 3)")
-    };
-    let (g_rcp, g_sends) = (group("experiment"), group("rule"));
+    let (g_rcp, g_sends) = (group_hash("experiment"), group_hash("rule"));
     // Messages per arm: the `send` rows carry their arm, so without a date
     // range they are counted straight from `sends` and put on each arm's
     // first day (no per-day use needs them split); with one, only the
@@ -305,9 +348,7 @@ pub fn sql(
         )
     } else {
         format!(
-            "link AS (
-               SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
-               FROM identities GROUP BY anonymous_id),
+            "{events},
              rcp AS (
                SELECT experiment, arm, variant, {g_rcp} AS g, at, {day} AS day,
                       {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
@@ -320,21 +361,13 @@ pub fn sql(
                        min(at) AS first_assigned, max(at) AS last_assigned,
                        CAST(sum(CASE WHEN at + {w} > {data_until_us} THEN 1 ELSE 0 END) AS BIGINT) AS open_window
                      FROM rcp GROUP BY g, experiment, arm, variant, day)),
-             ev AS (
-               SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
-                      event_type, t, revenue
-               FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
-                            CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
-                     FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
-                     WHERE e.event_type IN ({conv}, {rev}))),
              per AS (
-               SELECT r.g, r.day, 1 AS weight,
-                 max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
-                 sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
-                 sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
-               FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
-                 AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
-               GROUP BY r.g, r.day, r.k1, r.k2, r.at),"
+               SELECT r.g, r.day, 1 AS weight, {sums}
+               FROM ev JOIN rcp r ON {join}
+               GROUP BY r.g, r.day, r.k1, r.k2, r.at),",
+            events = events_ctes("events", &conv, &rev, ""),
+            sums = window_sums("r", &conv, &rev),
+            join = in_windows("r", p, w),
         )
     };
     format!(

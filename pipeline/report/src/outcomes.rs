@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use kairos_storage::DataRoot;
 
 use crate::lake::{ID_HASH, Lake, STORE_URL, tables};
-use crate::metrics::{DAY_US, lit};
+use crate::metrics::{DAY_US, events_ctes, group_hash, in_windows, lit, window_sums};
 use crate::{ReportError, ReportOptions};
 
 /// Where the outcomes live under the data root.
@@ -896,29 +896,15 @@ async fn recompute(
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
     let q = format!(
-        "WITH link AS (
-           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
-           FROM identities GROUP BY anonymous_id),
+        "WITH {events},
          rcp AS (
            SELECT date, experiment, arm, variant, customer_id, assigned_at,
-                  CAST(assigned_at AS BIGINT) AS at,
-                  {ID_HASH}(experiment || chr(31) || arm || chr(31) || coalesce(variant, ''), 3) AS g,
+                  CAST(assigned_at AS BIGINT) AS at, {g} AS g,
                   {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2
            FROM assignments WHERE date IN ({days})),
-         ev AS (
-           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
-                  event_type, t, revenue
-           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
-                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
-                 FROM events e LEFT JOIN link ON e.customer_id = link.anonymous_id
-                 WHERE e.event_type IN ({conv}, {rev}) AND e.date IN ({event_days}))),
          per AS (
-           SELECT r.g, r.k1, r.k2, r.at,
-             max(CASE WHEN ev.event_type = {conv} AND ev.t > r.at THEN 1 ELSE 0 END) AS converted,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > r.at THEN ev.revenue ELSE 0.0 END) AS y,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= r.at THEN ev.revenue ELSE 0.0 END) AS x
-           FROM ev JOIN rcp r ON ev.k1 = r.k1 AND ev.k2 = r.k2
-             AND ev.t > r.at - {p} AND ev.t <= r.at + {w}
+           SELECT r.g, r.k1, r.k2, r.at, {sums}
+           FROM ev JOIN rcp r ON {join}
            GROUP BY r.g, r.k1, r.k2, r.at)
          SELECT r.experiment, r.arm, r.variant, r.customer_id, r.assigned_at, r.g,
                 coalesce(per.converted, 0) = 1 AS converted,
@@ -928,7 +914,15 @@ async fn recompute(
          FROM rcp r LEFT JOIN per
            ON per.g = r.g AND per.k1 = r.k1 AND per.k2 = r.k2 AND per.at = r.at",
         days = day_list(days),
-        event_days = day_list(&event_days),
+        events = events_ctes(
+            "events",
+            &conv,
+            &rev,
+            &format!(" AND e.date IN ({})", day_list(&event_days))
+        ),
+        g = group_hash("experiment"),
+        sums = window_sums("r", &conv, &rev),
+        join = in_windows("r", p, w),
     );
     let lake = Lake::for_queries(root, &tables())?;
     let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
@@ -1028,29 +1022,14 @@ async fn apply_events(
     // (`h.at` is selected so the last join stays an inner join: as a semi
     // join the planner would build it on the days' millions of rows.)
     let q = format!(
-        "WITH link AS (
-           SELECT anonymous_id, first_value(user_id ORDER BY linked_at) AS user_id
-           FROM identities GROUP BY anonymous_id),
-         ev AS (
-           SELECT {ID_HASH}(customer_id, 1) AS k1, {ID_HASH}(customer_id, 2) AS k2,
-                  event_type, t, revenue
-           FROM (SELECT coalesce(link.user_id, e.customer_id) AS customer_id, e.event_type,
-                        CAST(e.timestamp AS BIGINT) AS t, coalesce(e.revenue, 0.0) AS revenue
-                 FROM new_events e LEFT JOIN link ON e.customer_id = link.anonymous_id
-                 WHERE e.event_type IN ({conv}, {rev}))),
+        "WITH {events},
          hit AS (
-           SELECT DISTINCT c.g, c.k1, c.k2, CAST(c.assigned_at AS BIGINT) AS at
-           FROM ev JOIN cur c ON ev.k1 = c.k1 AND ev.k2 = c.k2
-           WHERE c.weight > 0
-             AND ev.t > CAST(c.assigned_at AS BIGINT) - {p}
-             AND ev.t <= CAST(c.assigned_at AS BIGINT) + {w}),
+           SELECT DISTINCT c.g, c.k1, c.k2, c.at
+           FROM ev JOIN (SELECT *, CAST(assigned_at AS BIGINT) AS at FROM cur WHERE weight > 0) c
+             ON {hit_join}),
          touch AS (
-           SELECT h.g, h.k1, h.k2, h.at,
-             max(CASE WHEN ev.event_type = {conv} AND ev.t > h.at THEN 1 ELSE 0 END) AS converted,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t > h.at THEN ev.revenue ELSE 0.0 END) AS y,
-             sum(CASE WHEN ev.event_type = {rev} AND ev.t <= h.at THEN ev.revenue ELSE 0.0 END) AS x
-           FROM ev JOIN hit h ON ev.k1 = h.k1 AND ev.k2 = h.k2
-             AND ev.t > h.at - {p} AND ev.t <= h.at + {w}
+           SELECT h.g, h.k1, h.k2, h.at, {sums}
+           FROM ev JOIN hit h ON {join}
            GROUP BY h.g, h.k1, h.k2, h.at),
          old AS (
            SELECT * FROM (
@@ -1069,7 +1048,11 @@ async fn apply_events(
          SELECT o.experiment, o.arm, o.variant, o.customer_id, o.assigned_at, o.g,
                 o.converted OR t.converted = 1, o.revenue + t.y, o.pre_revenue + t.x,
                 CAST(1 AS BIGINT), CAST({version} AS BIGINT), o.k1, o.k2, o.day
-         FROM old o JOIN touch t ON o.g = t.g AND o.k1 = t.k1 AND o.k2 = t.k2 AND o.at = t.at"
+         FROM old o JOIN touch t ON o.g = t.g AND o.k1 = t.k1 AND o.k2 = t.k2 AND o.at = t.at",
+        events = events_ctes("new_events", &conv, &rev, ""),
+        hit_join = in_windows("c", p, w),
+        sums = window_sums("h", &conv, &rev),
+        join = in_windows("h", p, w),
     );
     let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
     write_by_day(root, stream, &format!("{generation}-diff.parquet")).await
@@ -1260,6 +1243,16 @@ mod tests {
         types: Vec<Option<String>>,
         at: Vec<i64>,
         revenue: Vec<Option<f64>>,
+    }
+
+    /// Purchases: (customer, µs, revenue).
+    fn purchases(rows: &[(&str, i64, f64)]) -> Events {
+        Events {
+            ids: rows.iter().map(|r| Some(r.0.to_string())).collect(),
+            types: vec![Some("purchase".into()); rows.len()],
+            at: rows.iter().map(|r| r.1).collect(),
+            revenue: rows.iter().map(|r| Some(r.2)).collect(),
+        }
     }
 
     fn events(dir: &Path, file: &str, e: Events) {
@@ -1498,12 +1491,10 @@ mod tests {
 
         // A late purchase on day 20 of someone assigned on day 16: only the
         // days whose windows (7 days after, 7 before) reach day 20 change.
-        let late = Events {
-            ids: vec![Some("c001".into()), Some("c002".into())],
-            types: vec![Some("purchase".into()); 2],
-            at: vec![T0 + 20 * DAY + 5, T0 + 20 * DAY + 7],
-            revenue: vec![Some(12.5), Some(1000.0)],
-        };
+        let late = purchases(&[
+            ("c001", T0 + 20 * DAY + 5, 12.5),
+            ("c002", T0 + 20 * DAY + 7, 1000.0),
+        ]);
         events(d, "late.parquet", late);
         let (snapshot, stats) = refresh(&r, &key()).await.expect("late event");
         assert_eq!(stats.days_recomputed, 0, "{stats:?}");
@@ -1522,27 +1513,13 @@ mod tests {
         for i in 0..(MAX_DIFFS + 2) {
             let c = format!("c{:03}", 10 + i);
             // c001 and c002 again each time: a recipient's diff on its diff.
-            let late = Events {
-                ids: vec![
-                    Some(c.clone()),
-                    Some(c),
-                    Some("c001".into()),
-                    Some("c002".into()),
-                ],
-                types: vec![Some("purchase".into()); 4],
-                at: vec![
-                    T0 + 19 * DAY + i as i64,
-                    T0 + 21 * DAY + i as i64,
-                    T0 + 20 * DAY + 100 + i as i64,
-                    T0 + 20 * DAY + 200 + i as i64,
-                ],
-                revenue: vec![
-                    Some(5.0 + i as f64),
-                    Some(300.0 * i as f64),
-                    Some(1.5),
-                    Some(2.5),
-                ],
-            };
+            let i64 = i as i64;
+            let late = purchases(&[
+                (&c, T0 + 19 * DAY + i64, 5.0 + i as f64),
+                (&c, T0 + 21 * DAY + i64, 300.0 * i as f64),
+                ("c001", T0 + 20 * DAY + 100 + i64, 1.5),
+                ("c002", T0 + 20 * DAY + 200 + i64, 2.5),
+            ]);
             events(d, &format!("late-{i}.parquet"), late);
             let (_, stats) = refresh(&r, &key()).await.expect("another late event");
             assert_eq!(stats.days_recomputed, 0, "{stats:?}");
@@ -1617,12 +1594,7 @@ mod tests {
         events(
             d,
             "zz.parquet",
-            Events {
-                ids: vec![Some("anon-zz".into())],
-                types: vec![Some("purchase".into())],
-                at: vec![T0 + 3 * DAY + 1],
-                revenue: vec![Some(77.0)],
-            },
+            purchases(&[("anon-zz", T0 + 3 * DAY + 1, 77.0)]),
         );
         let r = root(d);
         refresh(&r, &key()).await.expect("build");
