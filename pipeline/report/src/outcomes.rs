@@ -63,6 +63,11 @@ pub const GRACE_SECS: u64 = 600;
 /// Bumped when the files' columns or meaning change: a state of another
 /// version is rebuilt.
 const VERSION: u32 = 4;
+/// Days recomputed in full by one query: its output (about 60 MB per
+/// million recipients) stays in memory until written, and each query reads
+/// the events its days' windows reach again, so this bounds memory at the
+/// price of reading some events twice in a rebuild.
+const FULL_DAYS: usize = 14;
 /// A day's diffs are merged into one file beyond this many, so a report
 /// opens few files per day.
 const MAX_DIFFS: usize = 8;
@@ -644,7 +649,14 @@ pub async fn refresh(
     };
     if !full.is_empty() {
         let t = Instant::now();
-        let written = recompute(root, key, &full, &events, &generation, now).await?;
+        // In runs of at most FULL_DAYS days: a run's files are held in
+        // memory until written, and a year rebuilt at once would not fit.
+        let days: Vec<String> = full.iter().cloned().collect();
+        let mut written = BTreeMap::new();
+        for run in days.chunks(FULL_DAYS) {
+            let run: BTreeSet<String> = run.iter().cloned().collect();
+            written.extend(recompute(root, key, &run, &events, &generation, now).await?);
+        }
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "outcomes: full");
         for day in &full {
             if let Some(prev) = state.days.remove(day) {
