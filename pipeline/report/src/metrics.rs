@@ -485,7 +485,12 @@ fn add_messages(rows: &mut [ArmSums], counts: &[MessageCount]) {
         }
         r.messages = counts
             .iter()
-            .filter(|c| c.rule == id.0 && c.arm == id.1 && c.variant == id.2)
+            // NULL and '' alike, as `group_hash` has them.
+            .filter(|c| {
+                c.rule == id.0
+                    && c.arm == id.1
+                    && c.variant.as_deref().unwrap_or("") == id.2.as_deref().unwrap_or("")
+            })
             .map(|c| c.messages)
             .sum();
         seen = Some(id);

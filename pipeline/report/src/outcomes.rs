@@ -180,6 +180,8 @@ struct State {
     retired: Vec<Retired>,
     /// When this state was written, µs.
     refreshed_at_us: i64,
+    /// The highest row version written so far.
+    last_version: i64,
 }
 
 impl State {
@@ -193,6 +195,7 @@ impl State {
             events: BTreeMap::new(),
             retired: Vec::new(),
             refreshed_at_us: 0,
+            last_version: 0,
         }
     }
 }
@@ -397,9 +400,11 @@ struct Checked {
 
 impl Outcomes {
     /// Reports refresh first whenever their snapshot is older than `max_age`.
+    /// At most half of [`GRACE_SECS`], so a kept snapshot never names
+    /// files another refresh has deleted.
     pub fn new(max_age: Duration) -> Outcomes {
         Outcomes {
-            max_age,
+            max_age: max_age.min(Duration::from_secs(GRACE_SECS / 2)),
             last: std::sync::Mutex::new(None),
         }
     }
@@ -423,12 +428,15 @@ impl Outcomes {
             return Some(s);
         }
         match read_state(root).await {
-            Ok(Some(s)) if s.key != key => return None,
-            Err(e) => tracing::warn!(error = %e, "outcome state unreadable; it is rebuilt"),
+            Ok(Stored { state: Some(s), .. }) if s.key != key => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "outcome state unreadable; this report reads the raw tables");
+                return None;
+            }
             _ => {}
         }
-        match self.refresh(root, &key).await {
-            Ok(_) => self.recent(root, &key).or_else(|| self.last_snapshot()),
+        match self.refresh_snapshot(root, &key).await {
+            Ok((snapshot, _)) => Some(snapshot),
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
                 None
@@ -443,14 +451,22 @@ impl Outcomes {
         root: &DataRoot,
         key: &OutcomeKey,
     ) -> Result<RefreshStats, ReportError> {
+        Ok(self.refresh_snapshot(root, key).await?.1)
+    }
+
+    async fn refresh_snapshot(
+        &self,
+        root: &DataRoot,
+        key: &OutcomeKey,
+    ) -> Result<(Snapshot, RefreshStats), ReportError> {
         let (snapshot, stats) = refresh(root, key).await?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checked {
             root: root.url.clone(),
             key: key.clone(),
             at: Instant::now(),
-            snapshot,
+            snapshot: snapshot.clone(),
         });
-        Ok(stats)
+        Ok((snapshot, stats))
     }
 
     /// The kept snapshot of `root` for `key` if younger than `max_age`.
@@ -460,24 +476,55 @@ impl Outcomes {
             .filter(|c| c.root == root.url && c.key == *key && c.at.elapsed() <= self.max_age)
             .map(|c| c.snapshot.clone())
     }
-
-    fn last_snapshot(&self) -> Option<Snapshot> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref().map(|c| c.snapshot.clone())
-    }
 }
 
 fn state_path() -> ObjectPath {
     ObjectPath::from(format!("{DIR}/state.json"))
 }
 
-async fn read_state(root: &DataRoot) -> Result<Option<State>, ReportError> {
+/// What `state.json` holds: the state when it is one of this version,
+/// and every file it names either way (a state of another version or key
+/// is replaced, and its files retired, not orphaned).
+#[derive(Default)]
+struct Stored {
+    state: Option<State>,
+    files: Vec<String>,
+}
+
+/// Reads `state.json`. A store error is an error (a report then reads the
+/// raw tables, and nothing is rebuilt over a hiccup); a damaged state is
+/// logged and read as none.
+async fn read_state(root: &DataRoot) -> Result<Stored, ReportError> {
     let Some(bytes) = root.read(&state_path()).await.map_err(storage)? else {
-        return Ok(None);
+        return Ok(Stored::default());
     };
-    let state: State = serde_json::from_slice(&bytes)
-        .map_err(|e| ReportError::Outcomes(format!("{DIR}/state.json is not valid ({e})")))?;
-    Ok((state.version == VERSION).then_some(state))
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "{DIR}/state.json is damaged; the outcomes are rebuilt");
+            return Ok(Stored::default());
+        }
+    };
+    // Any version: `days.*.files[]` (or `days.*.file`) and `retired[].file`.
+    let mut files = Vec::new();
+    if let Some(days) = value["days"].as_object() {
+        for d in days.values() {
+            files.extend(d["file"].as_str().map(str::to_string));
+            if let Some(fs) = d["files"].as_array() {
+                files.extend(fs.iter().filter_map(|f| f.as_str().map(str::to_string)));
+            }
+        }
+    }
+    if let Some(rs) = value["retired"].as_array() {
+        files.extend(
+            rs.iter()
+                .filter_map(|r| r["file"].as_str().map(str::to_string)),
+        );
+    }
+    let state = serde_json::from_value::<State>(value)
+        .ok()
+        .filter(|s| s.version == VERSION);
+    Ok(Stored { state, files })
 }
 
 fn storage(e: kairos_storage::StorageError) -> ReportError {
@@ -559,18 +606,21 @@ pub async fn refresh(
 ) -> Result<(Snapshot, RefreshStats), ReportError> {
     let _one = REFRESHING.lock().await;
     let started = Instant::now();
-    let old = match read_state(root).await {
-        Ok(s) => s.filter(|s| s.key == *key),
-        Err(e) => {
-            tracing::warn!(error = %e, "rebuilding the outcomes");
-            None
-        }
-    };
+    let stored = read_state(root).await?;
+    let old = stored.state.filter(|s| s.key == *key);
     let mut stats = RefreshStats {
         rebuilt: old.is_none(),
         ..RefreshStats::default()
     };
     let mut state = old.clone().unwrap_or_else(|| State::empty(key));
+    // A rebuild replaces another key's or version's outcomes: their files
+    // are retired like any replaced file, so reports still reading them
+    // have the grace.
+    let mut retiring: Vec<String> = if old.is_none() {
+        stored.files
+    } else {
+        Vec::new()
+    };
 
     let (assignments, events, identities, sends) = (
         list(root, "assignments").await?,
@@ -640,13 +690,12 @@ pub async fn refresh(
     }
     diff.retain(|day| !full.contains(day));
 
-    let now = kairos_core::time::now_us();
+    // Versions only grow, even if the clock steps back: a diff's rows must
+    // be newer than the rows it retracts.
+    let now = kairos_core::time::now_us().max(state.last_version + 1);
+    state.last_version = now;
     let generation = format!("{now}-{:08x}", rand_suffix());
-    let retire = |state: &mut State, files: Vec<String>| {
-        state
-            .retired
-            .extend(files.into_iter().map(|file| Retired { file, at_us: now }));
-    };
+    let retire = |retiring: &mut Vec<String>, files: Vec<String>| retiring.extend(files);
     if !full.is_empty() {
         let t = Instant::now();
         // In runs of at most FULL_DAYS days: a run's files are held in
@@ -660,7 +709,7 @@ pub async fn refresh(
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "outcomes: full");
         for day in &full {
             if let Some(prev) = state.days.remove(day) {
-                retire(&mut state, prev.files);
+                retire(&mut retiring, prev.files);
             }
             // A day with assignment files always has rows; one without
             // (all its files moved away) simply drops out.
@@ -699,7 +748,7 @@ pub async fn refresh(
             }
             if files.len() > MAX_DIFFS + 1 {
                 let merged = merge_diffs(root, &day, &files[1..], &generation).await?;
-                retire(&mut state, files.split_off(1));
+                retire(&mut retiring, files.split_off(1));
                 files.push(merged);
             }
             if let Some(d) = state.days.get_mut(&day) {
@@ -718,7 +767,7 @@ pub async fn refresh(
         .collect();
     for day in gone {
         if let Some(prev) = state.days.remove(&day) {
-            retire(&mut state, prev.files);
+            retire(&mut retiring, prev.files);
         }
     }
 
@@ -757,12 +806,21 @@ pub async fn refresh(
         .map(|f| (f.path.clone(), f.size))
         .collect();
 
-    if old.as_ref() != Some(&state) {
-        state.refreshed_at_us = now;
+    if old.as_ref() != Some(&state) || !retiring.is_empty() {
+        // The grace of a retired file starts when the state that stops
+        // naming it is written, not when the refresh began.
+        let written = kairos_core::time::now_us();
+        state.refreshed_at_us = written;
+        state
+            .retired
+            .extend(retiring.into_iter().map(|file| Retired {
+                file,
+                at_us: written,
+            }));
         let expired: Vec<Retired> = state
             .retired
             .iter()
-            .filter(|r| now - r.at_us > GRACE_SECS as i64 * 1_000_000)
+            .filter(|r| written - r.at_us > GRACE_SECS as i64 * 1_000_000)
             .cloned()
             .collect();
         state.retired.retain(|r| !expired.contains(r));
@@ -776,7 +834,7 @@ pub async fn refresh(
         for r in expired {
             let _ = root.store.delete(&ObjectPath::from(r.file.as_str())).await;
         }
-        delete_orphans(root, &state, now).await;
+        delete_orphans(root, &state, written).await;
     }
     stats.days = state.days.len();
     stats.elapsed = started.elapsed();
@@ -887,17 +945,23 @@ async fn recompute(
     generation: &str,
     version: i64,
 ) -> Result<BTreeMap<String, Written>, ReportError> {
-    // Event dates any of the days' windows reach.
-    let mut event_days: BTreeSet<String> = BTreeSet::new();
-    for day in days {
-        let (from, to) = event_range(day_start(day).unwrap_or_default(), key);
-        event_days.extend(
-            events
+    // The listed event files any of the days' windows reach, and only
+    // those: a file published since the listing is not in the state's
+    // `events` yet, so the next refresh adds it as a diff; read here too,
+    // it would count twice.
+    let ranges: Vec<(i64, i64)> = days
+        .iter()
+        .map(|d| event_range(day_start(d).unwrap_or_default(), key))
+        .collect();
+    let event_files: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            ranges
                 .iter()
-                .filter(|e| e.hour_us + HOUR_US > from && e.hour_us < to)
-                .map(Listed::day),
-        );
-    }
+                .any(|(from, to)| e.hour_us + HOUR_US > *from && e.hour_us < *to)
+        })
+        .map(|e| e.path.clone())
+        .collect();
     let day_list = |set: &BTreeSet<String>| -> String {
         if set.is_empty() {
             "NULL".into()
@@ -926,17 +990,16 @@ async fn recompute(
          FROM rcp r LEFT JOIN per
            ON per.g = r.g AND per.k1 = r.k1 AND per.k2 = r.k2 AND per.at = r.at",
         days = day_list(days),
-        events = events_ctes(
-            "events",
-            &conv,
-            &rev,
-            &format!(" AND e.date IN ({})", day_list(&event_days))
-        ),
+        events = events_ctes("listed_events", &conv, &rev, ""),
         g = group_hash("experiment"),
         sums = window_sums("r", &conv, &rev),
         join = in_windows("r", p, w),
     );
     let lake = Lake::for_queries(root, &tables())?;
+    lake.ctx.register_table(
+        "listed_events",
+        files_table(&event_files, events_schema()?)?,
+    )?;
     let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
     write_by_day(root, stream, &format!("{generation}.parquet")).await
 }
@@ -947,6 +1010,15 @@ struct Written {
     file: String,
     rows: u64,
     groups: Vec<Group>,
+}
+
+/// The columns of `events/` the outcomes read.
+fn events_schema() -> Result<SchemaRef, ReportError> {
+    tables()
+        .into_iter()
+        .find(|(name, _)| *name == "events")
+        .map(|(_, s)| s)
+        .ok_or_else(|| ReportError::Outcomes("no events schema".into()))
 }
 
 /// Writes outcome rows (columns in [`schema`] order) as one file per
@@ -1019,13 +1091,8 @@ async fn apply_events(
     let files: Vec<String> = days.values().flatten().cloned().collect();
     lake.ctx
         .register_table("cur", files_table(&files, schema())?)?;
-    let events_schema = tables()
-        .into_iter()
-        .find(|(name, _)| *name == "events")
-        .map(|(_, s)| s)
-        .ok_or_else(|| ReportError::Outcomes("no events schema".into()))?;
     lake.ctx
-        .register_table("new_events", files_table(new, events_schema)?)?;
+        .register_table("new_events", files_table(new, events_schema()?)?)?;
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
     // The few new events (and the recipients they hit) are the build side
@@ -1648,8 +1715,28 @@ mod tests {
             exact.for_report(&r, &dated).await.is_none(),
             "a date range reads the raw tables"
         );
+        let seven_files = exact
+            .for_report(&r, &ReportOptions::default())
+            .await
+            .expect("7-day outcomes")
+            .files;
         let (snapshot, stats) = refresh(&r, &OutcomeKey::of(&three_days)).await.expect("3d");
         assert!(stats.rebuilt);
+        // The 7-day files are retired, not deleted: a report may be
+        // reading them.
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(DIR).join("state.json")).expect("state"))
+                .expect("json");
+        let retired: Vec<&str> = state["retired"]
+            .as_array()
+            .expect("retired")
+            .iter()
+            .filter_map(|r| r["file"].as_str())
+            .collect();
+        for f in &seven_files {
+            assert!(d.join(f).exists(), "{f} deleted at once");
+            assert!(retired.contains(&f.as_str()), "{f} not retired");
+        }
         let lake = Lake::open(&r).expect("lake");
         let raw = arm_sums(&lake, &three_days, None, Source::Raw)
             .await
