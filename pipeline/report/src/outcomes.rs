@@ -693,7 +693,9 @@ pub async fn refresh(
     // Versions only grow, even if the clock steps back: a diff's rows must
     // be newer than the rows it retracts.
     let now = kairos_core::time::now_us().max(state.last_version + 1);
-    state.last_version = now;
+    if !full.is_empty() || !diff.is_empty() {
+        state.last_version = now;
+    }
     let generation = format!("{now}-{:08x}", rand_suffix());
     let retire = |retiring: &mut Vec<String>, files: Vec<String>| retiring.extend(files);
     if !full.is_empty() {
