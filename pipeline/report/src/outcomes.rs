@@ -1559,7 +1559,13 @@ mod tests {
         assert_eq!(stats.days, 24, "one file per day of assignments: {stats:?}");
         check(d, &snapshot, "built").await;
 
+        let state = || std::fs::read(d.join(DIR).join("state.json")).expect("state");
+        let before = state();
         let (_, stats) = refresh(&r, &key()).await.expect("again");
+        assert!(
+            before == state(),
+            "a refresh that finds nothing writes nothing"
+        );
         assert_eq!(
             (
                 stats.days_recomputed,
