@@ -19,7 +19,7 @@ use kairos_storage::DataRoot;
 pub use id_hash::ID_HASH;
 
 /// Where DataFusion finds the data root's store.
-pub(crate) const STORE_URL: &str = "kairos://lake/";
+const STORE_URL: &str = "kairos://lake/";
 
 fn ts(name: &str) -> Field {
     Field::new(
@@ -150,16 +150,26 @@ impl Lake {
     }
 }
 
-/// A table over the Parquet files under `folder` (relative to the root,
-/// ending in `/`) with `schema`.
-pub(crate) fn folder_table(
-    folder: &str,
+/// A table over the Parquet files at `paths` (relative to the root: a
+/// folder ending in `/` means every `*.parquet` below it) with `schema`;
+/// empty for no paths.
+pub(crate) fn parquet_table(
+    paths: &[String],
     schema: SchemaRef,
-) -> datafusion::error::Result<Arc<ListingTable>> {
-    let path = ListingTableUrl::parse(format!("{STORE_URL}{folder}"))?;
+) -> datafusion::error::Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    if paths.is_empty() {
+        return Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![vec![]],
+        )?));
+    }
+    let urls = paths
+        .iter()
+        .map(|p| ListingTableUrl::parse(format!("{STORE_URL}{p}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::new())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(path)
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
     Ok(Arc::new(ListingTable::try_new(config)?))

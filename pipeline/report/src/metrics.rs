@@ -131,7 +131,7 @@ pub async fn data_until(lake: &Lake) -> datafusion::error::Result<Option<i64>> {
         .map(|(_, s)| s)
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("no events schema".into()))?;
     for folder in folders.iter().rev() {
-        let table = crate::lake::folder_table(&format!("{folder}/"), schema.clone())?;
+        let table = crate::lake::parquet_table(&[format!("{folder}/")], schema.clone())?;
         let batches = lake
             .ctx
             .read_table(table)?

@@ -39,10 +39,6 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, filter_record_batch, kernels::cmp::eq};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::parquet::arrow::ArrowWriter;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
@@ -51,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use kairos_storage::DataRoot;
 
-use crate::lake::{ID_HASH, Lake, STORE_URL, tables};
+use crate::lake::{ID_HASH, Lake, parquet_table, tables};
 use crate::metrics::{DAY_US, events_ctes, group_hash, in_windows, lit, window_sums};
 use crate::{ReportError, ReportOptions};
 
@@ -297,7 +293,7 @@ impl Snapshot {
 
     /// Registers the files as the table `outcomes` of `lake`.
     pub fn register(&self, lake: &Lake) -> datafusion::error::Result<()> {
-        let table = files_table(&self.files, schema())?;
+        let table = parquet_table(&self.files, schema())?;
         lake.ctx.deregister_table("outcomes")?;
         lake.ctx.register_table("outcomes", table)?;
         let groups = RecordBatch::try_new(
@@ -332,27 +328,6 @@ impl Snapshot {
         )?;
         Ok(())
     }
-}
-
-/// A table over exactly `files` (relative to the data root), empty for
-/// none.
-fn files_table(
-    files: &[String],
-    schema: SchemaRef,
-) -> datafusion::error::Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    if files.is_empty() {
-        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
-    }
-    let urls = files
-        .iter()
-        .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{f}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::new())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
 /// What one [`refresh`] did.
@@ -1000,7 +975,7 @@ async fn recompute(
     let lake = Lake::for_queries(root, &tables())?;
     lake.ctx.register_table(
         "listed_events",
-        files_table(&event_files, events_schema()?)?,
+        parquet_table(&event_files, events_schema()?)?,
     )?;
     let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
     write_by_day(root, stream, &format!("{generation}.parquet")).await
@@ -1092,9 +1067,9 @@ async fn apply_events(
     let lake = Lake::open(root)?;
     let files: Vec<String> = days.values().flatten().cloned().collect();
     lake.ctx
-        .register_table("cur", files_table(&files, schema())?)?;
+        .register_table("cur", parquet_table(&files, schema())?)?;
     lake.ctx
-        .register_table("new_events", files_table(new, events_schema()?)?)?;
+        .register_table("new_events", parquet_table(new, events_schema()?)?)?;
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
     // The few new events (and the recipients they hit) are the build side
@@ -1148,7 +1123,7 @@ async fn merge_diffs(
 ) -> Result<String, ReportError> {
     let lake = Lake::open(root)?;
     lake.ctx
-        .register_table("diffs", files_table(diffs, schema())?)?;
+        .register_table("diffs", parquet_table(diffs, schema())?)?;
     let batches = lake.ctx.sql("SELECT * FROM diffs").await?.collect().await?;
     let file = format!("{DIR}/data/date={day}/{generation}-diffs.parquet");
     put_rows(root, &file, &batches).await?;
