@@ -76,6 +76,14 @@ pub fn tables() -> Vec<(&'static str, SchemaRef)> {
     ]
 }
 
+/// The report's columns of one of [`tables`].
+pub(crate) fn table_schema(name: &str) -> Option<SchemaRef> {
+    tables()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| s)
+}
+
 /// A DataFusion session over one data root's tables. Cheap to open: open
 /// one per report so newly published files are seen.
 pub struct Lake {

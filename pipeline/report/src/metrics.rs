@@ -125,10 +125,7 @@ pub async fn data_until(lake: &Lake) -> datafusion::error::Result<Option<i64>> {
         .filter(|p| p.ends_with(".parquet"))
         .filter_map(|p| p.rsplit_once('/').map(|(dir, _)| dir.to_string()))
         .collect();
-    let schema = crate::lake::tables()
-        .into_iter()
-        .find(|(name, _)| *name == "events")
-        .map(|(_, s)| s)
+    let schema = crate::lake::table_schema("events")
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("no events schema".into()))?;
     for folder in folders.iter().rev() {
         let table = crate::lake::parquet_table(&[format!("{folder}/")], schema.clone())?;

@@ -402,16 +402,8 @@ impl Outcomes {
         if let Some(s) = self.recent(root, &key) {
             return Some(s);
         }
-        match read_state(root).await {
-            Ok(Stored { state: Some(s), .. }) if s.key != key => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, "outcome state unreadable; this report reads the raw tables");
-                return None;
-            }
-            _ => {}
-        }
-        match self.refresh_snapshot(root, &key).await {
-            Ok((snapshot, _)) => Some(snapshot),
+        match self.refresh_snapshot(root, &key, false).await {
+            Ok(done) => done.map(|(snapshot, _)| snapshot),
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
                 None
@@ -426,22 +418,28 @@ impl Outcomes {
         root: &DataRoot,
         key: &OutcomeKey,
     ) -> Result<RefreshStats, ReportError> {
-        Ok(self.refresh_snapshot(root, key).await?.1)
+        let done = self.refresh_snapshot(root, key, true).await?;
+        done.map(|(_, stats)| stats)
+            .ok_or_else(|| ReportError::Outcomes("a refresh for any key skipped (a bug)".into()))
     }
 
+    /// [`refresh_if`], keeping the snapshot for the reports that follow.
     async fn refresh_snapshot(
         &self,
         root: &DataRoot,
         key: &OutcomeKey,
-    ) -> Result<(Snapshot, RefreshStats), ReportError> {
-        let (snapshot, stats) = refresh(root, key).await?;
+        other_keys: bool,
+    ) -> Result<Option<(Snapshot, RefreshStats)>, ReportError> {
+        let Some((snapshot, stats)) = refresh_if(root, key, other_keys).await? else {
+            return Ok(None);
+        };
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checked {
             root: root.url.clone(),
             key: key.clone(),
             at: Instant::now(),
             snapshot: snapshot.clone(),
         });
-        Ok((snapshot, stats))
+        Ok(Some((snapshot, stats)))
     }
 
     /// The kept snapshot of `root` for `key` if younger than `max_age`.
@@ -579,9 +577,24 @@ pub async fn refresh(
     root: &DataRoot,
     key: &OutcomeKey,
 ) -> Result<(Snapshot, RefreshStats), ReportError> {
+    let done = refresh_if(root, key, true).await?;
+    done.ok_or_else(|| ReportError::Outcomes("a refresh for any key skipped (a bug)".into()))
+}
+
+/// [`refresh`]; when `other_keys` is false, outcomes kept for another key
+/// are left alone and the answer is `None`. The state is read once, under
+/// the lock, so a refresh always starts from the latest one.
+async fn refresh_if(
+    root: &DataRoot,
+    key: &OutcomeKey,
+    other_keys: bool,
+) -> Result<Option<(Snapshot, RefreshStats)>, ReportError> {
     let _one = REFRESHING.lock().await;
     let started = Instant::now();
     let stored = read_state(root).await?;
+    if !other_keys && stored.state.as_ref().is_some_and(|s| s.key != *key) {
+        return Ok(None);
+    }
     let old = stored.state.filter(|s| s.key == *key);
     let mut stats = RefreshStats {
         rebuilt: old.is_none(),
@@ -827,7 +840,7 @@ pub async fn refresh(
             "outcomes refreshed"
         );
     }
-    Ok((Snapshot::of(&state), stats))
+    Ok(Some((Snapshot::of(&state), stats)))
 }
 
 /// Deletes day files no state names (a refresh that crashed before its
@@ -991,10 +1004,7 @@ struct Written {
 
 /// The columns of `events/` the outcomes read.
 fn events_schema() -> Result<SchemaRef, ReportError> {
-    tables()
-        .into_iter()
-        .find(|(name, _)| *name == "events")
-        .map(|(_, s)| s)
+    crate::lake::table_schema("events")
         .ok_or_else(|| ReportError::Outcomes("no events schema".into()))
 }
 
@@ -1072,30 +1082,45 @@ async fn apply_events(
         .register_table("new_events", parquet_table(new, events_schema()?)?)?;
     let (w, p) = (key.window_us(), key.pre_us());
     let (conv, rev) = (lit(&key.conversion_event), lit(&key.revenue_event));
-    // The few new events (and the recipients they hit) are the build side
-    // of every join with the days' rows, on the stored hashes, so the
-    // join's dynamic filter skips every untouched recipient in the scan.
-    // (`h.at` is selected so the last join stays an inner join: as a semi
-    // join the planner would build it on the days' millions of rows.)
-    let q = format!(
-        "WITH {events},
-         hit AS (
+    // Three small steps, each result kept in memory, so the days' rows are
+    // scanned once (as CTEs, `hit` and `old` were inlined and scanned for
+    // every use): the new events; the current rows of the recipients they
+    // hit; then the retractions and new rows.
+    let ev = format!(
+        "WITH {} SELECT * FROM ev",
+        events_ctes("new_events", &conv, &rev, "")
+    );
+    if !keep(&lake, "ev", &ev).await? {
+        return Ok(BTreeMap::new());
+    }
+    // The new events (and the recipients they hit) are the build side of
+    // each join with the days' rows, on the stored hashes, so the join's
+    // dynamic filter skips every untouched recipient in the scan. (`h.at`
+    // is selected so the last join stays an inner join: as a semi join the
+    // planner would build it on the days' millions of rows.)
+    let old = format!(
+        "WITH hit AS (
            SELECT DISTINCT c.g, c.k1, c.k2, c.at
            FROM ev JOIN (SELECT *, CAST(assigned_at AS BIGINT) AS at FROM cur WHERE weight > 0) c
-             ON {hit_join}),
-         touch AS (
-           SELECT h.g, h.k1, h.k2, h.at, {sums}
-           FROM ev JOIN hit h ON {join}
-           GROUP BY h.g, h.k1, h.k2, h.at),
-         old AS (
-           SELECT * FROM (
-             SELECT c.*, h.at,
-                    row_number() OVER (PARTITION BY c.g, c.k1, c.k2, c.assigned_at
-                                       ORDER BY c.version DESC) AS rn
-             FROM hit h JOIN cur c ON c.k1 = h.k1 AND c.k2 = h.k2 AND c.g = h.g
-               AND CAST(c.assigned_at AS BIGINT) = h.at
-             WHERE c.weight > 0)
-           WHERE rn = 1)
+             ON {hit_join})
+         SELECT * FROM (
+           SELECT c.*, h.at,
+                  row_number() OVER (PARTITION BY c.g, c.k1, c.k2, c.assigned_at
+                                     ORDER BY c.version DESC) AS rn
+           FROM hit h JOIN cur c ON c.k1 = h.k1 AND c.k2 = h.k2 AND c.g = h.g
+             AND CAST(c.assigned_at AS BIGINT) = h.at
+           WHERE c.weight > 0)
+         WHERE rn = 1",
+        hit_join = in_windows("c", p, w),
+    );
+    if !keep(&lake, "old", &old).await? {
+        return Ok(BTreeMap::new());
+    }
+    let q = format!(
+        "WITH touch AS (
+           SELECT o.g, o.k1, o.k2, o.at, {sums}
+           FROM ev JOIN old o ON {join}
+           GROUP BY o.g, o.k1, o.k2, o.at)
          SELECT experiment, arm, variant, customer_id, assigned_at, g, converted, revenue,
                 pre_revenue, CAST(-1 AS BIGINT) AS weight, CAST({version} AS BIGINT) AS version,
                 k1, k2, day
@@ -1105,13 +1130,23 @@ async fn apply_events(
                 o.converted OR t.converted = 1, o.revenue + t.y, o.pre_revenue + t.x,
                 CAST(1 AS BIGINT), CAST({version} AS BIGINT), o.k1, o.k2, o.day
          FROM old o JOIN touch t ON o.g = t.g AND o.k1 = t.k1 AND o.k2 = t.k2 AND o.at = t.at",
-        events = events_ctes("new_events", &conv, &rev, ""),
-        hit_join = in_windows("c", p, w),
-        sums = window_sums("h", &conv, &rev),
-        join = in_windows("h", p, w),
+        sums = window_sums("o", &conv, &rev),
+        join = in_windows("o", p, w),
     );
     let stream = lake.ctx.sql(&q).await?.execute_stream().await?;
     write_by_day(root, stream, &format!("{generation}-diff.parquet")).await
+}
+
+/// Runs `query` and keeps its rows in memory as table `name`; false when
+/// there are none.
+async fn keep(lake: &Lake, name: &str, query: &str) -> Result<bool, ReportError> {
+    let df = lake.ctx.sql(query).await?;
+    let schema = df.schema().inner().clone();
+    let batches = df.collect().await?;
+    let any = batches.iter().any(|b| b.num_rows() > 0);
+    lake.ctx
+        .register_table(name, Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+    Ok(any)
 }
 
 /// Merges a day's diff files into one (their rows as they are).
