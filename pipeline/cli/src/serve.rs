@@ -267,7 +267,7 @@ async fn refresh_outcomes(
     loop {
         tick.tick().await;
         if let Err(e) = outcomes.refresh(&root, &key).await {
-            tracing::warn!(error = %e, "refreshing the report outcomes failed; reports read the raw tables until it works");
+            tracing::warn!(error = %e, "refreshing the report outcomes failed (check that the data root is writable and has space); it is retried next interval");
         }
     }
 }

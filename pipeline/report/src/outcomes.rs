@@ -405,7 +405,7 @@ impl Outcomes {
         match self.refresh_snapshot(root, &key, false).await {
             Ok(done) => done.map(|(snapshot, _)| snapshot),
             Err(e) => {
-                tracing::warn!(error = %e, "could not refresh the outcomes; this report reads the raw tables");
+                tracing::warn!(error = %e, "could not refresh the outcomes (check that the data root is writable and has space); this report reads the raw tables");
                 None
             }
         }
