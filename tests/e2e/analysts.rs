@@ -444,6 +444,9 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
         "suppressed ",
         "outbox ",
         "triggered vs holdout: conversion +",
+        "triggered vs scheduled, conversion (pooled over",
+        "incremental revenue, triggered over holdout",
+        "/program",
     ] {
         assert!(summary.contains(want), "{want:?} missing from\n{summary}");
     }
@@ -471,6 +474,85 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
         "lift 0.20 vs CI [{lo}, {hi}]"
     );
     assert_eq!(report["srm"]["flagged"], false);
+
+    // Issue 15: the program view pools every rule with both arms; the
+    // simulated cohort dominates, so the pooled lifts recover it.
+    let program: Value = reqwest::get(format!("{base}/api/program"))
+        .await
+        .expect("GET program")
+        .json()
+        .await
+        .expect("program json");
+    for (control, treatment, truth) in [
+        ("holdout", "triggered", 0.20),
+        ("holdout", "scheduled", 0.08),
+        ("scheduled", "triggered", 1.20 / 1.08 - 1.0),
+    ] {
+        let c = program["pooled"]
+            .as_array()
+            .expect("pooled")
+            .iter()
+            .find(|c| {
+                c["control"] == control
+                    && c["treatment"] == treatment
+                    && c["metric"] == "conversion"
+                    && c["scale"] == "relative"
+            })
+            .unwrap_or_else(|| panic!("no pooled {treatment} vs {control}"));
+        let fixed = &c["pooled"]["fixed"];
+        let (lo, hi) = (
+            fixed["ci"][0].as_f64().expect("lo"),
+            fixed["ci"][1].as_f64().expect("hi"),
+        );
+        eprintln!(
+            "pooled {treatment} vs {control}: {} [{lo}, {hi}] over {} rules",
+            fixed["estimate"], c["pooled"]["studies"]
+        );
+        assert!(
+            lo <= truth && truth <= hi,
+            "{treatment} vs {control}: simulated {truth} outside the pooled CI [{lo}, {hi}]"
+        );
+    }
+    // The demo's cart rule tries three delays with known lifts.
+    let timing = &program["timing"][0];
+    assert_eq!(timing["rule"], "cart_abandonment", "{}", program["timing"]);
+    let points = timing["points"].as_array().expect("points");
+    let delays: Vec<i64> = points
+        .iter()
+        .map(|p| p["delay_secs"].as_i64().expect("delay"))
+        .collect();
+    assert_eq!(delays, [3600, 6 * 3600, 24 * 3600]);
+    for (p, truth) in points.iter().zip([0.16, 0.28, 0.16]) {
+        let rel = &p["conversion"]["relative"];
+        let (lo, hi) = (
+            rel["ci"][0].as_f64().expect("lo"),
+            rel["ci"][1].as_f64().expect("hi"),
+        );
+        eprintln!(
+            "delay {}: {} [{lo}, {hi}], simulated {truth}",
+            p["variant"], rel["estimate"]
+        );
+        assert!(
+            lo <= truth && truth <= hi,
+            "{}: {truth} outside [{lo}, {hi}]",
+            p["variant"]
+        );
+    }
+    let total = &program["incremental"]["totals"][0];
+    assert_eq!(total["arm"], "triggered");
+    assert!(
+        total["incremental_revenue"].as_f64().expect("revenue") > 0.0,
+        "{total}"
+    );
+    let page = reqwest::get(format!("{base}/program"))
+        .await
+        .expect("GET /program");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("id=\"forest-scheduled-triggered-revenue_per_recipient\""),
+        "forest plot missing"
+    );
 
     let page = reqwest::get(format!("{base}/experiments/cart_abandonment"))
         .await

@@ -19,4 +19,5 @@ mod report;
 mod rules;
 mod rules_live;
 mod s3;
+mod stats_load;
 mod support;

@@ -273,10 +273,78 @@ async fn report_pages_match_the_api_and_render_in_chromium() {
     assert_eq!(status, 400);
     assert!(body.contains("window: "), "{body}");
 
+    // --- the program view against /api/program --------------------------
+    let (status, _, json) = fetch(&server.url("/api/program")).await;
+    assert_eq!(status, 200, "{json}");
+    let program: Value = serde_json::from_str(&json).expect("json");
+    let program_url = server.url("/program");
+    let (status, _, program_html) = fetch(&program_url).await;
+    assert_eq!(status, 200, "{program_html}");
+    let mut pooled_rows = 0;
+    for c in program["pooled"].as_array().expect("pooled") {
+        let key = ["control", "treatment", "metric", "scale"]
+            .map(|k| c[k].as_str().expect("string").to_string())
+            .join("-");
+        let r = row(&program_html, &format!("data-pooled=\"{key}\""));
+        if c["pooled"].is_object() {
+            same(
+                cell(r, "estimate"),
+                f(&c["pooled"]["fixed"]["estimate"]),
+                &key,
+            );
+            same(
+                cell(r, "p_value"),
+                f(&c["pooled"]["fixed"]["p_value"]),
+                &key,
+            );
+            pooled_rows += 1;
+        }
+    }
+    assert!(
+        pooled_rows >= 4,
+        "{pooled_rows} pooled effects on the sample lake: {json}"
+    );
+    for t in program["incremental"]["totals"].as_array().expect("totals") {
+        let arm = t["arm"].as_str().expect("arm");
+        let r = row(&program_html, &format!("data-total=\"{arm}\""));
+        same(
+            cell(r, "incremental_revenue"),
+            f(&t["incremental_revenue"]),
+            arm,
+        );
+    }
+    assert!(
+        program_html.contains("<svg class=\"chart ci-chart\""),
+        "forest plots missing"
+    );
+    assert!(
+        program_html.contains("id=\"incremental-daily\""),
+        "cumulative chart missing"
+    );
+
     // --- what a browser shows -------------------------------------------
     let Some(chromium) = external("KAIROS_TEST_CHROMIUM") else {
         return;
     };
+    // The program page: its forest plots draw in the palette's first colour.
+    let program_shot =
+        std::env::temp_dir().join(format!("kairos-program-{}.png", std::process::id()));
+    screenshot(&chromium, &program_url, &program_shot);
+    let (w, _, rgb) = decode(&program_shot);
+    let forest_px = rgb
+        .chunks(3)
+        .filter(|p| {
+            p.iter()
+                .zip(CHART_RGB)
+                .all(|(a, b)| (i32::from(*a) - i32::from(b)).abs() <= 10)
+        })
+        .count();
+    assert!(
+        forest_px >= 300,
+        "only {forest_px} pixels of the forest plot colour in {} ({w} wide)",
+        program_shot.display()
+    );
+    let _ = std::fs::remove_file(&program_shot);
     let shot = std::env::temp_dir().join(format!("kairos-pages-{}.png", std::process::id()));
     screenshot(&chromium, &page_url, &shot);
     let (w, h, rgb) = decode(&shot);

@@ -2,11 +2,21 @@
 //! frequentist t-test (fixed horizon and sequential) and the flat-prior
 //! Bayesian summary, as gbstats 0.8.0's `TwoSidedTTest`,
 //! `SequentialTwoSidedTTest` and `EffectBayesianABTest` compute them
-//! (gbstats/frequentist/tests.py, gbstats/bayesian/tests.py).
+//! (gbstats/frequentist/tests.py, gbstats/bayesian/tests.py), with two
+//! later GrowthBook changes that 0.8.0 on PyPI does not have yet:
+//! - the relative lift divides by the control's mean in absolute value
+//!   (growthbook commit 6199daa8b6, 2026-08), so a negative baseline (refunds
+//!   exceeding sales) keeps the lift's sign: +3.25 on a −0.5 baseline is
+//!   +650%, not −650%;
+//! - the relative CUPED lift's variance takes the control's adjusted parts
+//!   term by term (`frequentist_variance_relative_cuped`, commit f2f4d37ed9,
+//!   2025-02) instead of scaling its whole adjusted variance.
+//!
+//! Distribution functions come from [`super::dist`], which always returns.
 
 use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
+use super::dist::{normal_pdf, normal_sf, normal_upper_quantile, t_sf, t_upper_quantile};
 use super::moments::ArmMetric;
 
 /// Absolute (treatment − control) or relative ((treatment − control) / control).
@@ -50,6 +60,17 @@ pub enum NotEstimable {
     ZeroVariance,
     /// The sums are so large that a variance or its square overflowed.
     NumericalOverflow,
+}
+
+impl NotEstimable {
+    /// The name the JSON uses (`baseline_zero`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotEstimable::BaselineZero => "baseline_zero",
+            NotEstimable::ZeroVariance => "zero_variance",
+            NotEstimable::NumericalOverflow => "numerical_overflow",
+        }
+    }
 }
 
 /// Everything reported about one effect. Relative effects are fractions
@@ -101,34 +122,29 @@ pub(crate) fn effect(a: &ArmMetric, b: &ArmMetric, scale: Scale, settings: TestS
 
     let (estimate, variance) = match scale {
         Scale::Absolute => (b.mean - a.mean, b.variance / b.n + a.variance / a.n),
-        // Delta method for (B − A)/A around the unadjusted means.
-        Scale::Relative => {
-            let (ma, mb) = (a.unadjusted_mean, b.unadjusted_mean);
-            (
-                (b.mean - a.mean) / ma,
-                b.variance / (ma * ma * b.n) + a.variance * mb * mb / (ma.powi(4) * a.n),
-            )
-        }
+        Scale::Relative => relative(a, b),
     };
+    // gbstats (since 2025-06) also refuses a combined variance that is not
+    // positive, which CUPED's subtraction can produce.
+    if variance <= 0.0 {
+        return Effect::NotEstimable {
+            reason: NotEstimable::ZeroVariance,
+        };
+    }
     let dof = welch_dof(a, b);
     let std_error = variance.sqrt();
-    let Ok(t_dist) = StudentsT::new(0.0, 1.0, dof) else {
+    if !(estimate.is_finite() && std_error.is_finite() && dof > 0.0) {
         return Effect::NotEstimable {
             reason: NotEstimable::NumericalOverflow,
         };
-    };
-    let Ok(posterior) = Normal::new(estimate, std_error) else {
-        return Effect::NotEstimable {
-            reason: NotEstimable::NumericalOverflow,
-        };
-    };
+    }
     let alpha = settings.alpha;
 
     let t = estimate / std_error;
     // Both tails by symmetry: 2·sf(|t|) keeps its relative precision down to
     // the smallest doubles, where gbstats' 2·(1 − cdf) rounds to 0 below ~1e-16.
-    let p_value = (2.0 * t_dist.sf(t.abs())).min(1.0);
-    let half_width = upper_quantile(&t_dist, alpha / 2.0) * std_error;
+    let p_value = (2.0 * t_sf(t.abs(), dof)).min(1.0);
+    let half_width = t_upper_quantile(alpha / 2.0, dof) * std_error;
 
     let n_total = a.n + b.n;
     let (sequential_half_width, sequential_p_value) = confidence_sequence(
@@ -139,6 +155,8 @@ pub(crate) fn effect(a: &ArmMetric, b: &ArmMetric, scale: Scale, settings: TestS
         settings.sequential_tuning_parameter,
     );
 
+    // The flat-prior posterior is N(estimate, std_error²).
+    let credible_half_width = normal_upper_quantile(alpha / 2.0) * std_error;
     let (risk_control, risk_treatment) = risk(estimate, std_error);
 
     Effect::Estimated(Estimate {
@@ -153,33 +171,38 @@ pub(crate) fn effect(a: &ArmMetric, b: &ArmMetric, scale: Scale, settings: TestS
             estimate + sequential_half_width,
         ],
         sequential_p_value,
-        chance_to_win: posterior.sf(0.0),
+        chance_to_win: normal_sf(-t),
         credible_interval: [
-            posterior.inverse_cdf(alpha / 2.0),
-            posterior.inverse_cdf(1.0 - alpha / 2.0),
+            estimate - credible_half_width,
+            estimate + credible_half_width,
         ],
         risk_control,
         risk_treatment,
     })
 }
 
-/// The t value with upper tail probability `tail` (0 < tail < 0.5).
+/// The relative lift (B − A)/|A| and its delta-method variance.
 ///
-/// statrs' `inverse_cdf` inverts the incomplete beta function only to about
-/// 1e-5 relative when the degrees of freedom are large (hundreds of
-/// thousands of recipients), so it is refined by Newton steps on the
-/// survival function, which statrs computes accurately.
-fn upper_quantile(t_dist: &StudentsT, tail: f64) -> f64 {
-    use statrs::distribution::Continuous;
-    let mut x = t_dist.inverse_cdf(1.0 - tail);
-    for _ in 0..8 {
-        let step = (t_dist.sf(x) - tail) / t_dist.pdf(x);
-        x += step;
-        if step.abs() <= 1e-15 * x.abs() {
-            break;
+/// The baseline is the control's unadjusted mean, as in gbstats. Without
+/// CUPED the variance is Var(B)/(n_B·Ā²) + Var(A)·B̄²/(n_A·Ā⁴). Under CUPED
+/// the control's adjusted mean Ā − θx̄ sits in the numerator while Ā alone
+/// divides, so the control's part is the delta method on (Ā, x̄_A) with
+/// gradient (−B̄/Ā², θ/Ā): Var(y)·B̄²/Ā² − 2θ·Cov(y, x)·B̄/Ā + θ²·Var(x),
+/// over n_A·Ā² (GrowthBook's `frequentist_variance_relative_cuped`).
+fn relative(a: &ArmMetric, b: &ArmMetric) -> (f64, f64) {
+    let (ma, mb) = (a.unadjusted_mean, b.unadjusted_mean);
+    let estimate = (b.mean - a.mean) / ma.abs();
+    let treatment = b.variance / (ma * ma * b.n);
+    let control = match (a.adjustment, b.adjustment) {
+        (Some(adj), Some(_)) => {
+            let ratio = mb / ma;
+            (adj.post_variance * ratio * ratio - 2.0 * adj.theta * adj.covariance * ratio
+                + adj.theta * adj.theta * adj.pre_variance)
+                / (a.n * ma * ma)
         }
-    }
-    x
+        _ => a.variance * mb * mb / (ma.powi(4) * a.n),
+    };
+    (estimate, treatment + control)
 }
 
 /// Welch–Satterthwaite degrees of freedom of the per-arm variances. gbstats
@@ -225,10 +248,9 @@ fn confidence_sequence(
 /// through truncated-normal means.
 fn risk(mu: f64, sigma: f64) -> (f64, f64) {
     let z = mu / sigma;
-    let std = Normal::standard();
-    let density = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
-    let control = mu * std.cdf(z) + sigma * density;
-    let treatment = sigma * density - mu * std.sf(z);
+    let density = normal_pdf(z);
+    let control = mu * normal_sf(-z) + sigma * density;
+    let treatment = sigma * density - mu * normal_sf(z);
     // Each is non-negative; cancellation deep in a tail can leave a
     // rounding-sized negative.
     (control.max(0.0), treatment.max(0.0))
@@ -330,10 +352,8 @@ mod tests {
             (29.5, 2.043_724_966_772_122_5),
             (500_000.0, 1.959_968_729_093_804_8),
         ] {
-            let t = StudentsT::new(0.0, 1.0, dof).expect("valid");
-            let x = upper_quantile(&t, 0.025);
-            // statrs' survival function itself is good to ~1e-10 at huge dof.
-            assert!((x - q).abs() < 1e-9 * q, "dof {dof}: {x} vs {q}");
+            let x = t_upper_quantile(0.025, dof);
+            assert!((x - q).abs() < 1e-12 * q, "dof {dof}: {x} vs {q}");
         }
     }
 

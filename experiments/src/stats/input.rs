@@ -13,6 +13,11 @@ pub const DEFAULT_ALPHA: f64 = 0.05;
 pub const DEFAULT_SEQUENTIAL_TUNING: f64 = 5000.0;
 /// Sample-ratio mismatch is flagged below this chi-square p-value.
 pub const DEFAULT_SRM_THRESHOLD: f64 = 0.001;
+/// Most arms one analysis takes: every report has a handful, and the
+/// limit bounds the work and the answer of one request.
+pub const MAX_ARMS: usize = 100;
+/// Most explicit comparisons one analysis takes.
+pub const MAX_COMPARISONS: usize = 1000;
 
 /// Relative slack allowed in the moment checks, for sums of squares that a
 /// warehouse accumulated in floating point.
@@ -112,9 +117,12 @@ pub struct ComparisonPair {
 pub struct ArmStats {
     /// Arm (or variant) name, unique within the experiment.
     pub name: String,
-    /// Recipients (intent-to-treat), at least 1.
+    /// Recipients (intent-to-treat), at least 1. A whole number, written
+    /// as an integer or as a float (`1000.0`, `1e7`) as warehouses export.
+    #[serde(deserialize_with = "whole_number")]
     pub n: i64,
-    /// Recipients who converted, 0 ≤ conversions ≤ n.
+    /// Recipients who converted, 0 ≤ conversions ≤ n; whole, like `n`.
+    #[serde(deserialize_with = "whole_number")]
     pub conversions: i64,
     /// Σ revenue per recipient (zero for those who bought nothing).
     pub revenue_sum: f64,
@@ -134,6 +142,32 @@ pub struct ArmStats {
     /// Σ revenue × covariate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revenue_covariate_sum_products: Option<f64>,
+}
+
+/// A count given as an integer or as a float with no fractional part.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number such as 1000, 1000.0 or 1e7")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large for a count")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 is the first float past i64::MAX.
+            if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_808e18 {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 /// The covariate sums of one arm, once validated as a complete set.
@@ -280,6 +314,33 @@ fn check_sum_squares(sum: f64, sum_squares: f64, n: f64) -> Result<(), String> {
     Ok(())
 }
 
+impl StatsError {
+    /// Where in the input JSON the fault lies (`arms[1].n`, `alpha`), for
+    /// an error that names the path once and then says what is wrong.
+    pub fn path(&self, input: &ExperimentInput) -> String {
+        match self {
+            StatsError::InvalidArm { arm, field, .. } => input
+                .arms
+                .iter()
+                .position(|a| &a.name == arm)
+                .map_or_else(|| format!("arms.{field}"), |i| format!("arms[{i}].{field}")),
+            StatsError::Invalid { field, .. } => (*field).to_string(),
+            StatsError::InvalidPValue { index, .. } => format!("p_values[{index}]"),
+        }
+    }
+
+    /// What is wrong, without the field name [`StatsError::path`] gives.
+    pub fn problem(&self) -> String {
+        match self {
+            StatsError::InvalidArm { arm, problem, .. } => format!("{problem} (arm `{arm}`)"),
+            StatsError::Invalid { problem, .. } => problem.clone(),
+            StatsError::InvalidPValue { value, .. } => {
+                format!("is {value}; a p-value must lie in [0, 1]")
+            }
+        }
+    }
+}
+
 /// Why an input cannot be analysed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum StatsError {
@@ -320,6 +381,15 @@ impl ExperimentInput {
             return Err(invalid(
                 "arms",
                 format!("needs at least two arms, got {}", self.arms.len()),
+            ));
+        }
+        if self.arms.len() > MAX_ARMS {
+            return Err(invalid(
+                "arms",
+                format!(
+                    "has {} arms; one analysis takes at most {MAX_ARMS}",
+                    self.arms.len()
+                ),
             ));
         }
         for (i, arm) in self.arms.iter().enumerate() {
@@ -382,6 +452,15 @@ impl ExperimentInput {
             (_, Some(pairs)) => {
                 if pairs.is_empty() {
                     return Err(invalid("comparisons", "must not be empty".into()));
+                }
+                if pairs.len() > MAX_COMPARISONS {
+                    return Err(invalid(
+                        "comparisons",
+                        format!(
+                            "has {} pairs; one analysis takes at most {MAX_COMPARISONS}",
+                            pairs.len()
+                        ),
+                    ));
                 }
                 pairs
                     .iter()
@@ -503,6 +582,59 @@ mod tests {
             err(&input)
                 .starts_with("arm `triggered`: revenue_covariate_sum_products is inconsistent")
         );
+    }
+
+    #[test]
+    fn whole_counts_may_be_written_as_floats() {
+        let parse = |n: &str| {
+            serde_json::from_str::<ArmStats>(&format!(
+                r#"{{"name": "a", "n": {n}, "conversions": 3.0, "revenue_sum": 0, "revenue_sum_squares": 0}}"#
+            ))
+        };
+        assert_eq!(parse("1000.0").expect("whole").n, 1000);
+        assert_eq!(parse("1e7").expect("whole").n, 10_000_000);
+        assert_eq!(parse("1000").expect("integer").conversions, 3);
+        let err = parse("1000.5").expect_err("fraction").to_string();
+        assert!(
+            err.contains("1000.5") && err.contains("whole number"),
+            "{err}"
+        );
+        assert!(parse("1e19").is_err() && parse("\"7\"").is_err());
+        assert_eq!(parse("-2.0").expect("negative is validated later").n, -2);
+    }
+
+    #[test]
+    fn errors_give_the_path_and_the_problem_apart() {
+        let mut input = two_arms();
+        input.alpha = 2.0;
+        let e = input.validate().expect_err("alpha");
+        assert_eq!(e.path(&input), "alpha");
+        assert_eq!(e.problem(), "must lie strictly between 0 and 1, got 2");
+        let mut input = two_arms();
+        input.arms[1].conversions = 101;
+        let e = input.validate().expect_err("conversions");
+        assert_eq!(e.path(&input), "arms[1].conversions");
+        assert_eq!(e.problem(), "is 101, more than n = 100 (arm `triggered`)");
+    }
+
+    #[test]
+    fn arms_and_comparisons_are_bounded() {
+        let arms: Vec<ArmStats> = (0..=MAX_ARMS)
+            .map(|i| ArmStats::new(format!("a{i}"), 10, 1, 1.0, 1.0))
+            .collect();
+        let e = ExperimentInput::new(arms.clone())
+            .validate()
+            .expect_err("too many");
+        assert!(e.to_string().starts_with("arms: has 101 arms"), "{e}");
+        let mut input = ExperimentInput::new(arms[..2].to_vec());
+        input.comparisons = Some(vec![
+            ComparisonPair {
+                control: "a0".into(),
+                treatment: "a1".into(),
+            };
+            MAX_COMPARISONS + 1
+        ]);
+        assert!(input.validate().is_err());
     }
 
     #[test]

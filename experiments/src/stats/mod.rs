@@ -5,7 +5,9 @@
 //! Kairos' tables, and analysts can feed it sums from their own warehouse.
 //!
 //! Every number follows GrowthBook's gbstats 0.8.0 (and scipy for what
-//! gbstats lacks); `experiments/fixtures/gen_gbstats.py` calls gbstats' own
+//! gbstats lacks), with the two formulas GrowthBook changed since (the
+//! relative lift over a negative baseline, the relative CUPED variance; see
+//! [`effect`]); `experiments/fixtures/gen_gbstats.py` calls gbstats' own
 //! classes on seeded random inputs and `tests/gbstats.rs` checks that this
 //! engine agrees to 1e-6. Where gbstats loses precision (its t-test p-value is
 //! 2·(1 − cdf), which is 0 below ~1e-16) this engine uses survival functions
@@ -24,26 +26,31 @@
 //! carry the pre-period covariate, the CUPED-adjusted revenue effects with
 //! θ and the variance reduction achieved. Over all arms it runs the
 //! sample-ratio-mismatch test. [`holm_bonferroni`] and
-//! [`benjamini_hochberg`] adjust p-values across many experiments.
+//! [`benjamini_hochberg`] adjust p-values across many experiments, and
+//! [`pool`] combines one effect measured by many experiments.
 //!
 //! The input schema is documented on [`ExperimentInput`]; the output is
 //! [`Analysis`], serialised as the JSON the reports serve.
 
+mod dist;
 mod effect;
 mod input;
 mod moments;
 mod multiple;
+mod pool;
 mod srm;
 mod ztest;
 
 use serde::Serialize;
 
+pub use dist::normal_upper_quantile;
 pub use effect::{Effect, Estimate, NotEstimable};
 pub use input::{
     ArmStats, ComparisonPair, DEFAULT_ALPHA, DEFAULT_SEQUENTIAL_TUNING, DEFAULT_SRM_THRESHOLD,
-    ExperimentInput, StatsError,
+    ExperimentInput, MAX_ARMS, MAX_COMPARISONS, StatsError,
 };
 pub use multiple::{benjamini_hochberg, holm_bonferroni};
+pub use pool::{Heterogeneity, Pooled, PooledEstimate, Study, pool};
 pub use srm::Srm;
 pub use ztest::ZTest;
 

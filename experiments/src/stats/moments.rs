@@ -17,6 +17,22 @@ pub(crate) struct ArmMetric {
     pub unadjusted_mean: f64,
     /// Per-recipient variance (of the adjusted metric under CUPED).
     pub variance: f64,
+    /// Under CUPED, the parts the adjusted variance is made of: the
+    /// relative lift's delta method weighs them separately.
+    pub adjustment: Option<Adjustment>,
+}
+
+/// What a CUPED-adjusted metric was built from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Adjustment {
+    /// θ, pooled over both arms.
+    pub theta: f64,
+    /// Var(y), the unadjusted metric's variance.
+    pub post_variance: f64,
+    /// Var(x), the covariate's variance.
+    pub pre_variance: f64,
+    /// Cov(y, x) within the arm.
+    pub covariance: f64,
 }
 
 /// Conversion as a proportion: mean p = c/n, variance p(1 − p).
@@ -30,6 +46,7 @@ pub(crate) fn proportion(n: f64, conversions: f64) -> ArmMetric {
         mean: p,
         unadjusted_mean: p,
         variance: p * (1.0 - p),
+        adjustment: None,
     }
 }
 
@@ -43,6 +60,7 @@ pub(crate) fn sample_mean(n: f64, sum: f64, sum_squares: f64) -> ArmMetric {
         mean,
         unadjusted_mean: mean,
         variance: sample_variance(n, sum, sum_squares),
+        adjustment: None,
     }
 }
 
@@ -105,17 +123,23 @@ pub(crate) fn regression_adjusted(arm: &RevenueWithCovariate, theta: f64) -> Arm
     let post = sample_mean(arm.n, arm.sum, arm.sum_squares);
     let c = &arm.covariate;
     let pre = sample_mean(arm.n, c.sum, c.sum_squares);
+    let cov = covariance(arm.n, arm.sum, c.sum, c.sum_products);
     let variance = if arm.n <= 1.0 {
         0.0
     } else {
-        post.variance + theta * theta * pre.variance
-            - 2.0 * theta * covariance(arm.n, arm.sum, c.sum, c.sum_products)
+        post.variance + theta * theta * pre.variance - 2.0 * theta * cov
     };
     ArmMetric {
         n: arm.n,
         mean: post.mean - theta * pre.mean,
         unadjusted_mean: post.mean,
         variance,
+        adjustment: Some(Adjustment {
+            theta,
+            post_variance: post.variance,
+            pre_variance: pre.variance,
+            covariance: cov,
+        }),
     }
 }
 
@@ -177,6 +201,11 @@ mod tests {
         let a = arm(&[3.0, 5.0], &[0.0, 0.0]);
         let b = arm(&[1.0, 7.0], &[0.0, 0.0]);
         assert_eq!(cuped_theta(&a, &b), 0.0);
-        assert_eq!(regression_adjusted(&a, 0.0), sample_mean(2.0, 8.0, 34.0));
+        let adjusted = regression_adjusted(&a, 0.0);
+        let plain = sample_mean(2.0, 8.0, 34.0);
+        assert_eq!(
+            (adjusted.mean, adjusted.variance),
+            (plain.mean, plain.variance)
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! lift from the experiment can be trusted until it is explained.
 
 use serde::Serialize;
-use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+use super::dist::chi_square_sf;
 
 /// Pearson's chi-square test of observed arm sizes against configured weights.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,9 +37,9 @@ pub(crate) fn sample_ratio_mismatch(counts: &[f64], weights: &[f64], threshold: 
         })
         .sum();
     let dof = counts.len() - 1;
-    let p_value = match ChiSquared::new(dof as f64) {
-        Ok(dist) => dist.sf(chi_square),
-        Err(_) => 1.0, // fewer than two arms: nothing to compare
+    let p_value = match u32::try_from(dof) {
+        Ok(k) if k > 0 => chi_square_sf(chi_square, k),
+        _ => 1.0, // fewer than two arms: nothing to compare
     };
     Srm {
         chi_square,

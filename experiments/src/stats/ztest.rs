@@ -3,7 +3,8 @@
 //! with its default pooled variance).
 
 use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::dist::normal_sf;
 
 /// Result of the pooled two-proportion z-test.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -31,7 +32,7 @@ pub(crate) fn pooled_z_test(
     }
     let se = (pooled_rate * (1.0 - pooled_rate) * (1.0 / n_control + 1.0 / n_treatment)).sqrt();
     let z = (conv_treatment / n_treatment - conv_control / n_control) / se;
-    let p_value = (2.0 * Normal::standard().sf(z.abs())).min(1.0);
+    let p_value = (2.0 * normal_sf(z.abs())).min(1.0);
     Some(ZTest {
         pooled_rate,
         z,

@@ -2,7 +2,8 @@
 //!
 //! `--build` writes a synthetic lake straight from Arrow batches (not through
 //! ingest, so 10M recipients take a minute, not an hour): one experiment,
-//! `cart_abandonment`, split 10/20/70 by the real assignment function, over
+//! `cart_abandonment`, split 10/20/70 (or `--split`, e.g. `50/0` for two
+//! even arms) by the real assignment function, over
 //! four weeks. Each recipient has the three browse events of the cart they
 //! abandoned; a purchase in the 7 days after assignment with probability
 //! 10% × (1 + lift: 0, +8%, +20% by arm); a purchase in the week before with
@@ -62,6 +63,23 @@ pub struct BenchReportArgs {
     /// Warm runs timed after the first.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Holdout and scheduled percent (triggered has the rest): `10/20`, or
+    /// `50/0` for two even arms, the shape whose statistics once hung.
+    /// Give the same split when building and when timing.
+    #[arg(long, default_value = "10/20", value_parser = parse_split)]
+    pub split: (u8, u8),
+}
+
+fn parse_split(s: &str) -> Result<(u8, u8), String> {
+    let (h, sch) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: write HOLDOUT/SCHEDULED percent, e.g. 10/20 or 50/0"))?;
+    let pct = |v: &str| v.trim().parse::<u8>().map_err(|e| format!("{v:?}: {e}"));
+    let (h, sch) = (pct(h)?, pct(sch)?);
+    if u16::from(h) + u16::from(sch) > 100 {
+        return Err(format!("{s:?}: holdout + scheduled exceed 100%"));
+    }
+    Ok((h, sch))
 }
 
 /// Event kinds of the synthetic clickstream.
@@ -111,7 +129,7 @@ fn customer_id(i: u32) -> String {
 pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
     if args.build {
         let started = Instant::now();
-        let (recipients, events) = build(&args.data, args.recipients)?;
+        let (recipients, events) = build(&args.data, args.recipients, args.split)?;
         println!(
             "built {recipients} recipients and {events} events in {:.1?} under {}",
             started.elapsed(),
@@ -125,12 +143,14 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
     );
     let root =
         kairos_storage::DataRoot::open(args.data.to_str().context("data path is not UTF-8")?)?;
+    let (holdout, scheduled) = args.split;
     let designs = [kairos_report::report::RuleDesign {
         rule: RULE.into(),
-        holdout: 10,
-        scheduled: 20,
-        triggered: 70,
+        holdout,
+        scheduled,
+        triggered: 100 - holdout - scheduled,
         variants: Vec::new(),
+        transactional: false,
     }];
     let options = kairos_report::ReportOptions::default();
     let key = OutcomeKey::of(&options);
@@ -199,6 +219,17 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
         );
     }
     println!("  same sums in every arm");
+    timed(
+        "the program view (pooled lifts, incremental revenue, global control)",
+        kairos_report::program::program_from(
+            &root,
+            &designs,
+            &options,
+            &outcomes::Outcomes::exact(),
+            0.0,
+        ),
+    )
+    .await?;
 
     let json = serde_json::to_value(&r)?;
     let arms: Vec<serde_json::Value> = json["arms"]
@@ -236,13 +267,13 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
 
     // Data arriving: what a refresh costs, then the lake is put back.
     let n = r.recipients as u32;
-    type Arrive = fn(&Path, u32) -> anyhow::Result<Vec<PathBuf>>;
+    type Arrive = fn(&Path, u32, (u8, u8)) -> anyhow::Result<Vec<PathBuf>>;
     let arrivals: [(&str, Arrive); 2] = [
         ("late purchases in one hour of day 20", late_purchases),
         ("one more hour of live data", live_hour),
     ];
     for (what, arrive) in arrivals {
-        let files = arrive(&args.data, n)?;
+        let files = arrive(&args.data, n, args.split)?;
         let ((_, s), _) = timed(what, outcomes::refresh(&root, &key)).await?;
         println!(
             "  {} of {} days recomputed ({} recipients)",
@@ -293,7 +324,7 @@ fn random_purchases(
 
 /// 5,000 purchases by existing recipients, imported late into one hour of
 /// day 20; returns the files written.
-fn late_purchases(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
+fn late_purchases(dir: &Path, n: u32, _split: (u8, u8)) -> anyhow::Result<Vec<PathBuf>> {
     let mut rng = SmallRng::seed_from_u64(20);
     let hour = T0 + 20 * DAY_US + 3 * HOUR_US;
     let mut evs: Vec<Ev> = random_purchases(&mut rng, hour, n, 5_000).collect();
@@ -312,9 +343,9 @@ fn late_purchases(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
 /// The hour after the last assignment: 15,000 new recipients (10M over
 /// four weeks is about 14,900 an hour), their cart views, and 4,700
 /// purchases by earlier recipients (the hourly rate); returns the files.
-fn live_hour(dir: &Path, n: u32) -> anyhow::Result<Vec<PathBuf>> {
+fn live_hour(dir: &Path, n: u32, split: (u8, u8)) -> anyhow::Result<Vec<PathBuf>> {
     let mut rng = SmallRng::seed_from_u64(28);
-    let design = Design::from_percent(RULE, 10, 20);
+    let design = Design::from_percent(RULE, split.0, split.1);
     let hour = T0 + ASSIGN_DAYS * DAY_US;
     let mut recipients: Vec<Recipient> = (n..n + 15_000)
         .map(|c| Recipient {
@@ -373,14 +404,14 @@ fn median(times: &[Duration]) -> Duration {
 }
 
 /// Writes the synthetic lake; returns (recipients, events).
-fn build(dir: &Path, n: u32) -> anyhow::Result<(usize, usize)> {
+fn build(dir: &Path, n: u32, split: (u8, u8)) -> anyhow::Result<(usize, usize)> {
     for table in ["assignments", "sends", "events", "identities"] {
         let p = dir.join(table);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    let design = Design::from_percent(RULE, 10, 20);
+    let design = Design::from_percent(RULE, split.0, split.1);
     let mut rng = SmallRng::seed_from_u64(6);
     let mut recipients = Vec::with_capacity(n as usize);
     let mut events = Vec::with_capacity(n as usize * 34 / 10);

@@ -98,6 +98,12 @@ impl GenerateOptions {
 /// visitors, so the true conversion lift of an arm over holdout is exactly
 /// its `lift`, and so is its revenue-per-recipient lift (what a converter
 /// spends does not depend on the arm).
+///
+/// A rule with variants of the triggered arm (`-- variant 6h: delay=6h`)
+/// is simulated too: each variant qualifies its customers after its own
+/// `delay` and converts them at its own lift (`triggered:6h=0.28`; the
+/// `triggered` lift for variants not named), so a timing experiment has a
+/// known answer per delay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lift {
     /// The rule (experiment) name, for messages.
@@ -113,6 +119,19 @@ pub struct Lift {
     pub scheduled: f64,
     /// Relative conversion lift of the triggered arm over holdout.
     pub triggered: f64,
+    /// The triggered arm's variants, if the rule has them.
+    pub variants: Vec<VariantLift>,
+}
+
+/// One variant of the triggered arm in the simulator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantLift {
+    /// The variant's name in the rule.
+    pub name: String,
+    /// Its `delay` (its own, else the rule's).
+    pub delay: Duration,
+    /// Its relative conversion lift over holdout.
+    pub lift: f64,
 }
 
 impl Lift {
@@ -120,22 +139,21 @@ impl Lift {
     /// qualifies `delay` after the last add; `1h` when it has no `delay`
     /// parameter). `lifts` is `arm=lift,...`, e.g. `triggered=0.20,scheduled=0.08`.
     pub fn for_rule(rule: &kairos_rules::Rule, base_rate: f64, lifts: &str) -> Result<Lift> {
-        ensure!(
-            rule.variants.is_empty(),
-            "rule {} has variants; the response simulator knows arms only: \
-             simulate a copy of the rule without its `variant` lines",
-            rule.name
-        );
-        let delay = match rule.params.get("delay") {
-            Some(kairos_rules::rule::Param::Duration(secs)) => {
-                Duration::seconds(i64::try_from(*secs).context("delay out of range")?)
-            }
-            Some(other) => anyhow::bail!(
-                "rule {}: the simulator reads `param delay` as a duration, found {other:?}",
-                rule.name
-            ),
-            None => Duration::hours(1),
-        };
+        let delay_of =
+            |params: &std::collections::BTreeMap<String, kairos_rules::rule::Param>| match params
+                .get("delay")
+            {
+                Some(kairos_rules::rule::Param::Duration(secs)) => Ok(Some(Duration::seconds(
+                    i64::try_from(*secs).context("delay out of range")?,
+                ))),
+                Some(other) => anyhow::bail!(
+                    "rule {}: the simulator reads `delay` as a duration, found {other:?}",
+                    rule.name
+                ),
+                None => Ok(None),
+            };
+        let delay = delay_of(&rule.params)?.unwrap_or(Duration::hours(1));
+        let mut variant_lifts: Vec<(String, f64)> = Vec::new();
         let (mut scheduled, mut triggered) = (0.0, 0.0);
         for part in lifts.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (arm, value) = part
@@ -148,11 +166,33 @@ impl Lift {
             match arm.trim() {
                 "scheduled" => scheduled = value,
                 "triggered" => triggered = value,
-                other => anyhow::bail!(
-                    "--lift {other:?}: give `scheduled` and/or `triggered` (holdout is the baseline)"
-                ),
+                other => match other.strip_prefix("triggered:") {
+                    Some(v) if rule.variants.iter().any(|x| x.name == v) => {
+                        variant_lifts.push((v.to_string(), value));
+                    }
+                    Some(v) => {
+                        anyhow::bail!("--lift {other:?}: rule {} has no variant {v:?}", rule.name)
+                    }
+                    None => anyhow::bail!(
+                        "--lift {other:?}: give `scheduled`, `triggered` and/or `triggered:VARIANT` (holdout is the baseline)"
+                    ),
+                },
             }
         }
+        let variants = rule
+            .variants
+            .iter()
+            .map(|v| {
+                Ok(VariantLift {
+                    name: v.name.clone(),
+                    delay: delay_of(&v.params)?.unwrap_or(delay),
+                    lift: variant_lifts
+                        .iter()
+                        .find(|(n, _)| *n == v.name)
+                        .map_or(triggered, |(_, l)| *l),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let lift = Lift {
             rule: rule.name.clone(),
             design: rule.design(),
@@ -160,31 +200,66 @@ impl Lift {
             base_rate,
             scheduled,
             triggered,
+            variants,
         };
-        for arm in [
-            kairos_experiments::Arm::Holdout,
-            kairos_experiments::Arm::Scheduled,
-            kairos_experiments::Arm::Triggered,
-        ] {
-            let p = lift.rate(arm);
+        let mut rates: Vec<(String, f64)> = vec![
+            (
+                "holdout".into(),
+                lift.rate(kairos_experiments::Arm::Holdout, None),
+            ),
+            (
+                "scheduled".into(),
+                lift.rate(kairos_experiments::Arm::Scheduled, None),
+            ),
+            (
+                "triggered".into(),
+                lift.rate(kairos_experiments::Arm::Triggered, None),
+            ),
+        ];
+        for v in &lift.variants {
+            rates.push((
+                format!("triggered:{}", v.name),
+                lift.rate(kairos_experiments::Arm::Triggered, Some(&v.name)),
+            ));
+        }
+        for (arm, p) in rates {
             ensure!(
                 (0.0..=1.0).contains(&p),
-                "the {} arm would convert at {p} (base rate {base_rate} × (1 + lift)): \
-                 choose a base rate and lifts that keep every rate between 0 and 1",
-                arm.as_str()
+                "the {arm} arm would convert at {p} (base rate {base_rate} × (1 + lift)): \
+                 choose a base rate and lifts that keep every rate between 0 and 1"
             );
         }
         Ok(lift)
     }
 
-    /// The conversion probability of a customer in `arm`.
-    pub fn rate(&self, arm: kairos_experiments::Arm) -> f64 {
+    /// The conversion probability of a customer in `arm` (and `variant`).
+    pub fn rate(&self, arm: kairos_experiments::Arm, variant: Option<&str>) -> f64 {
         let lift = match arm {
             kairos_experiments::Arm::Holdout => 0.0,
             kairos_experiments::Arm::Scheduled => self.scheduled,
-            kairos_experiments::Arm::Triggered => self.triggered,
+            kairos_experiments::Arm::Triggered => self
+                .variants
+                .iter()
+                .find(|v| Some(v.name.as_str()) == variant)
+                .map_or(self.triggered, |v| v.lift),
         };
         self.base_rate * (1.0 + lift)
+    }
+
+    /// How long after the last cart add a customer of `variant` qualifies.
+    pub fn delay(&self, variant: Option<&str>) -> Duration {
+        self.variants
+            .iter()
+            .find(|v| Some(v.name.as_str()) == variant)
+            .map_or(self.delay, |v| v.delay)
+    }
+
+    /// The longest delay of any customer.
+    fn max_delay(&self) -> Duration {
+        self.variants
+            .iter()
+            .map(|v| v.delay)
+            .fold(self.delay, Duration::max)
     }
 }
 
@@ -1922,7 +1997,7 @@ fn experiment_journey(
     // Carts from the second day (profiles arrive first) until 8 days and
     // the delay before the end, so every window closes inside the span.
     let lo = span.start + Duration::days(1);
-    let hi = span.end - Duration::days(8) - lift.delay;
+    let hi = span.end - Duration::days(8) - lift.max_delay();
     let t = j.visit_time(lo, hi.max(lo + Duration::hours(1)));
     j.begin(t);
     let category = j.pick_category();
@@ -1935,9 +2010,10 @@ fn experiment_journey(
     j.end();
 
     // The same function, inputs and salt the policy stage uses.
-    let arm = lift.design.assign(&c.user_id).arm;
-    if j.rng.random_bool(lift.rate(arm)) {
-        let qualified = j.clock + lift.delay;
+    let assigned = lift.design.assign(&c.user_id);
+    let (arm, variant) = (assigned.arm, assigned.variant.as_deref());
+    if j.rng.random_bool(lift.rate(arm, variant)) {
+        let qualified = j.clock + lift.delay(variant);
         let message = match arm {
             kairos_experiments::Arm::Scheduled => qualified + Duration::days(1),
             _ => qualified,
@@ -2866,7 +2942,7 @@ mod tests {
             if let Some(t) = bought.get(user) {
                 converted[arm as usize] += 1;
                 let after = *t - *cart;
-                let earliest = lift.delay + Duration::hours(6);
+                let earliest = lift.delay(None) + Duration::hours(6);
                 assert!(after >= earliest, "{user} bought {after} after the cart");
                 assert!(
                     after < Duration::days(5),
@@ -2877,7 +2953,7 @@ mod tests {
         }
         for arm in [Arm::Holdout, Arm::Scheduled, Arm::Triggered] {
             let (k, n) = (converted[arm as usize] as f64, n[arm as usize] as f64);
-            let p = lift.rate(arm);
+            let p = lift.rate(arm, None);
             let sd = (n * p * (1.0 - p)).sqrt();
             assert!(
                 (k - n * p).abs() < 4.0 * sd,
@@ -2887,6 +2963,61 @@ mod tests {
         }
         // Deterministic given the seed.
         assert_eq!(run(&opts).events_raw, out.events_raw);
+    }
+
+    #[test]
+    fn delay_variants_qualify_after_their_delay_and_convert_at_their_lift() {
+        let rule = cart_rule("-- variant 1h: delay=1h\n-- variant 24h: delay=24h\n");
+        let lift = Lift::for_rule(&rule, 0.3, "triggered=0.2,triggered:24h=0.5").expect("valid");
+        assert_eq!(lift.delay(Some("24h")), Duration::hours(24));
+        assert_eq!(lift.delay(Some("1h")), Duration::hours(1));
+        assert!((lift.rate(Arm::Triggered, Some("24h")) - 0.45).abs() < 1e-12);
+        assert!((lift.rate(Arm::Triggered, Some("1h")) - 0.36).abs() < 1e-12);
+        let opts = GenerateOptions {
+            seed: 7,
+            customers: 6_000,
+            days: 12,
+            lift: Some(lift.clone()),
+            ..GenerateOptions::sample()
+        };
+        let out = run(&opts);
+        let (mut carts, mut bought) = (HashMap::new(), HashMap::new());
+        for e in &out.events {
+            let user = s(e, "/userId").to_string();
+            let t = DateTime::parse_from_rfc3339(s(e, "/timestamp"))
+                .expect("timestamp")
+                .with_timezone(&Utc);
+            match s(e, "/event") {
+                "Product Added" => {
+                    carts.insert(user, t);
+                }
+                "Order Completed" => {
+                    bought.insert(user, t);
+                }
+                _ => {}
+            }
+        }
+        let (mut n, mut k) = (0.0, 0.0);
+        for (user, cart) in &carts {
+            let a = lift.design.assign(user);
+            let Some(t) = bought.get(user) else {
+                if a.variant.as_deref() == Some("24h") {
+                    n += 1.0;
+                }
+                continue;
+            };
+            let earliest = lift.delay(a.variant.as_deref()) + Duration::hours(6);
+            assert!(
+                *t - *cart >= earliest,
+                "{user}: bought before its variant's message"
+            );
+            if a.variant.as_deref() == Some("24h") {
+                n += 1.0;
+                k += 1.0;
+            }
+        }
+        let sd = (n * 0.45 * 0.55f64).sqrt();
+        assert!((k - 0.45 * n).abs() < 4.0 * sd, "24h: {k} of {n}");
     }
 
     #[test]
@@ -2901,7 +3032,8 @@ mod tests {
         assert!(err(&rule, 0.1, "triggered").contains("ARM=LIFT"));
         assert!(err(&rule, 0.9, "triggered=0.2").contains("between 0 and 1"));
         let variants = cart_rule("-- variant late: delay=6h\n");
-        assert!(err(&variants, 0.1, "triggered=0.2").contains("variants"));
+        assert!(err(&variants, 0.1, "triggered:soon=0.2").contains("no variant \"soon\""));
+        assert!(err(&variants, 0.1, "triggered:late=12").contains("triggered:late arm"));
         let short = GenerateOptions {
             days: 9,
             lift: Some(Lift::for_rule(&rule, 0.1, "triggered=0.2").expect("valid")),

@@ -202,7 +202,8 @@ enum Command {
         /// The sufficient statistics, JSON.
         file: PathBuf,
     },
-    /// Print a rule's experiment report (as GET /api/experiments/RULE).
+    /// Print a rule's experiment report (as GET /api/experiments/RULE), or
+    /// with --program every rule together (as GET /api/program).
     Report(report::ReportArgs),
     /// Merge each closed hour's small files into one sorted file, swapped in
     /// atomically (glob readers never see a row twice or miss one). Local

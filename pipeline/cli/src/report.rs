@@ -1,4 +1,4 @@
-//! `kairos report RULE` and `kairos stats FILE.json`.
+//! `kairos report RULE`, `kairos report --program` and `kairos stats FILE.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,12 @@ use kairos_report::ReportOptions;
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// The rule (experiment).
-    pub rule: String,
+    #[arg(required_unless_present = "program")]
+    pub rule: Option<String>,
+    /// Every rule together instead of one (as GET /api/program): pooled
+    /// lifts, incremental revenue, the global control group, timing.
+    #[arg(long, conflicts_with = "rule")]
+    pub program: bool,
     /// Data root. Default from config (./kairos-data).
     #[arg(long)]
     pub data: Option<String>,
@@ -43,7 +48,8 @@ pub struct ReportArgs {
     /// Customers assigned up to this date, inclusive, or before an instant.
     #[arg(long)]
     pub to: Option<String>,
-    /// Print the report JSON (as GET /api/experiments/RULE serves it).
+    /// Print the report JSON (as GET /api/experiments/RULE or /api/program
+    /// serves it).
     #[arg(long)]
     pub json: bool,
 }
@@ -81,7 +87,23 @@ pub async fn report(mut config: Config, args: ReportArgs) -> anyhow::Result<()> 
     let root = kairos_storage::DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
     let designs = kairos_report::report::load_designs(&config.rules.dir);
-    let r = kairos_report::experiment_report(&root, &designs, &args.rule, &options).await?;
+    let Some(rule) = &args.rule else {
+        let p = kairos_report::program::program_from(
+            &root,
+            &designs,
+            &options,
+            &kairos_report::outcomes::Outcomes::exact(),
+            config.experiments.global_control_percent,
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            print!("{}", kairos_report::text::render_program(&p));
+        }
+        return Ok(());
+    };
+    let r = kairos_report::experiment_report(&root, &designs, rule, &options).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -249,6 +249,7 @@ fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
                 secs("queue_timeout", &config.report.queue_timeout)?,
             ),
             outcomes,
+            global_control_percent: config.experiments.global_control_percent,
         },
     )))
 }

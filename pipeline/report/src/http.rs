@@ -3,9 +3,10 @@
 //! - `GET /api/experiments`: every experiment's headline numbers;
 //! - `GET /api/experiments/{rule}`: a rule's full report;
 //! - `POST /api/analyze`: the statistics engine on sufficient statistics;
+//! - `GET /api/program`: every rule together (`crate::program`);
 //! - `GET /api/openapi.json`: the OpenAPI 3 document of these (public);
-//! - `GET /experiments` and `GET /experiments/{rule}`: the same as HTML
-//!   pages ([`crate::pages`]), with the same query parameters.
+//! - `GET /experiments`, `GET /experiments/{rule}` and `GET /program`: the
+//!   same as HTML pages ([`crate::pages`]), with the same query parameters.
 //!
 //! Reads need `Authorization: Bearer TOKEN` (or HTTP Basic with the token
 //! as password) when `report.token` is set; ingest write keys never grant
@@ -15,8 +16,11 @@
 //! in history, logs and `Referer` headers.
 //!
 //! Reports are heavy queries: at most `report.max_concurrent` are computed
-//! at once; the others queue for up to `report.queue_timeout`, then get
-//! 503 with `Retry-After` ([`ReportLimit`]).
+//! at once (analyses posted to `/api/analyze` included); the others queue
+//! for up to `report.queue_timeout`, then get 503 with `Retry-After`
+//! ([`ReportLimit`]). Their statistics run on the blocking pool with a
+//! deadline ([`crate::off_runtime`]), never on the async workers that
+//! answer `/healthz` and ingest.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,13 +39,14 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use kairos_experiments::stats::{ExperimentInput, StatsError, analyze};
+use kairos_experiments::stats::{ExperimentInput, analyze};
 use kairos_storage::DataRoot;
 
 use crate::ReportError;
 use crate::options::ReportOptions;
 use crate::outcomes::Outcomes;
 use crate::pages;
+use crate::program::{Program, program_from};
 use crate::report::{Overview, Report, experiment_report_from, load_designs, overview_from};
 
 /// The hand-written OpenAPI 3 document.
@@ -62,6 +67,9 @@ pub struct ReportState {
     /// The maintained outcomes reports read (refreshed in the background
     /// by `serve`).
     pub outcomes: Arc<Outcomes>,
+    /// `experiments.global_control_percent`, for the program view's
+    /// sample-ratio check.
+    pub global_control_percent: f64,
 }
 
 /// Bounds the reports computed at once (API and pages together): each
@@ -110,11 +118,13 @@ pub fn router(state: Arc<ReportState>) -> Router {
         .route("/api/experiments", get(list))
         .route("/api/experiments/{rule}", get(one))
         .route("/api/analyze", post(analyze_json))
+        .route("/api/program", get(program_json))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state.clone());
     let pages = Router::new()
         .route("/experiments", get(overview_page))
         .route("/experiments/{rule}", get(report_page))
+        .route("/program", get(program_page))
         .layer(middleware::from_fn_with_state(state.clone(), page_guard))
         .with_state(state);
     Router::new()
@@ -141,17 +151,24 @@ impl ReportError {
         match self {
             ReportError::UnknownRule { .. } => StatusCode::NOT_FOUND,
             ReportError::BadOption { .. } => StatusCode::BAD_REQUEST,
-            ReportError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ReportError::Query(_) | ReportError::Stats(_) | ReportError::Outcomes(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            ReportError::Busy { .. } | ReportError::Deadline { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            ReportError::Query(_)
+            | ReportError::Stats(_)
+            | ReportError::Outcomes(_)
+            | ReportError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Logs what someone must act on; adds `Retry-After` when busy.
     fn finish(&self, mut r: Response) -> Response {
         match self {
-            ReportError::Query(_) | ReportError::Stats(_) | ReportError::Outcomes(_) => {
+            ReportError::Query(_)
+            | ReportError::Stats(_)
+            | ReportError::Outcomes(_)
+            | ReportError::Task(_)
+            | ReportError::Deadline { .. } => {
                 tracing::error!(error = %self, "report failed");
             }
             ReportError::Busy { retry_after_secs } => {
@@ -339,6 +356,39 @@ async fn report_for(
     experiment_report_from(&s.root, &designs, rule, &options, &s.outcomes).await
 }
 
+/// The program view, in a report slot.
+async fn program_for(
+    s: &ReportState,
+    q: &BTreeMap<String, String>,
+) -> Result<Program, ReportError> {
+    let options = s.defaults.with_params(q)?;
+    let _slot = s.limit.acquire().await?;
+    let designs = load_designs(&s.rules_dir);
+    program_from(
+        &s.root,
+        &designs,
+        &options,
+        &s.outcomes,
+        s.global_control_percent,
+    )
+    .await
+}
+
+async fn program_json(
+    State(s): State<Arc<ReportState>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, ReportError> {
+    Ok(axum::Json(program_for(&s, &q).await?).into_response())
+}
+
+async fn program_page(
+    State(s): State<Arc<ReportState>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, PageError> {
+    let p = program_for(&s, &q).await.map_err(PageError)?;
+    Ok(html(StatusCode::OK, pages::program_page(&p, &q)))
+}
+
 async fn list(
     State(s): State<Arc<ReportState>>,
     Query(q): Query<BTreeMap<String, String>>,
@@ -379,29 +429,24 @@ pub fn analyze_body(body: &[u8]) -> Result<serde_json::Value, (String, String)> 
         let path = e.path().to_string();
         (path, e.into_inner().to_string())
     })?;
-    let analysis = analyze(&input).map_err(|e| {
-        let path = match &e {
-            StatsError::InvalidArm { arm, field, .. } => input
-                .arms
-                .iter()
-                .position(|a| &a.name == arm)
-                .map_or_else(|| format!("arms.{field}"), |i| format!("arms[{i}].{field}")),
-            StatsError::Invalid { field, .. } => (*field).to_string(),
-            StatsError::InvalidPValue { index, .. } => format!("p_values[{index}]"),
-        };
-        (path, e.to_string())
-    })?;
+    let analysis = analyze(&input).map_err(|e| (e.path(&input), e.problem()))?;
     serde_json::to_value(analysis).map_err(|e| (".".into(), e.to_string()))
 }
 
-async fn analyze_json(body: Bytes) -> Response {
-    match analyze_body(&body) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err((path, message)) => error(
+/// `POST /api/analyze`: in a report slot, off the async workers.
+async fn analyze_json(State(s): State<Arc<ReportState>>, body: Bytes) -> Response {
+    let _slot = match s.limit.acquire().await {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    match crate::off_runtime(move || analyze_body(&body)).await {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err((path, message))) => error(
             StatusCode::BAD_REQUEST,
             format!("{path}: {message}"),
             json!({"path": path}),
         ),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -478,6 +523,7 @@ mod tests {
             token: token.map(str::to_string),
             limit,
             outcomes: Arc::new(crate::outcomes::Outcomes::exact()),
+            global_control_percent: 0.0,
         })
     }
 
@@ -614,6 +660,8 @@ mod tests {
             "/api/openapi.json",
             "/experiments",
             "/experiments/{rule}",
+            "/api/program",
+            "/program",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} undocumented");
         }

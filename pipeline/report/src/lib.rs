@@ -16,8 +16,11 @@
 //!   of each treatment against the holdout and triggered against scheduled,
 //!   the sample-ratio check against the rule's configured split, and the
 //!   overview's headline numbers with corrected p-values.
-//! - [`http`] serves it under `/api/` and as the pages `/experiments` and
-//!   `/experiments/{rule}` (token or loopback only; at most
+//! - [`program`] reads every rule together: triggered against scheduled
+//!   and each against the holdout pooled across rules, incremental revenue
+//!   in currency, the global control group, and lift by send delay.
+//! - [`http`] serves it under `/api/` and as the pages `/experiments`,
+//!   `/experiments/{rule}` and `/program` (token or loopback only; at most
 //!   `report.max_concurrent` reports computed at once); [`pages`] renders
 //!   those pages as HTML with inline SVG charts ([`svg`]); [`text`] prints
 //!   a report in the terminal (`kairos report`).
@@ -30,6 +33,7 @@ pub mod metrics;
 pub mod options;
 pub mod outcomes;
 pub mod pages;
+pub mod program;
 pub mod report;
 pub mod svg;
 pub mod text;
@@ -78,6 +82,39 @@ pub enum ReportError {
         /// When to ask again, seconds (the `Retry-After` header).
         retry_after_secs: u64,
     },
+    /// The statistics task panicked (a bug: please report it with the
+    /// request).
+    #[error("the statistics task failed: {0}")]
+    Task(String),
+    /// The statistics did not finish within [`STATS_DEADLINE`].
+    #[error(
+        "the statistics took longer than {secs} s and were abandoned; narrow the report (from/to) or report this input as a bug"
+    )]
+    Deadline {
+        /// The deadline, seconds.
+        secs: u64,
+    },
+}
+
+/// How long the statistics of one report may take. They are microseconds
+/// to milliseconds; the deadline is the guarantee that no input can hold a
+/// request (or the shutdown waiting for it) longer.
+pub const STATS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs CPU-bound statistics on tokio's blocking pool, so they never hold
+/// an async worker that other requests and the shutdown signal need, and
+/// gives up on them after [`STATS_DEADLINE`] (the thread finishes on its
+/// own; every function it runs is bounded).
+pub async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReportError> {
+    match tokio::time::timeout(STATS_DEADLINE, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ReportError::Task(e.to_string())),
+        Err(_) => Err(ReportError::Deadline {
+            secs: STATS_DEADLINE.as_secs(),
+        }),
+    }
 }
 
 impl From<datafusion::arrow::error::ArrowError> for ReportError {

@@ -1,5 +1,5 @@
-//! The report pages, `/experiments` and `/experiments/{rule}`: the same
-//! [`Overview`] and [`Report`] the API serves, as server-rendered HTML
+//! The report pages, `/experiments`, `/experiments/{rule}` and `/program`:
+//! the same [`Overview`], [`Report`] and [`Program`] the API serves, as server-rendered HTML
 //! with inline CSS and inline SVG ([`crate::svg`]), so a page works
 //! offline and needs no script, font or image from anywhere.
 //!
@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use kairos_experiments::stats::{Comparison, Effect, Estimate};
 
+use crate::program::Program;
 use crate::report::{ArmReport, Overview, Report};
 use crate::svg::{self, CiRow, Series, colour, esc};
 
@@ -616,7 +617,7 @@ pub fn overview_page(o: &Overview, q: &BTreeMap<String, String>) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<header><p class=\"small\"><a href=\"/api/experiments{}\">JSON</a></p><h1>Experiments</h1>\
+        "<header><p class=\"small\"><a href=\"/program{qs}\">program view: every rule together →</a> · <a href=\"/api/experiments{}\">JSON</a></p><h1>Experiments</h1>\
          <p class=\"meta\">{} experiments · window {} d · data until {}</p></header>",
         esc(&qs),
         o.experiments.len(),
@@ -830,4 +831,456 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// A day number (days since 1970-01-01) of a `YYYY-MM-DD` date.
+fn day_number(date: &str) -> Option<i64> {
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some((day - chrono::NaiveDate::default()).num_days())
+}
+
+fn date_of(d: i64) -> String {
+    (chrono::NaiveDate::default() + chrono::Days::new(d.max(0) as u64))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// `+1.23 [0.40, 2.06]` of an estimate and interval.
+fn interval_text(
+    estimate: f64,
+    ci: [f64; 2],
+    signed: fn(f64) -> String,
+    fmt: fn(f64) -> String,
+) -> String {
+    format!("{} [{}, {}]", signed(estimate), fmt(ci[0]), fmt(ci[1]))
+}
+
+/// The formatters of a pooled effect: percent for relative lifts and
+/// conversion, money for absolute revenue.
+fn formats(metric: &str, scale: &str) -> (fn(f64) -> String, fn(f64) -> String) {
+    match (metric, scale) {
+        ("revenue_per_recipient", "absolute") => (money, signed_money),
+        _ => (pct, signed_pct),
+    }
+}
+
+fn metric_label(metric: &str, scale: &str) -> String {
+    let m = if metric == "conversion" {
+        "conversion"
+    } else {
+        "revenue per recipient"
+    };
+    if scale == "relative" {
+        format!("{m}, relative")
+    } else {
+        m.to_string()
+    }
+}
+
+/// The headline: triggered against scheduled, and what marketing earned.
+fn program_verdict(p: &Program) -> String {
+    let l = level(p.options.alpha);
+    let mut items = Vec::new();
+    for metric in ["revenue_per_recipient", "conversion"] {
+        let Some(c) = p.pooled.iter().find(|c| {
+            c.control == "scheduled"
+                && c.treatment == "triggered"
+                && c.metric == metric
+                && c.scale == "relative"
+        }) else {
+            continue;
+        };
+        if let Some(pool) = &c.pooled {
+            let e = &pool.fixed;
+            let word = if e.p_value < p.options.alpha && e.estimate > 0.0 {
+                "<strong>Triggered beats scheduled</strong>"
+            } else if e.p_value < p.options.alpha {
+                "<strong>Triggered does worse than scheduled</strong>"
+            } else {
+                "<strong>No significant difference yet</strong> between triggered and scheduled"
+            };
+            items.push(format!(
+                "{word} on {}: {} ({l} CI [{}, {}], p = {}), pooled over {} rules.",
+                metric_label(metric, "absolute"),
+                signed_pct(e.estimate),
+                signed_pct(e.ci[0]),
+                signed_pct(e.ci[1]),
+                pval(e.p_value),
+                pool.studies
+            ));
+        }
+    }
+    for t in &p.incremental.totals {
+        if t.rules == 0 || t.arm == "all" {
+            continue;
+        }
+        let per = match (t.per_message, t.per_message_ci) {
+            (Some(m), Some(ci)) => format!(
+                "; {} per message sent [{}, {}]",
+                signed_money(m),
+                money(ci[0]),
+                money(ci[1])
+            ),
+            _ => String::new(),
+        };
+        items.push(format!(
+            "The <strong>{}</strong> arms earned {} over the holdout ({l} CI [{}, {}]){per}.",
+            esc(&t.arm),
+            signed_money(t.incremental_revenue),
+            money(t.ci[0]),
+            money(t.ci[1]),
+        ));
+    }
+    if let (Some(v), Some(ci)) = (
+        p.global_control.incremental_revenue,
+        p.global_control.incremental_revenue_ci,
+    ) {
+        items.push(format!(
+            "Against the global control group, marketing as a whole earned {} ({l} CI [{}, {}]).",
+            signed_money(v),
+            money(ci[0]),
+            money(ci[1])
+        ));
+    }
+    if items.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<ul class=\"verdict\">{}</ul>",
+        items
+            .iter()
+            .map(|i| format!("<li>{i}</li>"))
+            .collect::<String>()
+    )
+}
+
+fn pooled_section(p: &Program) -> String {
+    let l = level(p.options.alpha);
+    let mut b = format!(
+        "<h2>Pooled across rules</h2><p class=\"small\">Each rule's own (unadjusted) effect, combined by inverse-variance weights. \
+         <em>Fixed</em> assumes one common effect; <em>random</em> (DerSimonian–Laird) lets each rule have its own and widens the interval by τ². \
+         Q and I² say how much the rules disagree beyond chance. {l} intervals.</p>\
+         <table class=\"pooled\"><thead><tr><th>comparison</th><th>metric</th><th class=\"num\">rules</th>\
+         <th class=\"num\">fixed [CI]</th><th class=\"num\">p</th><th class=\"num\">random [CI]</th>\
+         <th class=\"num\">I²</th><th class=\"num\">Q p</th></tr></thead><tbody>"
+    );
+    for c in &p.pooled {
+        let (fmt, signed) = formats(c.metric, c.scale);
+        let key = format!("{}-{}-{}-{}", c.control, c.treatment, c.metric, c.scale);
+        let cells = match &c.pooled {
+            Some(pool) => {
+                let h = pool.heterogeneity.as_ref();
+                format!(
+                    "{}{}{}{}{}{}",
+                    int("studies", pool.studies as i64),
+                    num(
+                        "estimate",
+                        pool.fixed.estimate,
+                        &interval_text(pool.fixed.estimate, pool.fixed.ci, signed, fmt)
+                    ),
+                    num("p_value", pool.fixed.p_value, &pval(pool.fixed.p_value)),
+                    num(
+                        "random_estimate",
+                        pool.random.estimate,
+                        &interval_text(pool.random.estimate, pool.random.ci, signed, fmt)
+                    ),
+                    num_opt("i_squared", h.map(|h| h.i_squared), pct),
+                    num_opt("q_p_value", h.map(|h| h.p_value), pval),
+                )
+            }
+            None => "<td class=\"num\">0</td><td colspan=\"5\" class=\"small\">no rule compares these arms yet</td>".into(),
+        };
+        let _ = write!(
+            b,
+            "<tr data-pooled=\"{}\"><td>{} − {}</td><td>{}</td>{cells}</tr>",
+            esc(&key),
+            esc(&c.treatment),
+            esc(&c.control),
+            metric_label(c.metric, c.scale)
+        );
+    }
+    b.push_str("</tbody></table>");
+    // Forest plots: relative lifts, one per pair, revenue and conversion.
+    b.push_str("<div class=\"charts\">");
+    for (i, c) in p
+        .pooled
+        .iter()
+        .filter(|c| c.scale == "relative" && c.pooled.is_some())
+        .enumerate()
+    {
+        let Some(pool) = &c.pooled else { continue };
+        let mut rows: Vec<CiRow> = c
+            .rules
+            .iter()
+            .map(|e| CiRow {
+                label: format!("{} ({:.0}%)", e.rule, e.weight * 100.0),
+                estimate: e.estimate,
+                ci: e.ci,
+                colour: colour(i),
+            })
+            .collect();
+        rows.push(CiRow {
+            label: "◆ pooled, fixed".into(),
+            estimate: pool.fixed.estimate,
+            ci: pool.fixed.ci,
+            colour: "#212529",
+        });
+        rows.push(CiRow {
+            label: "◆ pooled, random".into(),
+            estimate: pool.random.estimate,
+            ci: pool.random.ci,
+            colour: "#868e96",
+        });
+        let _ = write!(
+            b,
+            "<figure class=\"forest\" id=\"forest-{}\"><figcaption>{} − {}: {} ({l} CI)</figcaption>{}</figure>",
+            esc(&format!("{}-{}-{}", c.control, c.treatment, c.metric)),
+            esc(&c.treatment),
+            esc(&c.control),
+            metric_label(c.metric, c.scale),
+            svg::ci_chart(&rows, signed_pct)
+        );
+    }
+    b.push_str("</div>");
+    b
+}
+
+fn incremental_section(p: &Program) -> String {
+    let l = level(p.options.alpha);
+    let inc = &p.incremental;
+    let mut b = format!(
+        "<h2>Incremental revenue</h2><p class=\"small\">Revenue per recipient over the holdout × the arm's recipients, with the lift's {l} interval; \
+         per message: divided by the arm's <code>send</code> decisions. Totals add the rules (treated as independent).</p>\
+         <table class=\"incremental\"><thead><tr><th>rule</th><th>arm</th><th class=\"num\">recipients</th><th class=\"num\">messages</th>\
+         <th class=\"num\">lift / recipient</th><th class=\"num\">incremental revenue [CI]</th><th class=\"num\">per message [CI]</th></tr></thead><tbody>"
+    );
+    let per = |m: Option<f64>, ci: Option<[f64; 2]>| match (m, ci) {
+        (Some(m), Some(ci)) => num("per_message", m, &interval_text(m, ci, signed_money, money)),
+        _ => "<td class=\"num\" data-col=\"per_message\">–</td>".into(),
+    };
+    for r in &inc.rules {
+        let _ = write!(
+            b,
+            "<tr data-increment=\"{}:{}\"><td><a href=\"/experiments/{}\">{}</a></td><td>{}</td>{}{}{}{}{}</tr>",
+            esc(&r.rule),
+            esc(&r.arm),
+            encode(&r.rule),
+            esc(&r.rule),
+            esc(&r.arm),
+            int("recipients", r.recipients),
+            int("messages_sent", r.messages_sent),
+            num(
+                "lift_per_recipient",
+                r.lift_per_recipient,
+                &signed_money(r.lift_per_recipient)
+            ),
+            num(
+                "incremental_revenue",
+                r.incremental_revenue,
+                &interval_text(r.incremental_revenue, r.ci, signed_money, money)
+            ),
+            per(r.per_message, r.per_message_ci),
+        );
+    }
+    for t in &inc.totals {
+        let _ = write!(
+            b,
+            "<tr data-total=\"{}\"><th>total ({} rules)</th><th>{}</th>{}{}<td></td>{}{}</tr>",
+            esc(&t.arm),
+            t.rules,
+            esc(&t.arm),
+            int("recipients", t.recipients),
+            int("messages_sent", t.messages_sent),
+            num(
+                "incremental_revenue",
+                t.incremental_revenue,
+                &interval_text(t.incremental_revenue, t.ci, signed_money, money)
+            ),
+            per(t.per_message, t.per_message_ci),
+        );
+    }
+    b.push_str("</tbody></table>");
+    let series: Vec<Series> = inc
+        .daily
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Series {
+            label: format!("{} − holdout, cumulative", s.arm),
+            colour: colour(i + 1),
+            points: s
+                .points
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        day_number(&p.date)?,
+                        p.cumulative,
+                        p.cumulative_ci[0],
+                        p.cumulative_ci[1],
+                    ))
+                })
+                .collect(),
+        })
+        .collect();
+    if series.iter().any(|s| !s.points.is_empty()) {
+        let _ = write!(
+            b,
+            "<figure id=\"incremental-daily\"><figcaption>Cumulative incremental revenue by day of assignment ({l} CI)</figcaption>{}\
+             <p class=\"small\">Each point: everyone assigned up to that day, every rule's recipients × its lift so far; recent days include windows still open.</p></figure>",
+            svg::line_chart(&series, date_of, signed_money)
+        );
+    }
+    b
+}
+
+fn global_control_section(p: &Program) -> String {
+    let g = &p.global_control;
+    let mut b = format!(
+        "<h2>Global control group</h2><p class=\"small\">Customers held out of all marketing ({}% configured) against everyone else who qualified for a marketing rule, \
+         per customer over the report window from their first qualification.</p>",
+        g.configured_percent
+    );
+    if g.groups.is_empty() {
+        b.push_str("<p class=\"small\">No global control group in the data.</p>");
+        return b;
+    }
+    b.push_str(
+        "<table class=\"global-control\"><thead><tr><th>group</th><th class=\"num\">customers</th><th class=\"num\">conversions</th>\
+         <th class=\"num\">conversion rate</th><th class=\"num\">revenue / customer</th></tr></thead><tbody>",
+    );
+    for line in &g.groups {
+        let _ = write!(
+            b,
+            "<tr data-group=\"{}\"><td>{}</td>{}{}{}{}</tr>",
+            esc(&line.group),
+            esc(&line.group),
+            int("customers", line.customers),
+            int("conversions", line.conversions),
+            num(
+                "conversion_rate",
+                line.conversion_rate,
+                &pct(line.conversion_rate)
+            ),
+            num(
+                "revenue_per_customer",
+                line.revenue_per_customer,
+                &money(line.revenue_per_customer)
+            ),
+        );
+    }
+    b.push_str("</tbody></table>");
+    if let Some(a) = &g.analysis {
+        let comparisons: Vec<&Comparison> = a.comparisons.iter().collect();
+        b.push_str(&comparisons_table(&comparisons, p.options.alpha));
+        if g.configured_percent > 0.0 {
+            b.push_str(&if a.srm.flagged {
+                format!(
+                    "<p class=\"warning\">⚠ Sample-ratio mismatch: the group's share differs from the configured {}% (p = {}). Check that the percent was not changed.</p>",
+                    g.configured_percent,
+                    pval(a.srm.p_value)
+                )
+            } else {
+                format!(
+                    "<p class=\"ok\">Sample ratio matches the configured {}% (p = {}).</p>",
+                    g.configured_percent,
+                    pval(a.srm.p_value)
+                )
+            });
+        }
+    }
+    b
+}
+
+fn timing_section(p: &Program) -> String {
+    if p.timing.is_empty() {
+        return String::new();
+    }
+    let l = level(p.options.alpha);
+    let mut b = format!(
+        "<h2>Timing</h2><p class=\"small\">Rules whose triggered variants differ in <code>delay</code>: each variant's lift over the holdout, by delay ({l} CI).</p>"
+    );
+    for t in &p.timing {
+        let _ = write!(
+            b,
+            "<h3>{}</h3><table class=\"timing\" data-rule=\"{}\"><thead><tr><th>variant</th><th class=\"num\">delay</th><th class=\"num\">recipients</th>\
+             <th class=\"num\">conversion lift</th><th class=\"num\">revenue / recipient lift</th></tr></thead><tbody>",
+            esc(&t.rule),
+            esc(&t.rule)
+        );
+        for pt in &t.points {
+            let _ = write!(
+                b,
+                "<tr data-variant=\"{}\"><td>{}</td>{}{}<td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                esc(&pt.variant),
+                esc(&pt.variant),
+                num(
+                    "delay_secs",
+                    pt.delay_secs as f64,
+                    &format!("{} h", pt.delay_secs as f64 / 3600.0)
+                ),
+                int("recipients", pt.recipients),
+                effect_text(&pt.conversion.relative, pct, signed_pct),
+                effect_text(&pt.revenue.relative, pct, signed_pct),
+            );
+        }
+        b.push_str("</tbody></table>");
+        let curve =
+            |label: &str, i: usize, pick: fn(&crate::program::TimingPoint) -> &Effect| Series {
+                label: label.into(),
+                colour: colour(i),
+                points: t
+                    .points
+                    .iter()
+                    .filter_map(|pt| {
+                        let e = estimate(pick(pt))?;
+                        Some(((pt.delay_secs / 3600) as i64, e.estimate, e.ci[0], e.ci[1]))
+                    })
+                    .collect(),
+            };
+        let series = [
+            curve("conversion lift over holdout", 0, |pt| {
+                &pt.conversion.relative
+            }),
+            curve("revenue / recipient lift over holdout", 1, |pt| {
+                &pt.revenue.relative
+            }),
+        ];
+        if series.iter().any(|s| !s.points.is_empty()) {
+            let _ = write!(
+                b,
+                "<figure class=\"timing-curve\"><figcaption>{}: lift by delay (hours)</figcaption>{}</figure>",
+                esc(&t.rule),
+                svg::line_chart(&series, |h| format!("{h} h"), signed_pct)
+            );
+        }
+    }
+    b
+}
+
+/// `/program`: every rule together. `q` are the page's query parameters.
+pub fn program_page(p: &Program, q: &BTreeMap<String, String>) -> String {
+    let qs = query_string(q);
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<header><p class=\"small\"><a href=\"/experiments{qs}\">← all experiments</a> · \
+         <a href=\"/api/program{}\">JSON</a></p><h1>Program</h1>\
+         <p class=\"meta\">{} rules · window {} d · data until {}</p></header>",
+        esc(&qs),
+        p.rules.len(),
+        p.options.window_secs as f64 / 86_400.0,
+        esc(p.data_until.as_deref().unwrap_or("–")),
+    );
+    b.push_str(&program_verdict(p));
+    b.push_str(&pooled_section(p));
+    b.push_str(&incremental_section(p));
+    b.push_str(&global_control_section(p));
+    b.push_str(&timing_section(p));
+    if !p.notes.is_empty() {
+        b.push_str("<h2>Notes</h2><ul class=\"notes\">");
+        for n in &p.notes {
+            let _ = write!(b, "<li>{}</li>", esc(n));
+        }
+        b.push_str("</ul>");
+    }
+    page("Program", &b)
 }

@@ -33,6 +33,9 @@ pub struct RuleDesign {
     pub triggered: u8,
     /// Variants of the triggered arm and their weights.
     pub variants: Vec<VariantWeight>,
+    /// Transactional (exempt from marketing caps and from the global
+    /// control group), not marketing.
+    pub transactional: bool,
 }
 
 /// A variant and its weight within the triggered arm.
@@ -42,11 +45,21 @@ pub struct VariantWeight {
     pub name: String,
     /// Relative weight.
     pub weight: u32,
+    /// The `delay` parameter the variant runs with (its own, else the
+    /// rule's), seconds; null when the rule has none.
+    pub delay_secs: Option<u64>,
 }
 
 impl RuleDesign {
     /// The design of a parsed rule.
     pub fn of(rule: &kairos_rules::Rule) -> RuleDesign {
+        let delay =
+            |params: &std::collections::BTreeMap<String, kairos_rules::rule::Param>| match params
+                .get("delay")
+            {
+                Some(kairos_rules::rule::Param::Duration(secs)) => Some(*secs),
+                _ => None,
+            };
         RuleDesign {
             rule: rule.name.clone(),
             holdout: rule.split.holdout,
@@ -58,8 +71,10 @@ impl RuleDesign {
                 .map(|v| VariantWeight {
                     name: v.name.clone(),
                     weight: v.weight,
+                    delay_secs: delay(&v.params).or_else(|| delay(&rule.params)),
                 })
                 .collect(),
+            transactional: rule.transactional,
         }
     }
 
@@ -572,16 +587,20 @@ pub async fn experiment_report_from(
             });
         }
     }
-    let mut report = build(rule, &rows, design, options, until)?;
-    let pairs: Vec<(String, String)> = report
-        .analysis
-        .iter()
-        .chain(&report.variant_analysis)
-        .flat_map(|a| &a.comparisons)
-        .map(|c| (c.control.clone(), c.treatment.clone()))
-        .collect();
-    report.cumulative = cumulative(&daily, &pairs, options.alpha)?;
-    Ok(report)
+    let (rule, design, options) = (rule.to_string(), design.cloned(), options.clone());
+    crate::off_runtime(move || {
+        let mut report = build(&rule, &rows, design.as_ref(), &options, until)?;
+        let pairs: Vec<(String, String)> = report
+            .analysis
+            .iter()
+            .chain(&report.variant_analysis)
+            .flat_map(|a| &a.comparisons)
+            .map(|c| (c.control.clone(), c.treatment.clone()))
+            .collect();
+        report.cumulative = cumulative(&daily, &pairs, options.alpha)?;
+        Ok(report)
+    })
+    .await?
 }
 
 /// One experiment in the overview.
@@ -719,6 +738,17 @@ pub async fn overview_from(
     let source = outcomes.as_ref().map_or(Source::Raw, Source::Outcomes);
     let lake = Lake::open(root)?;
     let (rows, until) = arm_sums(&lake, options, None, source).await?;
+    let (designs, options) = (designs.to_vec(), options.clone());
+    crate::off_runtime(move || overview_of(&rows, &designs, &options, until)).await?
+}
+
+/// The overview from every experiment's whole-arm sums.
+fn overview_of(
+    rows: &[ArmSums],
+    designs: &[RuleDesign],
+    options: &ReportOptions,
+    until: Option<i64>,
+) -> Result<Overview, ReportError> {
     let mut names: BTreeSet<String> = designs.iter().map(|d| d.rule.clone()).collect();
     names.extend(rows.iter().map(|r| r.experiment.clone()));
     let mut experiments = Vec::new();
@@ -763,6 +793,7 @@ mod tests {
             scheduled,
             triggered: 100 - holdout - scheduled,
             variants: Vec::new(),
+            transactional: false,
         }
     }
 
@@ -988,10 +1019,12 @@ mod tests {
             VariantWeight {
                 name: "a".into(),
                 weight: 1,
+                delay_secs: None,
             },
             VariantWeight {
                 name: "b".into(),
                 weight: 1,
+                delay_secs: None,
             },
         ];
         let r = build("x", &rows, Some(&d), &ReportOptions::default(), None).expect("report");

@@ -1,9 +1,11 @@
-//! `kairos report RULE`: the report as plain text for a terminal.
+//! `kairos report RULE` and `kairos report --program`: reports as plain
+//! text for a terminal.
 
 use std::fmt::Write as _;
 
 use kairos_experiments::stats::{Effect, Effects};
 
+use crate::program::Program;
 use crate::report::Report;
 
 fn money(v: f64) -> String {
@@ -151,4 +153,174 @@ pub fn headlines(r: &Report) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `+1.23 [0.10, 2.36]` of a pooled or summed estimate.
+fn span(estimate: f64, ci: [f64; 2], fmt: fn(f64) -> String) -> String {
+    format!(
+        "{}{} [{}, {}]",
+        if estimate >= 0.0 { "+" } else { "" },
+        fmt(estimate),
+        fmt(ci[0]),
+        fmt(ci[1])
+    )
+}
+
+/// The program headline, for summaries (`kairos demo`): the pooled
+/// triggered-vs-scheduled lifts and the incremental revenue in total.
+pub fn program_headlines(p: &Program) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in p
+        .pooled
+        .iter()
+        .filter(|c| c.control == "scheduled" && c.treatment == "triggered" && c.scale == "relative")
+    {
+        if let Some(pool) = &c.pooled {
+            out.push(format!(
+                "triggered vs scheduled, {} (pooled over {} rules): {} p={:.4}",
+                c.metric.replace('_', " "),
+                pool.studies,
+                span(pool.fixed.estimate, pool.fixed.ci, pct),
+                pool.fixed.p_value
+            ));
+        }
+    }
+    for t in p.incremental.totals.iter().filter(|t| t.rules > 0) {
+        let per = match (t.per_message, t.per_message_ci) {
+            (Some(m), Some(ci)) => format!(", {} per message", span(m, ci, money)),
+            _ => String::new(),
+        };
+        out.push(format!(
+            "incremental revenue, {} over holdout ({} rules): {}{per}",
+            t.arm,
+            t.rules,
+            span(t.incremental_revenue, t.ci, money)
+        ));
+    }
+    out
+}
+
+/// `kairos report --program`: the program view as text.
+pub fn render_program(p: &Program) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Program  ({} rules; window {}d; data until {})",
+        p.rules.len(),
+        p.options.window_secs as f64 / 86_400.0,
+        p.data_until.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "\nPooled across rules (fixed effect [CI], random effect, I²):"
+    );
+    for c in &p.pooled {
+        let fmt = if c.metric == "revenue_per_recipient" && c.scale == "absolute" {
+            money
+        } else {
+            pct
+        };
+        let label = format!(
+            "{} vs {}, {} {}",
+            c.treatment,
+            c.control,
+            c.metric.replace('_', " "),
+            c.scale
+        );
+        match &c.pooled {
+            Some(pool) => {
+                let _ = writeln!(
+                    out,
+                    "  {label:<58} {}  p={:.4}  random {}  I²={}  ({} rules)",
+                    span(pool.fixed.estimate, pool.fixed.ci, fmt),
+                    pool.fixed.p_value,
+                    span(pool.random.estimate, pool.random.ci, fmt),
+                    pool.heterogeneity
+                        .as_ref()
+                        .map_or("-".into(), |h| pct(h.i_squared)),
+                    pool.studies
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  {label:<58} no rule compares these arms yet");
+            }
+        }
+    }
+    let _ = writeln!(out, "\nIncremental revenue over the holdout:");
+    for r in &p.incremental.rules {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>9} recipients {:>9} messages  {}  per message {}",
+            r.rule,
+            r.arm,
+            r.recipients,
+            r.messages_sent,
+            span(r.incremental_revenue, r.ci, money),
+            match (r.per_message, r.per_message_ci) {
+                (Some(m), Some(ci)) => span(m, ci, money),
+                _ => "-".into(),
+            }
+        );
+    }
+    for t in &p.incremental.totals {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>9} recipients {:>9} messages  {}  per message {}",
+            format!("total ({} rules)", t.rules),
+            t.arm,
+            t.recipients,
+            t.messages_sent,
+            span(t.incremental_revenue, t.ci, money),
+            match (t.per_message, t.per_message_ci) {
+                (Some(m), Some(ci)) => span(m, ci, money),
+                _ => "-".into(),
+            }
+        );
+    }
+    let g = &p.global_control;
+    let _ = writeln!(
+        out,
+        "\nGlobal control group ({}% configured):",
+        g.configured_percent
+    );
+    if g.groups.is_empty() {
+        let _ = writeln!(out, "  none in the data");
+    }
+    for line in &g.groups {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>9} customers  conversion {}  revenue/customer {}",
+            line.group,
+            line.customers,
+            pct(line.conversion_rate),
+            money(line.revenue_per_customer)
+        );
+    }
+    if let Some(c) = g.analysis.as_ref().and_then(|a| a.comparisons.first()) {
+        effects(&mut out, "conversion", &c.conversion, pct);
+        effects(&mut out, "revenue per customer", &c.revenue, money);
+    }
+    if let (Some(v), Some(ci)) = (g.incremental_revenue, g.incremental_revenue_ci) {
+        let _ = writeln!(out, "  marketing earned {}", span(v, ci, money));
+    }
+    for t in &p.timing {
+        let _ = writeln!(out, "\nTiming of {} (lift over holdout by delay):", t.rule);
+        for pt in &t.points {
+            let _ = writeln!(
+                out,
+                "  {:<10} {:>6} h {:>8} recipients  conversion {}",
+                pt.variant,
+                pt.delay_secs / 3600,
+                pt.recipients,
+                effect(&pt.conversion.relative, pct)
+            );
+        }
+    }
+    if !p.notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for n in &p.notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    }
+    out
 }
