@@ -54,6 +54,7 @@ pub fn tables() -> Vec<(&'static str, SchemaRef)> {
                 s("arm"),
                 s("variant"),
                 s("decision"),
+                ts("decided_at"),
             ])),
         ),
         (

@@ -729,6 +729,7 @@ pub(crate) mod tests {
                         Some("ghost"),
                     ]),
                 ),
+                ("decided_at", times(&[T0; 7])),
             ],
         );
         let ev = [

@@ -177,9 +177,10 @@ pub fn program_headlines(p: &Program) -> Vec<String> {
     {
         if let Some(pool) = &c.pooled {
             out.push(format!(
-                "triggered vs scheduled, {} (pooled over {} rules): {} p={:.4}",
+                "triggered vs scheduled, {} (pooled over {} rule{}): {} p={:.4}",
                 c.metric.replace('_', " "),
                 pool.studies,
+                if pool.studies == 1 { "" } else { "s" },
                 span(pool.fixed.estimate, pool.fixed.ci, pct),
                 pool.fixed.p_value
             ));
@@ -191,9 +192,10 @@ pub fn program_headlines(p: &Program) -> Vec<String> {
             _ => String::new(),
         };
         out.push(format!(
-            "incremental revenue, {} over holdout ({} rules): {}{per}",
+            "incremental revenue, {} over holdout ({} rule{}): {}{per}",
             t.arm,
             t.rules,
+            if t.rules == 1 { "" } else { "s" },
             span(t.incremental_revenue, t.ci, money)
         ));
     }
