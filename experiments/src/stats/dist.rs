@@ -78,11 +78,11 @@ pub(crate) fn t_sf(x: f64, dof: f64) -> f64 {
     if dof.is_infinite() {
         return normal_sf(x);
     }
-    if dof > LARGE_DOF {
-        return normal_sf(cornish_fisher_inverse(x, dof));
-    }
     if x.is_infinite() {
         return 0.0;
+    }
+    if dof > LARGE_DOF {
+        return normal_sf(cornish_fisher_inverse(x, dof));
     }
     // I_{ν/(ν+x²)}(ν/2, 1/2) / 2; written with x²/ν so the argument keeps
     // its precision when x² is far below ν.
@@ -131,12 +131,9 @@ fn hill_z(x: f64, dof: f64) -> f64 {
     correction * y.sqrt()
 }
 
-/// The density of t(`dof`) at `x`, for the Newton steps (its accuracy sets
-/// how fast they converge, not where they end).
+/// The density of t(`dof`) at `x` (`dof` ≤ [`LARGE_DOF`]), for the Newton
+/// steps (its accuracy sets how fast they converge, not where they end).
 fn t_pdf(x: f64, dof: f64) -> f64 {
-    if dof > LARGE_DOF {
-        return normal_pdf(x) * (1.0 + (x.powi(4) - 2.0 * x * x - 1.0) / (4.0 * dof));
-    }
     let log_norm = ln_gamma((dof + 1.0) / 2.0) - ln_gamma(dof / 2.0) - 0.5 * (dof * PI).ln();
     (log_norm - (dof + 1.0) / 2.0 * (x * x / dof).ln_1p()).exp()
 }
@@ -252,6 +249,8 @@ mod tests {
         let z = normal_upper_quantile(0.025);
         assert!((z - 1.959_963_984_540_054).abs() < 1e-14, "{z}");
         assert_eq!(t_sf(f64::INFINITY, 7.0), 0.0);
+        assert_eq!(t_sf(f64::INFINITY, 1e9), 0.0);
+        assert_eq!(t_sf(f64::NEG_INFINITY, 1e9), 1.0);
         assert_eq!(chi_square_sf(0.0, 3), 1.0);
     }
 

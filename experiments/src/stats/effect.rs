@@ -141,6 +141,11 @@ pub(crate) fn effect(a: &ArmMetric, b: &ArmMetric, scale: Scale, settings: TestS
     let alpha = settings.alpha;
 
     let t = estimate / std_error;
+    if !t.is_finite() {
+        return Effect::NotEstimable {
+            reason: NotEstimable::NumericalOverflow,
+        };
+    }
     // Both tails by symmetry: 2·sf(|t|) keeps its relative precision down to
     // the smallest doubles, where gbstats' 2·(1 − cdf) rounds to 0 below ~1e-16.
     let p_value = (2.0 * t_sf(t.abs(), dof)).min(1.0);

@@ -464,9 +464,7 @@ fn charts(r: &Report, comparisons: &[&Comparison]) -> String {
                     .iter()
                     .filter_map(|p| {
                         let e = estimate(&p.revenue.absolute)?;
-                        let day = chrono::NaiveDate::parse_from_str(&p.date, "%Y-%m-%d").ok()?;
-                        let day = (day - chrono::NaiveDate::default()).num_days();
-                        Some((day, e.estimate, e.ci[0], e.ci[1]))
+                        Some((day_number(&p.date)?, e.estimate, e.ci[0], e.ci[1]))
                     })
                     .collect(),
             })
@@ -477,13 +475,7 @@ fn charts(r: &Report, comparisons: &[&Comparison]) -> String {
             s,
             "<figure id=\"cumulative\"><figcaption>Cumulative lift in revenue per recipient by day of assignment ({l} CI, unadjusted)</figcaption>{}\
              <p class=\"small\">Each point analyses everyone assigned up to that day; recent days include windows still open.</p></figure>",
-            svg::line_chart(
-                &series,
-                |d| (chrono::NaiveDate::default() + chrono::Days::new(d.max(0) as u64))
-                    .format("%Y-%m-%d")
-                    .to_string(),
-                signed_money
-            )
+            svg::line_chart(&series, date_of, signed_money)
         );
     }
     s.push_str("</div>");
@@ -891,7 +883,9 @@ fn program_verdict(p: &Program) -> String {
             continue;
         };
         if let Some(pool) = &c.pooled {
-            let e = &pool.fixed;
+            // The random-effects estimate: the fixed one when the rules
+            // agree, honestly wider when they do not.
+            let e = &pool.random;
             let word = if e.p_value < p.options.alpha && e.estimate > 0.0 {
                 "<strong>Triggered beats scheduled</strong>"
             } else if e.p_value < p.options.alpha {
@@ -1232,7 +1226,7 @@ fn timing_section(p: &Program) -> String {
                     .iter()
                     .filter_map(|pt| {
                         let e = estimate(pick(pt))?;
-                        Some(((pt.delay_secs / 3600) as i64, e.estimate, e.ci[0], e.ci[1]))
+                        Some(((pt.delay_secs / 60) as i64, e.estimate, e.ci[0], e.ci[1]))
                     })
                     .collect(),
             };
@@ -1249,7 +1243,7 @@ fn timing_section(p: &Program) -> String {
                 b,
                 "<figure class=\"timing-curve\"><figcaption>{}: lift by delay (hours)</figcaption>{}</figure>",
                 esc(&t.rule),
-                svg::line_chart(&series, |h| format!("{h} h"), signed_pct)
+                svg::line_chart(&series, |m| format!("{} h", m as f64 / 60.0), signed_pct)
             );
         }
     }

@@ -163,9 +163,9 @@ pub struct RuleIncrement {
     pub lift_per_recipient: f64,
     /// lift × recipients.
     pub incremental_revenue: f64,
-    /// Its standard error.
+    /// Its standard error, √(n·s²_arm + n²·s²_holdout/n_holdout).
     pub std_error: f64,
-    /// Its (1 − alpha) interval (the lift's t interval × recipients).
+    /// Its normal (1 − alpha) interval.
     pub ci: [f64; 2],
     /// incremental_revenue / messages_sent; null without messages.
     pub per_message: Option<f64>,
@@ -186,7 +186,8 @@ pub struct TotalIncrement {
     pub messages_sent: i64,
     /// Σ incremental revenue.
     pub incremental_revenue: f64,
-    /// √Σ standard error² (rules treated as independent).
+    /// Its standard error: rules are treated as independent; within a rule,
+    /// `all` counts the holdout the two arms share once.
     pub std_error: f64,
     /// Normal (1 − alpha) interval.
     pub ci: [f64; 2],
@@ -373,7 +374,7 @@ pub fn assemble(
                 .into(),
         );
     }
-    let incremental = incremental(&reports, daily, options.alpha);
+    let incremental = incremental(&reports, daily, options.alpha, &mut notes);
     let global_control = global_control(global_groups, global_control_percent, options.alpha)?;
     if global_control.groups.is_empty() {
         notes.push(if global_control_percent > 0.0 {
@@ -432,6 +433,10 @@ fn pool_across(
             .map(|a| a.recipients)
             .sum();
         match effect {
+            // Weights 1/se² overflow outside this range.
+            Effect::Estimated(e) if !(1e-150..=1e150).contains(&e.std_error) => {
+                not_estimable.push(format!("{}: numerical_overflow", r.rule));
+            }
             Effect::Estimated(e) => rules.push(RuleEffect {
                 rule: r.rule.clone(),
                 estimate: e.estimate,
@@ -488,74 +493,120 @@ fn normal_ci(estimate: f64, std_error: f64, alpha: f64) -> [f64; 2] {
     [estimate - z * std_error, estimate + z * std_error]
 }
 
-fn incremental(reports: &[Report], daily: &[ArmSums], alpha: f64) -> Incremental {
+/// An arm's recipients, revenue mean and per-recipient variance, and its
+/// `send` decisions; `None` below two recipients (no variance yet).
+fn arm_revenue(r: &Report, arm: &str) -> Option<(f64, f64, f64, i64)> {
+    let a = r.arms.iter().find(|a| a.name == arm)?;
+    if a.recipients < 2 {
+        return None;
+    }
+    let (mean, variance) = moments(
+        a.recipients,
+        a.stats.revenue_sum,
+        a.stats.revenue_sum_squares,
+    );
+    Some((a.recipients as f64, mean, variance, a.messages_sent))
+}
+
+/// Incremental revenue straight from the arms' sums (no baseline needed,
+/// so a holdout that bought nothing still counts): n_a·(ȳ_a − ȳ_h) with
+/// variance n_a·s²_a + n_a²·s²_h/n_h. Both marketed arms of a rule share
+/// its holdout, so their sum (`all`) has variance
+/// n_t·s²_t + n_s·s²_s + (n_t + n_s)²·s²_h/n_h, not the sum of theirs.
+fn incremental(
+    reports: &[Report],
+    daily: &[ArmSums],
+    alpha: f64,
+    notes: &mut Vec<String>,
+) -> Incremental {
+    #[derive(Default)]
+    struct Total {
+        revenue: f64,
+        variance: f64,
+        recipients: i64,
+        messages: i64,
+        rules: usize,
+    }
     let mut rules = Vec::new();
+    let mut totals: BTreeMap<&str, Total> = BTreeMap::new();
+    let mut series_rules: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for r in reports {
-        let Some(a) = &r.analysis else { continue };
-        for arm in ["triggered", "scheduled"] {
-            let Some(c) = a
-                .comparisons
-                .iter()
-                .find(|c| c.control == "holdout" && c.treatment == arm)
-            else {
+        let marketed = ["triggered", "scheduled"].map(|arm| (arm, arm_revenue(r, arm)));
+        if marketed.iter().all(|(_, m)| m.is_none()) {
+            continue;
+        }
+        let Some((nh, mh, vh, _)) = arm_revenue(r, "holdout") else {
+            notes.push(format!(
+                "{}: fewer than two holdout recipients, so no incremental revenue yet",
+                r.rule
+            ));
+            continue;
+        };
+        let (mut all_revenue, mut own_variance, mut all_n, mut all_messages) = (0.0, 0.0, 0.0, 0);
+        for (arm, m) in marketed {
+            let Some((n, mean, variance, messages)) = m else {
                 continue;
             };
-            let Effect::Estimated(e) = &c.revenue.absolute else {
-                continue;
-            };
-            let Some(treated) = r.arms.iter().find(|x| x.name == arm) else {
-                continue;
-            };
-            let n = treated.recipients as f64;
-            let messages = treated.messages_sent;
-            let per = |v: f64| v * n / messages as f64;
+            let revenue = n * (mean - mh);
+            let var = n * variance + n * n * vh / nh;
+            let ci = normal_ci(revenue, var.sqrt(), alpha);
+            let per = |v: f64| v / messages as f64;
             rules.push(RuleIncrement {
                 rule: r.rule.clone(),
                 arm: arm.into(),
-                recipients: treated.recipients,
+                recipients: n as i64,
                 messages_sent: messages,
-                lift_per_recipient: e.estimate,
-                incremental_revenue: e.estimate * n,
-                std_error: e.std_error * n,
-                ci: [e.ci[0] * n, e.ci[1] * n],
-                per_message: (messages > 0).then(|| per(e.estimate)),
-                per_message_ci: (messages > 0).then(|| [per(e.ci[0]), per(e.ci[1])]),
+                lift_per_recipient: mean - mh,
+                incremental_revenue: revenue,
+                std_error: var.sqrt(),
+                ci,
+                per_message: (messages > 0).then(|| per(revenue)),
+                per_message_ci: (messages > 0).then(|| [per(ci[0]), per(ci[1])]),
             });
+            let t = totals.entry(arm).or_default();
+            t.revenue += revenue;
+            t.variance += var;
+            t.recipients += n as i64;
+            t.messages += messages;
+            t.rules += 1;
+            series_rules.entry(arm).or_default().insert(r.rule.as_str());
+            all_revenue += revenue;
+            own_variance += n * variance;
+            all_n += n;
+            all_messages += messages;
         }
+        let t = totals.entry("all").or_default();
+        t.revenue += all_revenue;
+        t.variance += own_variance + all_n * all_n * vh / nh;
+        t.recipients += all_n as i64;
+        t.messages += all_messages;
+        t.rules += 1;
     }
-    let total = |arm: &str| {
-        let mine: Vec<&RuleIncrement> = rules
-            .iter()
-            .filter(|r| arm == "all" || r.arm == arm)
-            .collect();
-        let inc: f64 = mine.iter().map(|r| r.incremental_revenue).sum();
-        let se = mine.iter().map(|r| r.std_error.powi(2)).sum::<f64>().sqrt();
-        let messages: i64 = mine.iter().map(|r| r.messages_sent).sum();
-        let ci = normal_ci(inc, se, alpha);
-        let m = messages as f64;
-        TotalIncrement {
-            arm: arm.into(),
-            rules: mine
-                .iter()
-                .map(|r| r.rule.as_str())
-                .collect::<BTreeSet<_>>()
-                .len(),
-            recipients: mine.iter().map(|r| r.recipients).sum(),
-            messages_sent: messages,
-            incremental_revenue: inc,
-            std_error: se,
-            ci,
-            per_message: (messages > 0).then(|| inc / m),
-            per_message_ci: (messages > 0).then(|| [ci[0] / m, ci[1] / m]),
-        }
-    };
-    let totals = ["triggered", "scheduled", "all"].map(total).to_vec();
-    let rule_names: BTreeSet<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
+    let totals = ["triggered", "scheduled", "all"]
+        .map(|arm| {
+            let t = totals.remove(arm).unwrap_or_default();
+            let se = t.variance.sqrt();
+            let ci = normal_ci(t.revenue, se, alpha);
+            let m = t.messages as f64;
+            TotalIncrement {
+                arm: arm.into(),
+                rules: t.rules,
+                recipients: t.recipients,
+                messages_sent: t.messages,
+                incremental_revenue: t.revenue,
+                std_error: se,
+                ci,
+                per_message: (t.messages > 0).then(|| t.revenue / m),
+                per_message_ci: (t.messages > 0).then(|| [ci[0] / m, ci[1] / m]),
+            }
+        })
+        .to_vec();
+    let none = BTreeSet::new();
     let daily = ["triggered", "scheduled"]
         .iter()
         .map(|arm| DailySeries {
             arm: (*arm).into(),
-            points: daily_series(daily, &rule_names, arm, alpha),
+            points: daily_series(daily, series_rules.get(arm).unwrap_or(&none), arm, alpha),
         })
         .collect();
     Incremental {
@@ -761,6 +812,18 @@ pub async fn global_control_sums(
     } else {
         format!("experiment NOT IN ({})", transactional.join(", "))
     };
+    // Without a control group there is nothing to compare: one look at the
+    // `variant` column spares the join of every marketed customer to the
+    // events.
+    let held_out = lake
+        .ctx
+        .sql("SELECT 1 FROM sends WHERE variant = 'global_control' LIMIT 1")
+        .await?
+        .count()
+        .await?;
+    if held_out == 0 {
+        return Ok(Vec::new());
+    }
     let sql = global_control_sql(options, &marketing);
     let batches = lake.ctx.sql(&sql).await?.collect().await?;
     let mut out = Vec::new();
@@ -827,9 +890,17 @@ fn global_control_sql(options: &ReportOptions, marketing: &str) -> String {
     };
     // Nearest-rank percentile cap over both groups' positive revenue, as
     // the rule reports cap within an experiment.
-    let (caps, cap) = match options.cap {
-        Capping::None => (String::new(), "CAST(NULL AS DOUBLE)".to_string()),
-        Capping::Absolute { value } => (String::new(), format!("CAST({value:?} AS DOUBLE)")),
+    let (caps, cap, cap_join) = match options.cap {
+        Capping::None => (
+            String::new(),
+            "CAST(NULL AS DOUBLE)".to_string(),
+            String::new(),
+        ),
+        Capping::Absolute { value } => (
+            String::new(),
+            format!("CAST({value:?} AS DOUBLE)"),
+            String::new(),
+        ),
         Capping::Percentile { percentile } => (
             format!(
                 "caps AS (
@@ -839,7 +910,8 @@ fn global_control_sql(options: &ReportOptions, marketing: &str) -> String {
                      FROM per WHERE y > 0)),",
                 q = percentile / 100.0
             ),
-            "(SELECT cap FROM caps)".to_string(),
+            "caps.cap".to_string(),
+            "CROSS JOIN caps".to_string(),
         ),
     };
     format!(
@@ -861,9 +933,9 @@ fn global_control_sql(options: &ReportOptions, marketing: &str) -> String {
            GROUP BY u.grp, u.k1, u.k2, u.at),
          {caps}
          capped AS (
-           SELECT grp, converted,
-                  CASE WHEN {cap} IS NOT NULL AND y > {cap} THEN {cap} ELSE y END AS yc
-           FROM per),
+           SELECT per.grp, per.converted,
+                  CASE WHEN {cap} IS NOT NULL AND per.y > {cap} THEN {cap} ELSE per.y END AS yc
+           FROM per {cap_join}),
          hits AS (
            SELECT grp, CAST(sum(converted) AS BIGINT) AS conversions,
                   sum(yc) AS revenue_sum, sum(yc * yc) AS revenue_sum_squares
@@ -1156,6 +1228,24 @@ mod tests {
         assert_eq!((s.arm.as_str(), s.rules), ("scheduled", 2));
         let all = &p.incremental.totals[2];
         assert!((all.incremental_revenue - (total + s.incremental_revenue)).abs() < 1e-6);
+        // The shared holdout counted once: n_t·s²_t + n_s·s²_s + (n_t + n_s)²·s²_h/n_h.
+        let mut all_var = 0.0;
+        for rule in ["cart", "browse", "order"] {
+            let (nh, _, vh) = revenue(&rows, rule, "holdout");
+            let (nt, _, vt) = revenue(&rows, rule, "triggered");
+            let (ns, vs) = if rule == "order" {
+                (0.0, 0.0)
+            } else {
+                let (ns, _, vs) = revenue(&rows, rule, "scheduled");
+                (ns, vs)
+            };
+            all_var += nt * vt + ns * vs + (nt + ns).powi(2) * vh / nh;
+        }
+        assert!(
+            (all.std_error - all_var.sqrt()).abs() < 1e-9 * all_var.sqrt(),
+            "{all:?}"
+        );
+        assert!(all.std_error > (t.std_error.powi(2) + s.std_error.powi(2)).sqrt());
         // The daily series ends at the total, and its days add up to it.
         let daily = &p.incremental.daily[0];
         assert_eq!(daily.arm, "triggered");
@@ -1211,7 +1301,7 @@ mod tests {
         let lift = 47_500.0 / 9_500.0 - 2000.0 / 500.0;
         let inc = g.incremental_revenue.expect("estimate");
         assert!((inc - lift * 9_500.0).abs() < 1e-6, "{inc}");
-        // Configured at 0: the groups are compared without an SRM weight.
+        // No control group in the data: no groups, and a note on setting one up.
         let off =
             assemble(&lake(), &[], &ReportOptions::default(), None, &[], 0.0).expect("program");
         assert!(off.global_control.groups.is_empty());
@@ -1259,6 +1349,74 @@ mod tests {
             .find(|s| s.group == "marketed")
             .expect("marketed");
         assert!((m.revenue_sum - 550.0).abs() < 1e-9, "{m:?}");
+        // p50 of the positive revenues 10, 40, 1030 is 40 (nearest rank 2).
+        let median = ReportOptions {
+            cap: Capping::Percentile { percentile: 50.0 },
+            ..ReportOptions::default()
+        };
+        let sums = global_control_sums(&lake, &[], &median)
+            .await
+            .expect("query");
+        let m = sums
+            .iter()
+            .find(|s| s.group == "marketed")
+            .expect("marketed");
+        assert!((m.revenue_sum - 90.0).abs() < 1e-9, "{m:?}");
+    }
+
+    #[test]
+    fn a_holdout_that_bought_nothing_still_gives_incremental_revenue() {
+        // Its relative lift has no baseline, but revenue over it is defined.
+        let rows = vec![
+            row("quiet", "holdout", None, 100, 50, 0, 0.0, 0.0, 0),
+            row(
+                "quiet",
+                "triggered",
+                None,
+                100,
+                450,
+                9,
+                450.0,
+                27_000.0,
+                440,
+            ),
+        ];
+        let p = assemble(
+            &rows,
+            &[design("quiet")],
+            &ReportOptions::default(),
+            None,
+            &[],
+            0.0,
+        )
+        .expect("program");
+        let r = &p.incremental.rules[0];
+        assert!((r.incremental_revenue - 450.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(p.incremental.totals[0].rules, 1);
+        let last = p.incremental.daily[0].points.last().expect("a point");
+        assert!((last.cumulative - 450.0).abs() < 1e-9);
+        // One holdout recipient: no variance, no estimate, and a note.
+        let rows = vec![
+            row("tiny", "holdout", None, 100, 1, 0, 0.0, 0.0, 0),
+            row("tiny", "triggered", None, 100, 9, 1, 10.0, 100.0, 9),
+        ];
+        let p = assemble(
+            &rows,
+            &[design("tiny")],
+            &ReportOptions::default(),
+            None,
+            &[],
+            0.0,
+        )
+        .expect("program");
+        assert!(p.incremental.rules.is_empty());
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("tiny: fewer than two holdout")),
+            "{:?}",
+            p.notes
+        );
     }
 
     #[test]

@@ -181,8 +181,8 @@ pub fn program_headlines(p: &Program) -> Vec<String> {
                 c.metric.replace('_', " "),
                 pool.studies,
                 if pool.studies == 1 { "" } else { "s" },
-                span(pool.fixed.estimate, pool.fixed.ci, pct),
-                pool.fixed.p_value
+                span(pool.random.estimate, pool.random.ci, pct),
+                pool.random.p_value
             ));
         }
     }
@@ -305,6 +305,19 @@ pub fn render_program(p: &Program) -> String {
     if let (Some(v), Some(ci)) = (g.incremental_revenue, g.incremental_revenue_ci) {
         let _ = writeln!(out, "  marketing earned {}", span(v, ci, money));
     }
+    if let Some(a) = g.analysis.as_ref().filter(|_| g.configured_percent > 0.0) {
+        let _ = writeln!(
+            out,
+            "  sample ratio against the configured {}%: p={:.4}{}",
+            g.configured_percent,
+            a.srm.p_value,
+            if a.srm.flagged {
+                "  MISMATCH: was the percent changed?"
+            } else {
+                ""
+            }
+        );
+    }
     for t in &p.timing {
         let _ = writeln!(out, "\nTiming of {} (lift over holdout by delay):", t.rule);
         for pt in &t.points {
@@ -312,7 +325,7 @@ pub fn render_program(p: &Program) -> String {
                 out,
                 "  {:<10} {:>6} h {:>8} recipients  conversion {}",
                 pt.variant,
-                pt.delay_secs / 3600,
+                pt.delay_secs as f64 / 3600.0,
                 pt.recipients,
                 effect(&pt.conversion.relative, pct)
             );
