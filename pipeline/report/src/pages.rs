@@ -894,13 +894,14 @@ fn program_verdict(p: &Program) -> String {
                 "<strong>No significant difference yet</strong> between triggered and scheduled"
             };
             items.push(format!(
-                "{word} on {}: {} ({l} CI [{}, {}], p = {}), pooled over {} rules.",
+                "{word} on {}: {} ({l} CI [{}, {}], p = {}), pooled over {} rule{}.",
                 metric_label(metric, "absolute"),
                 signed_pct(e.estimate),
                 signed_pct(e.ci[0]),
                 signed_pct(e.ci[1]),
                 pval(e.p_value),
-                pool.studies
+                pool.studies,
+                if pool.studies == 1 { "" } else { "s" }
             ));
         }
     }
