@@ -482,7 +482,13 @@ pub fn build(
             .collect();
         group.append(&mut variants.clone());
         for a in group.iter_mut() {
-            a.stats.weight = design.map(|d| d.weight(&a.arm, a.variant.as_deref()));
+            // A variant the rule file does not list (it was renamed or
+            // removed, or the report reads another rules folder) has no
+            // configured share: then no variant has one, and the check is
+            // skipped rather than the analysis refused.
+            a.stats.weight = design
+                .map(|d| d.weight(&a.arm, a.variant.as_deref()))
+                .filter(|w| *w > 0.0);
         }
         settle_weights(&mut group);
         let control = group[0].name.clone();
@@ -1035,6 +1041,14 @@ mod tests {
         assert_eq!(names, ["triggered:a", "triggered:b"]);
         // 20% holdout, 40% per variant: 100/200/200 observed is the split.
         assert_eq!(r.variants[0].expected_share, Some(0.4));
+        // A rules folder that does not know the variants: no configured
+        // share, and still an analysis.
+        let mut unknown = d.clone();
+        unknown.variants.clear();
+        let u = build("x", &rows, Some(&unknown), &ReportOptions::default(), None)
+            .expect("variants the rule file does not list");
+        assert_eq!(u.variants[0].expected_share, None);
+        assert_eq!(u.variant_analysis.expect("variants").comparisons.len(), 2);
         let va = r.variant_analysis.expect("variants");
         assert_eq!(va.comparisons.len(), 2);
         assert_eq!(va.comparisons[1].treatment, "triggered:b");
