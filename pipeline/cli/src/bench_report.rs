@@ -221,13 +221,7 @@ pub async fn bench_report(args: BenchReportArgs) -> anyhow::Result<()> {
     println!("  same sums in every arm");
     timed(
         "the program view (pooled lifts, incremental revenue, global control)",
-        kairos_report::program::program_from(
-            &root,
-            &designs,
-            &options,
-            &outcomes::Outcomes::exact(),
-            0.0,
-        ),
+        kairos_report::program::program(&root, &designs, &options, 0.0),
     )
     .await?;
 

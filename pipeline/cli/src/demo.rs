@@ -260,11 +260,10 @@ async fn summary(config: &Config, data: &Path) -> anyhow::Result<()> {
     for h in kairos_report::text::headlines(&report) {
         println!("  {h}");
     }
-    let program = kairos_report::program::program_from(
+    let program = kairos_report::program::program(
         &root,
         &designs,
         &options,
-        &kairos_report::outcomes::Outcomes::exact(),
         config.experiments.global_control_percent,
     )
     .await?;

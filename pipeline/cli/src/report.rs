@@ -88,11 +88,10 @@ pub async fn report(mut config: Config, args: ReportArgs) -> anyhow::Result<()> 
         .with_context(|| format!("opening data root {}", config.storage.data))?;
     let designs = kairos_report::report::load_designs(&config.rules.dir);
     let Some(rule) = &args.rule else {
-        let p = kairos_report::program::program_from(
+        let p = kairos_report::program::program(
             &root,
             &designs,
             &options,
-            &kairos_report::outcomes::Outcomes::exact(),
             config.experiments.global_control_percent,
         )
         .await?;

@@ -84,7 +84,9 @@ pub enum ReportError {
     },
     /// The statistics task panicked (a bug: please report it with the
     /// request).
-    #[error("the statistics task failed: {0}")]
+    #[error(
+        "the statistics task failed ({0}); this is a bug in Kairos: please report it with the request or `kairos stats` input that caused it"
+    )]
     Task(String),
     /// The statistics did not finish within [`STATS_DEADLINE`].
     #[error(

@@ -825,7 +825,10 @@ mod tests {
     }
 }
 
-/// A day number (days since 1970-01-01) of a `YYYY-MM-DD` date.
+/// A day number (days since 1970-01-01) of a `YYYY-MM-DD` date. The dates
+/// are the reports' own (`rfc3339` of a day number), so `None` cannot
+/// happen in practice; were it to, the point is left out of the chart only,
+/// and its row in the table beside the chart still shows it.
 fn day_number(date: &str) -> Option<i64> {
     let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
     Some((day - chrono::NaiveDate::default()).num_days())

@@ -281,6 +281,24 @@ pub struct TimingPoint {
     pub revenue: Effects,
 }
 
+/// The program view over the lake at `root`, exact: the raw tables or
+/// outcomes refreshed first (see [`program_from`]).
+pub async fn program(
+    root: &DataRoot,
+    designs: &[RuleDesign],
+    options: &ReportOptions,
+    global_control_percent: f64,
+) -> Result<Program, ReportError> {
+    program_from(
+        root,
+        designs,
+        options,
+        &Outcomes::exact(),
+        global_control_percent,
+    )
+    .await
+}
+
 /// The program view over the lake at `root`, from the maintained outcomes
 /// when they answer `options`.
 pub async fn program_from(

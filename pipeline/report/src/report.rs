@@ -322,7 +322,7 @@ fn arm_report(
         s.revenue_sum,
         s.revenue_sum_squares,
     );
-    stats.weight = weight.filter(|w| *w > 0.0);
+    stats.weight = weight;
     if options.cuped && options.pre_period_secs > 0 {
         stats.covariate_sum = Some(s.covariate_sum);
         stats.covariate_sum_squares = Some(s.covariate_sum_squares);
@@ -353,7 +353,9 @@ fn arm_report(
 /// Fills `expected_share` and keeps the weights only if every arm has a
 /// positive configured share (else the check would be meaningless).
 fn settle_weights(arms: &mut [ArmReport]) -> bool {
-    let all = arms.iter().all(|a| a.stats.weight.is_some());
+    // An arm configured at 0%, or a variant the rules folder does not list
+    // (renamed, removed, or another folder read), has no usable share.
+    let all = arms.iter().all(|a| a.stats.weight.is_some_and(|w| w > 0.0));
     let total: f64 = arms.iter().filter_map(|a| a.stats.weight).sum();
     for a in arms.iter_mut() {
         if all {
@@ -482,13 +484,7 @@ pub fn build(
             .collect();
         group.append(&mut variants.clone());
         for a in group.iter_mut() {
-            // A variant the rule file does not list (it was renamed or
-            // removed, or the report reads another rules folder) has no
-            // configured share: then no variant has one, and the check is
-            // skipped rather than the analysis refused.
-            a.stats.weight = design
-                .map(|d| d.weight(&a.arm, a.variant.as_deref()))
-                .filter(|w| *w > 0.0);
+            a.stats.weight = design.map(|d| d.weight(&a.arm, a.variant.as_deref()));
         }
         settle_weights(&mut group);
         let control = group[0].name.clone();
