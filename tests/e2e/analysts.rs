@@ -436,6 +436,63 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
         summary.push(line);
     };
     eprintln!("demo serving after {:.1?}", started.elapsed());
+    // Issue 16: the demo's server needs the read token, and prints a page
+    // link carrying it.
+    let link = loop {
+        let line = lines.next().expect("page links").expect("read");
+        if line.contains("/program?token=") {
+            break line[line.find("http://").expect("url")..]
+                .trim()
+                .to_string();
+        }
+        assert!(
+            !line.contains("/experiments"),
+            "no token link before {line:?}"
+        );
+    };
+    let token = link.rsplit_once("token=").expect("token").1.to_string();
+    let client = {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .expect("client")
+    };
+    let refused = reqwest::get(format!("{base}/api/program"))
+        .await
+        .expect("GET");
+    assert_eq!(refused.status().as_u16(), 401, "reports need the token");
+    // The link sets the token as a cookie and leaves the address bar clean.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = plain.get(&link).send().await.expect("GET link");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/program");
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite="),
+        "{cookie}"
+    );
+    let page = plain
+        .get(format!("{base}/experiments"))
+        .header("cookie", cookie.split(';').next().expect("pair"))
+        .send()
+        .await
+        .expect("GET with cookie");
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "the cookie opens the other pages"
+    );
     let summary = summary.join("\n");
     for want in [
         "events ",
@@ -452,7 +509,9 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
     }
 
     // Demo settings: 8,000 simulated customers, +20% triggered conversion.
-    let report: Value = reqwest::get(format!("{base}/api/experiments/cart_abandonment"))
+    let report: Value = client
+        .get(format!("{base}/api/experiments/cart_abandonment"))
+        .send()
         .await
         .expect("GET report")
         .json()
@@ -477,7 +536,9 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
 
     // Issue 15: the program view pools every rule with both arms; the
     // simulated cohort dominates, so the pooled lifts recover it.
-    let program: Value = reqwest::get(format!("{base}/api/program"))
+    let program: Value = client
+        .get(format!("{base}/api/program"))
+        .send()
         .await
         .expect("GET program")
         .json()
@@ -544,7 +605,9 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
         total["incremental_revenue"].as_f64().expect("revenue") > 0.0,
         "{total}"
     );
-    let page = reqwest::get(format!("{base}/program"))
+    let page = client
+        .get(format!("{base}/program"))
+        .send()
         .await
         .expect("GET /program");
     assert_eq!(page.status().as_u16(), 200);
@@ -554,7 +617,9 @@ async fn issue_7_demo_replays_then_serves_the_report_with_the_simulated_lift() {
         "forest plot missing"
     );
 
-    let page = reqwest::get(format!("{base}/experiments/cart_abandonment"))
+    let page = client
+        .get(format!("{base}/experiments/cart_abandonment"))
+        .send()
         .await
         .expect("GET page");
     assert_eq!(page.status().as_u16(), 200);

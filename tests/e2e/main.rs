@@ -19,5 +19,6 @@ mod report;
 mod rules;
 mod rules_live;
 mod s3;
+mod security;
 mod stats_load;
 mod support;

@@ -34,6 +34,9 @@ pub struct Server {
     pub data: String,
     config: PathBuf,
     env: Vec<(String, String)>,
+    /// `--insecure-local`: loopback needs no key. True for the tests of
+    /// other features; the security tests start servers with the defaults.
+    insecure_local: bool,
 }
 
 impl Server {
@@ -58,8 +61,36 @@ impl Server {
         )
     }
 
+    /// Like [`Server::start`], but with the safe defaults: no
+    /// `--insecure-local`, so the first start generates a write key and a
+    /// read token (see [`Server::generated`]) unless `toml` sets them.
+    pub fn start_secure(data: &str, toml: &str) -> Server {
+        Server::start_as(data, toml, Vec::new(), false)
+    }
+
+    /// The write key and read token the server generated into its data root.
+    pub fn generated(&self) -> (String, String) {
+        let path = Path::new(&self.data).join("_kairos/access.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("access.json");
+        (
+            v["write_key"].as_str().expect("write_key").to_string(),
+            v["read_token"].as_str().expect("read_token").to_string(),
+        )
+    }
+
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(data: &str, toml: &str, env: Vec<(String, String)>) -> Server {
+        Server::start_as(data, toml, env, true)
+    }
+
+    fn start_as(
+        data: &str,
+        toml: &str,
+        env: Vec<(String, String)>,
+        insecure_local: bool,
+    ) -> Server {
         let config = std::env::temp_dir().join(format!(
             "kairos-test-{}-{}.toml",
             std::process::id(),
@@ -72,6 +103,7 @@ impl Server {
             data: data.to_string(),
             config,
             env,
+            insecure_local,
         };
         s.spawn();
         s
@@ -88,6 +120,7 @@ impl Server {
             "--config",
         ])
         .arg(&self.config)
+        .args(self.insecure_local.then_some("--insecure-local"))
         .env("RUST_LOG", "warn")
         .env(
             "KAIROS__RULES__DIR",
@@ -125,6 +158,28 @@ impl Server {
             assert!(Instant::now() < deadline, "server not healthy within 10 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's resident memory, bytes (Linux `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     /// `base` + `path`.

@@ -127,9 +127,12 @@ pub fn demo(
     config.server.listen = args.listen;
     // The replay is the whole history: the server only shows it.
     config.rules.enabled = false;
-    rt.block_on(crate::serve::serve_with(config, |addr| {
+    rt.block_on(crate::serve::serve_with(config, |addr, token| {
+        // The first link carries the read token; the page keeps it as a
+        // cookie, so the others need none once it was opened.
+        let with_token = token.map(|t| format!("?token={t}")).unwrap_or_default();
         println!("\nReport pages (Ctrl-C stops the server):");
-        println!("  http://{addr}/program");
+        println!("  http://{addr}/program{with_token}");
         println!("  http://{addr}/experiments/{RULE}");
         println!("  http://{addr}/experiments");
     }))

@@ -7,6 +7,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod access;
 mod backtest;
 mod bench;
 mod bench_report;
@@ -15,6 +16,7 @@ mod compact;
 mod demo;
 mod generate;
 mod import;
+mod listen;
 mod live;
 mod loadgen;
 mod replay;
@@ -62,6 +64,10 @@ enum Command {
         /// Rules folder. Default from config (./sql).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Trust loopback clients when no key or token is configured
+        /// (server.insecure_local): for a laptop with nothing else on it.
+        #[arg(long)]
+        insecure_local: bool,
     },
     /// Load files into the data root without a server.
     Import {
@@ -250,8 +256,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             rules,
+            insecure_local,
         } => {
             let mut c = config()?;
+            c.server.insecure_local |= insecure_local;
             c.storage.data = data.unwrap_or(c.storage.data);
             c.server.listen = listen.unwrap_or(c.server.listen);
             c.rules.dir = rules.unwrap_or(c.rules.dir);

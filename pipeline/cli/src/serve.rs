@@ -16,27 +16,29 @@ use tower_http::trace::TraceLayer;
 
 use kairos_core::Config;
 use kairos_core::event::EventTypes;
-use kairos_ingest::{Committer, IngestState, Metrics, Normalizer};
+use kairos_ingest::{Committer, IngestLimits, IngestState, Metrics, Normalizer, WriteAccess};
 use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
 
 use crate::live;
 
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    serve_with(config, |_| {}).await
+    serve_with(config, |_, _| {}).await
 }
 
-/// [`serve`], calling `on_listen` with the bound address once the port is
-/// open (the demo prints its page links then).
+/// [`serve`], calling `on_listen` with the bound address and the read
+/// token (`None` with `server.insecure_local`) once the port is open (the
+/// demo prints its page links then).
 pub async fn serve_with(
     mut config: Config,
-    on_listen: impl FnOnce(std::net::SocketAddr),
+    on_listen: impl FnOnce(std::net::SocketAddr, Option<&str>),
 ) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let root = DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
     // One key for signing (delivery) and checking (the /u/ route) unsubscribe
     // links, settled before either starts.
+    let read_token = crate::access::settle(&mut config, &root).await?;
     let link_key = kairos_messaging::delivery::link_key(&root, &config.messaging.link_key.0)
         .await
         .context("reading or storing _kairos/link-key")?;
@@ -133,9 +135,6 @@ pub async fn serve_with(
         stopped,
     ));
 
-    if config.ingest.write_keys.is_empty() && !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "no ingest.write_keys configured: only loopback clients will be accepted");
-    }
     let state = Arc::new(IngestState {
         normalizer: Normalizer::new(
             EventTypes::new(&config.events.mapping),
@@ -144,13 +143,16 @@ pub async fn serve_with(
         ),
         committer,
         metrics: metrics.clone(),
-        write_keys: config
-            .ingest
-            .write_keys
-            .iter()
-            .map(|k| k.0.clone())
-            .collect(),
-        max_body_bytes: config.ingest.max_body_bytes,
+        access: WriteAccess {
+            server_keys: config.ingest.write_keys.clone(),
+            client_keys: config.ingest.client_keys.clone(),
+            open_loopback: config.server.insecure_local,
+        },
+        limits: IngestLimits {
+            max_body_bytes: config.ingest.max_body_bytes,
+            max_batch_items: config.ingest.max_batch_items.max(1),
+            max_import_lines: config.ingest.max_import_lines.max(1),
+        },
         backlog: backlog.clone(),
         max_staged_bytes: config.ingest.max_staged_bytes,
     });
@@ -167,21 +169,21 @@ pub async fn serve_with(
         &config.messaging.public_url,
         config.messaging.channels.clone(),
     );
-    let m = metrics.clone();
+    let checks = Arc::new(crate::listen::RequestChecks {
+        hostnames: config.server.hostnames.clone(),
+        browser_origins: config.ingest.browser_origins.clone(),
+    });
     let app = Router::new()
         .merge(crate::unsubscribe::router(link_key, state.clone()))
         .merge(crate::callbacks::router(callbacks))
-        .merge(kairos_ingest::router(state))
+        .merge(kairos_ingest::router(state, &config.ingest.browser_origins))
         .merge(report_router(&config, &root)?)
+        .merge(metrics_router(metrics, backlog, read_token.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || async move {
-                m.staged_bytes
-                    .set(backlog.load(std::sync::atomic::Ordering::Relaxed) as i64);
-                ([("content-type", "text/plain; version=0.0.4")], m.render())
-            }),
-        )
+        .layer(axum::middleware::from_fn_with_state(
+            checks,
+            crate::listen::check_requests,
+        ))
         .layer(TraceLayer::new_for_http());
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -191,13 +193,13 @@ pub async fn serve_with(
     tracing::info!(addr = %local, data = %root.url, writer = %writer.0, "kairos listening");
     // Tests and scripts read this line to learn the port when asked for :0.
     println!("listening on http://{local}");
-    on_listen(local);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal(on_rules_failure))
-    .await?;
+    on_listen(local, read_token.as_deref());
+    let limits = crate::listen::Limits {
+        max_connections: config.server.max_connections,
+        header_timeout: server_duration("header_timeout", &config.server.header_timeout)?,
+        body_timeout: server_duration("body_timeout", &config.server.body_timeout)?,
+    };
+    crate::listen::serve(listener, app, limits, shutdown_signal(on_rules_failure)).await;
 
     // The router (and with it every committer handle) is gone: the
     // committer drains what was queued, then the last publish runs.
@@ -213,12 +215,57 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// `server.NAME` as a duration.
+fn server_duration(name: &str, value: &str) -> anyhow::Result<Duration> {
+    match kairos_rules::rule::parse_duration(value) {
+        Ok(0) => anyhow::bail!("server.{name}: must be longer than 0"),
+        Ok(s) => Ok(Duration::from_secs(s)),
+        Err(e) => anyhow::bail!("server.{name}: {e} (e.g. \"10s\")"),
+    }
+}
+
+/// `GET /metrics`: Prometheus text, behind the read token like the reports
+/// (queue depths and rates tell an outsider about the business).
+fn metrics_router(
+    metrics: Arc<Metrics>,
+    backlog: Arc<std::sync::atomic::AtomicU64>,
+    token: Option<String>,
+) -> Router {
+    let token = Arc::new(token);
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                metrics
+                    .staged_bytes
+                    .set(backlog.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    let peer = crate::listen::peer(&req);
+                    match kairos_report::http::allowed(token.as_deref(), req.headers(), peer) {
+                        Ok(()) => next.run(req).await,
+                        Err((status, message)) => {
+                            use axum::response::IntoResponse as _;
+                            (status, axum::Json(serde_json::json!({"error": message})))
+                                .into_response()
+                        }
+                    }
+                }
+            },
+        ))
+}
+
 /// `/api/...` and `/experiments...`: experiment reports over the same data root.
 fn report_router(config: &Config, root: &DataRoot) -> anyhow::Result<Router> {
     let token = config.report.token.0.trim();
-    if token.is_empty() && !config.server.listen.ip().is_loopback() {
-        tracing::warn!(listen = %config.server.listen, "no report.token configured: only loopback clients may read reports");
-    }
     let secs = |name: &str, value: &str| -> anyhow::Result<Duration> {
         kairos_rules::rule::parse_duration(value)
             .map(Duration::from_secs)

@@ -13,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+pub use crate::secret::Secret;
+
 /// The defaults, embedded so the binary runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -167,14 +169,40 @@ pub struct StorageConfig {
 pub struct ServerConfig {
     /// Bind address. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Host names the server answers to besides IP addresses and
+    /// `localhost` (the `Host` header is checked: DNS rebinding). Default empty.
+    pub hostnames: Vec<String>,
+    /// Loopback clients need no key or token when none is configured.
+    /// Default false: the first start generates them (`docs/security.md`).
+    pub insecure_local: bool,
+    /// Open connections at most; further ones wait to be accepted. Default 1024.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this. Default `10s`.
+    pub header_timeout: String,
+    /// A request's body must arrive within this. Default `60s`.
+    pub body_timeout: String,
 }
 
 /// `[ingest]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Accepted write keys; empty means open on loopback only. Default empty.
+    /// Server write keys (back ends, warehouses): may change consent and
+    /// contact addresses. Default empty (see `server.insecure_local`).
     pub write_keys: Vec<Secret>,
+    /// Client write keys (browsers, apps: public by nature): may not opt
+    /// in to consent nor change an existing customer's protected traits.
+    pub client_keys: Vec<Secret>,
+    /// Origins (`https://shop.example`) whose pages may send with a client
+    /// key; CORS is answered for these only. Default empty.
+    pub browser_origins: Vec<String>,
+    /// Traits only server keys may set on an existing customer (opting out
+    /// of consent is always allowed). Default `email`, `phone`, `consent`.
+    pub protected_traits: Vec<String>,
+    /// Calls in one batch at most. Default 10000.
+    pub max_batch_items: usize,
+    /// Lines in one `/v1/import` body at most. Default 100000.
+    pub max_import_lines: usize,
     /// Largest request body after decompression, bytes. Default 4 MiB.
     pub max_body_bytes: usize,
     /// Largest single event, bytes. Default 32 KiB.
@@ -256,17 +284,6 @@ pub struct PolicyConfig {
 pub struct ExperimentsConfig {
     /// Percent of customers held out of all marketing messages.
     pub global_control_percent: f64,
-}
-
-/// A secret string whose `Debug` never prints the value.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// Why configuration could not be loaded.

@@ -2,10 +2,12 @@
 //!
 //! - [`config`]: the TOML configuration with env overrides.
 //! - [`event`]: the validated event model that ingest stages and storage publishes.
+//! - [`secret`]: secrets that never print, compared in constant time.
 //! - [`time`]: timestamp helpers (µs since the epoch, RFC 3339).
 
 pub mod config;
 pub mod event;
+pub mod secret;
 pub mod time;
 
 pub use config::Config;

@@ -26,6 +26,73 @@ pub struct ItemError {
     pub reason: String,
 }
 
+/// A reason is cut to this many bytes: parse errors quote the input, and
+/// an answer listing 100 errors must stay small.
+const MAX_REASON_BYTES: usize = 300;
+
+/// Nesting deeper than this in `properties`, `context` or `traits` is
+/// refused: nothing Kairos or a rule reads is that deep, and bounded depth
+/// keeps every later parse and merge (recursive) cheap.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Ids longer than this are refused.
+pub const MAX_ID_BYTES: usize = 1024;
+
+impl ItemError {
+    /// An error for item `index`, its reason cut to a bounded length.
+    pub fn new(index: usize, field: impl Into<String>, reason: impl Into<String>) -> ItemError {
+        let mut reason = reason.into();
+        let mut field = field.into();
+        truncate(&mut reason, MAX_REASON_BYTES);
+        truncate(&mut field, MAX_REASON_BYTES);
+        ItemError {
+            index,
+            field,
+            reason,
+        }
+    }
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+}
+
+/// Whether JSON `text` nests objects and arrays deeper than `max`.
+/// Brackets inside strings do not count.
+pub fn deeper_than(text: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Segment call types Kairos accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallType {
@@ -82,11 +149,25 @@ impl<'de> Deserialize<'de> for Id {
             S(Cow<'a, str>),
             N(serde_json::Number),
         }
-        match Raw::deserialize(d) {
-            Ok(Raw::S(s)) => Ok(Id(s.into_owned())),
-            Ok(Raw::N(n)) => Ok(Id(n.to_string())),
-            Err(_) => Err(serde::de::Error::custom("expected a string or number")),
+        let id = match Raw::deserialize(d) {
+            Ok(Raw::S(s)) => s.into_owned(),
+            Ok(Raw::N(n)) => n.to_string(),
+            Err(_) => return Err(serde::de::Error::custom("expected a string or number")),
+        };
+        // Ids name files' rows, log lines and message references: control
+        // characters (newlines, NUL) there only ever mean a broken sender.
+        if id.chars().any(char::is_control) {
+            return Err(serde::de::Error::custom(
+                "contains a control character (newline, tab, NUL, ...); send the id as plain text",
+            ));
         }
+        if id.len() > MAX_ID_BYTES {
+            return Err(serde::de::Error::custom(format!(
+                "is {} bytes; ids are at most {MAX_ID_BYTES}",
+                id.len()
+            )));
+        }
+        Ok(Id(id))
     }
 }
 
@@ -220,11 +301,7 @@ impl Normalizer {
         out: &mut Vec<StagedItem>,
     ) -> Result<(), ItemError> {
         self.item_inner(raw, forced, env, out)
-            .map_err(|(field, reason)| ItemError {
-                index,
-                field,
-                reason,
-            })
+            .map_err(|(field, reason)| ItemError::new(index, field, reason))
     }
 
     fn item_inner(
@@ -247,6 +324,14 @@ impl Normalizer {
         }
         if !text.starts_with('{') {
             return err("", "each call must be a JSON object");
+        }
+        if deeper_than(text, MAX_JSON_DEPTH + 1) {
+            return err(
+                "",
+                format!(
+                    "nests deeper than {MAX_JSON_DEPTH} levels in properties, context or traits; flatten it"
+                ),
+            );
         }
         let mut de = serde_json::Deserializer::from_str(text);
         let call: RawCall = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -634,5 +719,55 @@ mod tests {
                 .reason
                 .contains("max_event_bytes")
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_brackets_in_strings_do_not_count() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"type":"track","userId":"u","event":"E","properties":{{"a":{}1{}}}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        // properties is level 2, its array levels 3 and on.
+        assert!(run(&nested(MAX_JSON_DEPTH - 2), None).is_ok());
+        let e = run(&nested(MAX_JSON_DEPTH), None).expect_err("too deep");
+        assert!(e.reason.contains("deeper than 32"), "{}", e.reason);
+        assert!(!deeper_than(r#"{"a":"[[[[[[\"[[["}"#, 2));
+        assert!(deeper_than(r#"{"a":[[1]]}"#, 2));
+    }
+
+    #[test]
+    fn control_characters_and_huge_ids_are_refused() {
+        let e = run(r#"{"type":"track","userId":"a\nb","event":"E"}"#, None)
+            .expect_err("newline in id");
+        assert_eq!(e.field, "userId");
+        assert!(e.reason.contains("control character"), "{}", e.reason);
+        let e = run(
+            r#"{"type":"track","anonymousId":"a\u0000","event":"E"}"#,
+            None,
+        )
+        .expect_err("NUL in id");
+        assert_eq!(e.field, "anonymousId");
+        let long = format!(
+            r#"{{"type":"track","userId":"{}","event":"E"}}"#,
+            "x".repeat(2000)
+        );
+        assert!(
+            run(&long, None)
+                .expect_err("long id")
+                .reason
+                .contains("at most 1024")
+        );
+        assert!(run(r#"{"type":"track","userId":"ok id ü","event":"E"}"#, None).is_ok());
+    }
+
+    #[test]
+    fn reasons_are_bounded() {
+        let e = ItemError::new(0, "f", "x".repeat(10_000));
+        assert!(e.reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
+        let e = ItemError::new(0, "f", "é".repeat(1000));
+        assert!(e.reason.ends_with('…'), "cut on a character boundary");
     }
 }

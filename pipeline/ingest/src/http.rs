@@ -9,7 +9,14 @@
 //!
 //! Answers: 200 `{"success":true,"accepted":N}` (plus `errors` when some items
 //! were refused); 400 with the errors when none was good; 401 without a valid
-//! write key; 413 over `ingest.max_body_bytes`; 503 when staging failed (retry).
+//! write key; 413 over `ingest.max_body_bytes`, `max_batch_items` or
+//! `max_import_lines`; 503 when staging failed (retry). At most
+//! [`MAX_REPORTED_ERRORS`] item errors are listed, with `errors_total`.
+//!
+//! Bad input costs bounded memory and time: the key is checked from the
+//! headers before the body is read; a key carried only in the body (the
+//! analytics.js short paths) is looked for in at most
+//! [`BODY_KEY_MAX_BYTES`]; item counts are capped while parsing.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -19,21 +26,108 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use serde::Deserialize;
+use serde::de::{Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::json;
 use serde_json::value::RawValue;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use kairos_core::event::StagedItem;
+use kairos_core::secret::Secret;
 use kairos_core::time::{now_us, parse_rfc3339_us};
 
+use crate::body::BodyTimeout;
 use crate::calls::{CallType, Envelope, ItemError, Normalizer};
 use crate::commit::Committer;
 use crate::metrics::Metrics;
+
+/// Item errors listed in an answer at most; `errors_total` counts them all.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// A write key carried only inside the body (analytics.js) is looked for in
+/// bodies up to this size; larger ones must send it in `Authorization`, so
+/// an unauthenticated client never makes the server read or parse more.
+pub const BODY_KEY_MAX_BYTES: usize = 512 * 1024;
+
+/// Who may send, and as what.
+#[derive(Debug, Clone, Default)]
+pub struct WriteAccess {
+    /// Server keys: back ends and warehouses, full rights.
+    pub server_keys: Vec<Secret>,
+    /// Client keys: browsers and apps (public by nature), restricted rights.
+    pub client_keys: Vec<Secret>,
+    /// With no key configured, loopback peers send without one
+    /// (`server.insecure_local`). A request with no peer address is never
+    /// loopback.
+    pub open_loopback: bool,
+}
+
+/// The rights a request's key gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A server key, or an open loopback server.
+    Server,
+    /// A client key.
+    Client,
+}
+
+impl WriteAccess {
+    fn has_keys(&self) -> bool {
+        !self.server_keys.is_empty() || !self.client_keys.is_empty()
+    }
+
+    /// The source name recorded with each event, or why not. `key` is the
+    /// presented key, if any.
+    fn check(&self, key: Option<&str>, peer: Option<SocketAddr>) -> Result<String, ApiError> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        if !self.has_keys() {
+            return match peer {
+                Some(p) if self.open_loopback && p.ip().is_loopback() => Ok("open".to_string()),
+                _ if self.open_loopback => Err(unauthorized(
+                    "no write keys are configured and server.insecure_local is on, so only loopback clients may send; set ingest.write_keys",
+                )),
+                _ => Err(unauthorized(
+                    "no write keys are configured; set ingest.write_keys (or let the first start generate one)",
+                )),
+            };
+        }
+        let Some(k) = key else {
+            return Err(unauthorized(
+                "missing write key: send it as the HTTP Basic username or as a Bearer token (or as writeKey in a body under 512 KiB)",
+            ));
+        };
+        // Every key is compared (constant time each), so the answer's
+        // timing tells nothing about which key came close.
+        let server = self
+            .server_keys
+            .iter()
+            .fold(false, |hit, w| hit | w.matches(k));
+        let client = self
+            .client_keys
+            .iter()
+            .fold(false, |hit, w| hit | w.matches(k));
+        match (server, client) {
+            (true, _) => Ok(source_of(k, Scope::Server)),
+            (false, true) => Ok(source_of(k, Scope::Client)),
+            (false, false) => Err(unauthorized("unknown write key")),
+        }
+    }
+}
+
+/// Request-size limits of the intake.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    /// Largest body after decompression, bytes.
+    pub max_body_bytes: usize,
+    /// Calls in one batch at most.
+    pub max_batch_items: usize,
+    /// Lines of one import at most.
+    pub max_import_lines: usize,
+}
 
 /// Shared state of the intake handlers.
 pub struct IngestState {
@@ -43,10 +137,10 @@ pub struct IngestState {
     pub committer: Committer,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Accepted write keys; empty means open to loopback clients only.
-    pub write_keys: Vec<String>,
-    /// Largest body after decompression, bytes.
-    pub max_body_bytes: usize,
+    /// Who may send.
+    pub access: WriteAccess,
+    /// Request-size limits.
+    pub limits: IngestLimits,
     /// Staged-but-unpublished bytes (from the staging log).
     pub backlog: Arc<AtomicU64>,
     /// Above this backlog, answer 429.
@@ -80,20 +174,35 @@ impl IngestState {
     }
 }
 
-/// The `/v1/*` routes, with CORS answered for browsers.
-pub fn router(state: Arc<IngestState>) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods(Any)
-        .allow_headers(Any)
-        .max_age(std::time::Duration::from_secs(3600));
-    Router::new()
+/// The `/v1/*` routes. CORS is answered for `browser_origins` only (none
+/// by default), naming the allowed request headers: the Fetch standard's
+/// `*` does not cover `Authorization`.
+pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Router {
+    let routes = Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/b", post(batch))
         .route("/v1/import", post(import))
         .route("/v1/{call}", post(single))
-        .layer(cors)
-        .with_state(state)
+        .with_state(state);
+    let origins: Vec<HeaderValue> = browser_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if origins.is_empty() {
+        return routes;
+    }
+    routes.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                HeaderName::from_static("x-requested-with"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// A request-level refusal.
@@ -162,7 +271,7 @@ async fn handle(s: Arc<IngestState>, shape: Shape, req: Request) -> Response {
 #[derive(Deserialize)]
 struct BatchBody<'a> {
     #[serde(borrow)]
-    batch: Vec<&'a RawValue>,
+    batch: &'a RawValue,
     #[serde(rename = "sentAt", default)]
     sent_at: Option<String>,
     #[serde(rename = "writeKey", default)]
@@ -175,6 +284,61 @@ struct KeyOnly {
     write_key: Option<String>,
 }
 
+/// A batch's calls, or how many there were when over the limit (counted
+/// without keeping them, so an oversized batch costs no memory).
+enum Items<'a> {
+    Within(Vec<&'a RawValue>),
+    Over(usize),
+}
+
+struct ItemsVisitor {
+    limit: usize,
+}
+
+impl<'de> Visitor<'de> for ItemsVisitor {
+    type Value = Items<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of calls")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.limit {
+                let mut n = items.len() + 1;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                return Ok(Items::Over(n));
+            }
+            items.push(item);
+        }
+        Ok(Items::Within(items))
+    }
+}
+
+fn batch_items(raw: &RawValue, limit: usize) -> Result<Vec<&RawValue>, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match de.deserialize_seq(ItemsVisitor { limit }) {
+        Ok(Items::Within(items)) => Ok(items),
+        Ok(Items::Over(n)) => Err(too_many(n, limit, "calls", "ingest.max_batch_items")),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("wrong shape: `batch` must be an array of calls ({e})"),
+        )),
+    }
+}
+
+fn too_many(n: usize, limit: usize, what: &str, setting: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_items",
+        format!("{n} {what}; at most {limit} per request ({setting}): split it"),
+    )
+}
+
 async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response, ApiError> {
     let received_at_us = now_us();
     // Split rather than clone the headers: this runs for every request.
@@ -184,31 +348,58 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let headers = parts.headers;
-    let body = read_body(body, &headers, s.max_body_bytes).await?;
+    // Authenticate before reading the body. Only the one-call and batch
+    // paths may carry the key inside (analytics.js), and then the body is
+    // read up to BODY_KEY_MAX_BYTES only.
+    let header_key = header_key(&headers);
+    let known = match header_key {
+        Some(k) => Some(s.access.check(Some(&k), peer)?),
+        None if !s.access.has_keys() || matches!(shape, Shape::Ndjson) => {
+            Some(s.access.check(None, peer)?)
+        }
+        None => None,
+    };
+    let body = match known {
+        Some(_) => read_body(body, &headers, s.limits.max_body_bytes).await?,
+        None => read_body(body, &headers, BODY_KEY_MAX_BYTES.min(s.limits.max_body_bytes))
+            .await
+            .map_err(|e| {
+                if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "missing write key: a body over 512 KiB must carry it in the Authorization header (HTTP Basic username or Bearer)",
+                    )
+                } else {
+                    e
+                }
+            })?,
+    };
 
     let mut raws: Vec<&RawValue> = Vec::new();
     let mut line_of: Vec<usize> = Vec::new();
     let mut errors: Vec<ItemError> = Vec::new();
     let mut batch_sent_at_us = None;
-    let body_key;
-    let forced = match shape {
+    let (body_key, forced) = match shape {
         Shape::One(kind) => {
             let raw: &RawValue = parse_json(&body)?;
-            body_key = serde_json::from_str::<KeyOnly>(raw.get())
+            let key = serde_json::from_str::<KeyOnly>(raw.get())
                 .ok()
                 .and_then(|k| k.write_key);
             raws.push(raw);
-            Some(kind)
+            (key, Some(kind))
         }
         Shape::Batch => {
             let b: BatchBody = parse_json(&body)?;
-            body_key = b.write_key;
+            // The key before the items: a stranger's batch is not parsed.
+            if known.is_none() {
+                s.access.check(b.write_key.as_deref(), peer)?;
+            }
             batch_sent_at_us = b.sent_at.as_deref().and_then(parse_rfc3339_us);
-            raws = b.batch;
-            None
+            raws = batch_items(b.batch, s.limits.max_batch_items)?;
+            (b.write_key, None)
         }
         Shape::Ndjson => {
-            body_key = None;
             let text = std::str::from_utf8(&body).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -216,6 +407,15 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
                     format!("body is not UTF-8: {e}"),
                 )
             })?;
+            let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+            if lines > s.limits.max_import_lines {
+                return Err(too_many(
+                    lines,
+                    s.limits.max_import_lines,
+                    "lines",
+                    "ingest.max_import_lines",
+                ));
+            }
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
@@ -225,17 +425,16 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
                         raws.push(r);
                         line_of.push(i);
                     }
-                    Err(e) => errors.push(ItemError {
-                        index: i,
-                        field: String::new(),
-                        reason: format!("malformed JSON: {e}"),
-                    }),
+                    Err(e) => errors.push(ItemError::new(i, "", format!("malformed JSON: {e}"))),
                 }
             }
-            None
+            (None, None)
         }
     };
-    let source = authorize(&s.write_keys, &headers, body_key.as_deref(), peer)?;
+    let source = match known {
+        Some(source) => source,
+        None => s.access.check(body_key.as_deref(), peer)?,
+    };
     if raws.is_empty() && errors.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -269,10 +468,12 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
             1,
         );
     }
+    let errors_total = errors.len();
+    errors.truncate(MAX_REPORTED_ERRORS);
     if good == 0 {
         return Ok((
             StatusCode::BAD_REQUEST,
-            axum::Json(json!({"success": false, "accepted": 0, "errors": errors})),
+            axum::Json(json!({"success": false, "accepted": 0, "errors": errors, "errors_total": errors_total})),
         )
             .into_response());
     }
@@ -308,7 +509,7 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     let body = if errors.is_empty() {
         json!({"success": true, "accepted": good})
     } else {
-        json!({"success": true, "accepted": good, "errors": errors})
+        json!({"success": true, "accepted": good, "errors": errors, "errors_total": errors_total})
     };
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
@@ -338,7 +539,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
             ),
         )
     };
-    let raw = to_bytes(body, limit).await.map_err(|_| too_big())?;
+    let raw = to_bytes(body, limit).await.map_err(|e| {
+        if BodyTimeout::caused(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within server.body_timeout; send it faster or in smaller batches",
+            )
+        } else {
+            too_big()
+        }
+    })?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -346,7 +557,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
     match encoding.trim().to_ascii_lowercase().as_str() {
         "identity" | "" => Ok(raw.to_vec()),
         "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(raw.len() * 4);
+            let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
             // Read one byte past the limit to tell "exactly at" from "over".
             flate2::read::MultiGzDecoder::new(&raw[..])
                 .take(limit as u64 + 1)
@@ -371,62 +582,46 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
     }
 }
 
-/// Checks the write key; returns the source name recorded with each event.
-fn authorize(
-    write_keys: &[String],
-    headers: &HeaderMap,
-    body_key: Option<&str>,
-    peer: Option<SocketAddr>,
-) -> Result<String, ApiError> {
-    let header_key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            if let Some(b) = v.strip_prefix("Basic ") {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .ok()?;
-                let text = String::from_utf8(decoded).ok()?;
-                Some(
-                    text.split_once(':')
-                        .map_or(text.clone(), |(user, _)| user.to_string()),
-                )
-            } else {
-                v.strip_prefix("Bearer ").map(|k| k.trim().to_string())
-            }
-        });
-    let key = header_key.as_deref().or(body_key);
-    if write_keys.is_empty() {
-        return match peer {
-            Some(p) if !p.ip().is_loopback() => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "no write keys are configured, so only loopback clients may send; set ingest.write_keys",
-            )),
-            _ => Ok("open".to_string()),
-        };
-    }
-    match key {
-        Some(k) if write_keys.iter().any(|w| w == k) => Ok(source_of(k)),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown write key",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing write key: send it as the HTTP Basic username, as a Bearer token, or as writeKey in the body",
-        )),
+/// The write key of the `Authorization` header: the HTTP Basic user name
+/// (Segment's SDKs) or a Bearer token.
+fn header_key(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(b) = v.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        Some(
+            text.split_once(':')
+                .map_or(text.clone(), |(user, _)| user.to_string()),
+        )
+    } else {
+        v.strip_prefix("Bearer ").map(|k| k.trim().to_string())
     }
 }
 
-/// A stable, non-secret name for a write key.
-pub fn source_of(key: &str) -> String {
+/// A stable, non-secret name for a write key: `key-…` for a server key,
+/// `client-…` for a client key (policy reads the scope from it).
+pub fn source_of(key: &str, scope: Scope) -> String {
+    let prefix = match scope {
+        Scope::Server => "key",
+        Scope::Client => "client",
+    };
     format!(
-        "key-{:012x}",
+        "{prefix}-{:012x}",
         xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 16
     )
+}
+
+/// The scope a recorded source name stands for: `client-…` sources are
+/// client keys; everything else (server keys, `open`, Kairos' own calls)
+/// has server rights.
+pub fn scope_of_source(source: &str) -> Scope {
+    if source.starts_with("client-") {
+        Scope::Client
+    } else {
+        Scope::Server
+    }
 }
 
 #[cfg(test)]
@@ -437,41 +632,89 @@ mod tests {
         Some(SocketAddr::new(ip.parse().expect("ip"), 5000))
     }
 
-    #[test]
-    fn without_keys_only_loopback_may_send() {
-        let h = HeaderMap::new();
-        assert_eq!(
-            authorize(&[], &h, None, peer("127.0.0.1"))
-                .expect("loopback")
-                .as_str(),
-            "open"
-        );
-        assert_eq!(
-            authorize(&[], &h, None, peer("::1"))
-                .expect("loopback v6")
-                .as_str(),
-            "open"
-        );
-        let err = authorize(&[], &h, None, peer("192.0.2.7")).expect_err("remote refused");
-        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
-        assert!(err.message.contains("ingest.write_keys"));
+    fn keys(server: &[&str], client: &[&str]) -> WriteAccess {
+        let secrets = |k: &[&str]| k.iter().map(|k| Secret(k.to_string())).collect();
+        WriteAccess {
+            server_keys: secrets(server),
+            client_keys: secrets(client),
+            open_loopback: false,
+        }
     }
 
     #[test]
-    fn basic_bearer_and_body_keys() {
-        let keys = vec!["k1".to_string()];
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Basic azE6".parse().expect("header")); // "k1:"
-        let src = authorize(&keys, &h, None, peer("192.0.2.7")).expect("basic");
-        assert_eq!(src, source_of("k1"));
-        assert!(!src.contains("k1"), "the source never reveals the key");
-        h.insert(header::AUTHORIZATION, "Bearer k1".parse().expect("header"));
-        assert!(authorize(&keys, &h, None, peer("192.0.2.7")).is_ok());
-        assert!(authorize(&keys, &HeaderMap::new(), Some("k1"), peer("192.0.2.7")).is_ok());
+    fn without_keys_nobody_sends_unless_insecure_local() {
+        let closed = WriteAccess::default();
+        let err = closed
+            .check(None, peer("127.0.0.1"))
+            .expect_err("closed by default");
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        assert!(err.message.contains("ingest.write_keys"), "{}", err.message);
+
+        let open = WriteAccess {
+            open_loopback: true,
+            ..WriteAccess::default()
+        };
+        assert_eq!(
+            open.check(None, peer("127.0.0.1")).expect("loopback"),
+            "open"
+        );
+        assert_eq!(open.check(None, peer("::1")).expect("loopback v6"), "open");
         assert!(
-            authorize(&keys, &HeaderMap::new(), Some("k2"), peer("127.0.0.1")).is_err(),
+            open.check(None, peer("192.0.2.7")).is_err(),
+            "remote refused"
+        );
+        assert!(
+            open.check(None, None).is_err(),
+            "no peer address is not loopback"
+        );
+    }
+
+    #[test]
+    fn server_and_client_keys_name_their_scope() {
+        let access = keys(&["k1"], &["pub1"]);
+        let src = access
+            .check(Some("k1"), peer("192.0.2.7"))
+            .expect("server key");
+        assert_eq!(src, source_of("k1", Scope::Server));
+        assert!(!src.contains("k1"), "the source never reveals the key");
+        assert_eq!(scope_of_source(&src), Scope::Server);
+        let src = access
+            .check(Some("pub1"), peer("192.0.2.7"))
+            .expect("client key");
+        assert_eq!(scope_of_source(&src), Scope::Client);
+        assert!(
+            access.check(Some("k2"), peer("127.0.0.1")).is_err(),
             "keys apply on loopback too"
         );
-        assert!(authorize(&keys, &HeaderMap::new(), None, peer("127.0.0.1")).is_err());
+        assert!(access.check(None, peer("127.0.0.1")).is_err());
+        assert_eq!(scope_of_source("open"), Scope::Server);
+    }
+
+    #[test]
+    fn basic_and_bearer_headers_carry_the_key() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic azE6".parse().expect("header")); // "k1:"
+        assert_eq!(header_key(&h).as_deref(), Some("k1"));
+        h.insert(header::AUTHORIZATION, "Bearer k1 ".parse().expect("header"));
+        assert_eq!(header_key(&h).as_deref(), Some("k1"));
+        assert_eq!(header_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn an_oversized_batch_is_counted_not_kept() {
+        let raw: &RawValue = serde_json::from_str("[1,2,3,4,5]").expect("json");
+        assert_eq!(batch_items(raw, 5).expect("at the limit").len(), 5);
+        let err = batch_items(raw, 3).err().expect("over the limit");
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            err.message.starts_with("5 calls; at most 3"),
+            "{}",
+            err.message
+        );
+        let bad: &RawValue = serde_json::from_str("{\"a\":1}").expect("json");
+        assert_eq!(
+            batch_items(bad, 3).err().expect("not an array").status,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -5,6 +5,7 @@
 //!            ──▶ commit (group commit into the staging log) ──▶ 200 once durable
 //! ```
 
+pub mod body;
 pub mod calls;
 pub mod commit;
 pub mod http;
@@ -12,5 +13,5 @@ pub mod metrics;
 
 pub use calls::{CallType, ItemError, Normalizer};
 pub use commit::{Committed, Committer};
-pub use http::{IngestState, router};
+pub use http::{IngestLimits, IngestState, Scope, WriteAccess, router, scope_of_source};
 pub use metrics::Metrics;

@@ -54,11 +54,7 @@ pub fn verify_fields(key: &[u8], token: &str, n: usize) -> Option<Vec<String>> {
     (ok && fields.len() == n).then_some(fields)
 }
 
-/// Constant-time string equality, for comparing secrets and signatures.
-pub fn same(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
+pub use kairos_core::secret::same;
 
 /// Which message a callback is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -215,20 +215,11 @@ pub async fn link_key(root: &DataRoot, configured: &str) -> Result<Vec<u8>, Stor
         return Ok(configured.as_bytes().to_vec());
     }
     let path = ObjectPath::from("_kairos/link-key");
-    if let Some(bytes) = root.read(&path).await? {
+    if let Some(bytes) = root.read_secret(&path).await? {
         return Ok(bytes.to_vec());
     }
-    use rand::Rng as _;
-    let key: String = (0..32)
-        .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
-        .collect();
-    root.store
-        .put(&path, Bytes::from(key.clone()).into())
-        .await
-        .map_err(|source| StorageError::ObjectStore {
-            path: path.to_string(),
-            source,
-        })?;
+    let key = kairos_core::secret::random_token(32);
+    root.put_secret(&path, Bytes::from(key.clone())).await?;
     Ok(key.into_bytes())
 }
 

@@ -8,12 +8,13 @@
 //! - `GET /experiments`, `GET /experiments/{rule}` and `GET /program`: the
 //!   same as HTML pages ([`crate::pages`]), with the same query parameters.
 //!
-//! Reads need `Authorization: Bearer TOKEN` (or HTTP Basic with the token
-//! as password) when `report.token` is set; ingest write keys never grant
-//! it. With no token configured only loopback clients are answered. The
-//! pages ask a browser for Basic credentials (any user name, the token as
-//! password) rather than take the token in the URL, where it would end up
-//! in history, logs and `Referer` headers.
+//! Reads need the read token (`report.token`, generated at the first
+//! start when none is configured): `Authorization: Bearer TOKEN`, HTTP
+//! Basic with the token as password, or the `kairos_token` cookie that a
+//! page link carrying `?token=` sets (`SameSite=Strict`, then redirected
+//! to the address without it). Ingest write keys never grant it. Only
+//! with `server.insecure_local` and no token are loopback clients read
+//! without one; a request whose peer is unknown is never loopback.
 //!
 //! Reports are heavy queries: at most `report.max_concurrent` are computed
 //! at once (analyses posted to `/api/analyze` included); the others queue
@@ -39,6 +40,7 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use kairos_core::secret::same;
 use kairos_experiments::stats::{ExperimentInput, analyze};
 use kairos_storage::DataRoot;
 
@@ -227,8 +229,18 @@ fn html(status: StatusCode, body: String) -> Response {
     r
 }
 
+/// The cookie a page visit with `?token=` leaves, so the links between
+/// pages need no token. `SameSite=Strict`: another site's page can never
+/// make a browser send it (no cross-site request forgery).
+const TOKEN_COOKIE: &str = "kairos_token";
+
 fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return cookie(headers, TOKEN_COOKIE);
+    };
     if let Some(t) = v.strip_prefix("Bearer ") {
         return Some(t.trim().to_string());
     }
@@ -245,13 +257,17 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// Equal strings, in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// The value of cookie `name`, if the request carries it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
 }
 
 /// Whether a request may read: the token when one is configured, else a
@@ -309,14 +325,48 @@ async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> R
 }
 
 /// The pages' guard: the same rule as [`guard`], answered in HTML; a
-/// missing or wrong token asks the browser for Basic credentials.
+/// missing or wrong token asks the browser for Basic credentials. A link
+/// carrying the token (`?token=`, as `kairos demo` prints) is answered
+/// with the token as a cookie and a redirect to the same page without
+/// it, so the token leaves the address bar, history and `Referer`.
 async fn page_guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
+    if let (Some(want), Some(query)) = (s.token.as_deref(), req.uri().query())
+        && let Some(got) = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    {
+        if !same(&got, want) {
+            let status = StatusCode::UNAUTHORIZED;
+            let message = "the link's token is not this server's report token (report.token)";
+            return html(status, pages::error_page(status.as_u16(), message, &[]));
+        }
+        let rest: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "token"))
+            .finish();
+        let path = req.uri().path();
+        let location = if rest.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{rest}")
+        };
+        let cookie = format!("{TOKEN_COOKIE}={want}; HttpOnly; SameSite=Strict; Path=/");
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        let h = r.headers_mut();
+        if let (Ok(l), Ok(c)) = (
+            HeaderValue::from_str(&location),
+            HeaderValue::from_str(&cookie),
+        ) {
+            h.insert(header::LOCATION, l);
+            h.insert(header::SET_COOKIE, c);
+            return r;
+        }
+    }
     match request_allowed(&s, &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => {
             let message = if status == StatusCode::UNAUTHORIZED {
                 format!(
-                    "{message}. In a browser: give any user name and the report token as password."
+                    "{message}. In a browser: open the link `kairos serve` printed (it carries the token), or give any user name and the report token as password."
                 )
             } else {
                 message.to_string()

@@ -109,6 +109,9 @@ fn bad(param: &str, problem: impl Into<String>) -> ReportError {
     }
 }
 
+/// The longest window or pre-period a report accepts: ten years.
+pub const MAX_WINDOW_SECS: u64 = 3650 * 86_400;
+
 impl ReportOptions {
     /// The defaults with the configured window and conversion event.
     pub fn from_config(config: &kairos_core::Config) -> Result<ReportOptions, ReportError> {
@@ -147,9 +150,18 @@ impl ReportOptions {
     /// Sets one option from its text form.
     pub fn set(&mut self, param: &str, value: &str) -> Result<(), ReportError> {
         let v = value.trim();
+        // Bounded so every window in µs, added to any timestamp, stays far
+        // inside i64: an absurd `window=` is a 400, never wrapped numbers.
         let duration = |v: &str| {
-            kairos_rules::rule::parse_duration(v)
-                .map_err(|e| bad(param, format!("{e} (give a duration like 7d, 36h or 1w)")))
+            let s = kairos_rules::rule::parse_duration(v)
+                .map_err(|e| bad(param, format!("{e} (give a duration like 7d, 36h or 1w)")))?;
+            if s > MAX_WINDOW_SECS {
+                return Err(bad(
+                    param,
+                    format!("{v:?} is longer than the longest window, 3650d"),
+                ));
+            }
+            Ok(s)
         };
         match param {
             "window" => {
@@ -311,6 +323,12 @@ mod tests {
         };
         assert!(err(&[("window", "7x")]).starts_with("window: "));
         assert_eq!(err(&[("window", "0s")]), "window: must be longer than 0");
+        assert!(
+            err(&[("window", "9999999999w")]).contains("longest window"),
+            "an absurd window is refused, not wrapped"
+        );
+        assert!(err(&[("pre_period", "3651d")]).contains("longest window"));
+        assert!(err(&[("window", "99999999999999999999999d")]).starts_with("window: "));
         assert!(err(&[("cap", "p100")]).starts_with("cap: percentile must lie"));
         assert!(err(&[("cap", "-3")]).starts_with("cap: an absolute cap"));
         assert!(err(&[("cuped", "maybe")]).starts_with("cuped: "));

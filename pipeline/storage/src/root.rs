@@ -87,4 +87,58 @@ impl DataRoot {
             Err(e) => Err(StorageError::store(path)(e)),
         }
     }
+
+    /// Stores a secret (a key or token file) once: on a local root the
+    /// file is created readable by its owner only (mode 0600) before any
+    /// byte is written, and made durable; elsewhere the bucket's policy
+    /// guards it. Fails when the object exists already.
+    pub async fn put_secret(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+        let Some(dir) = &self.local_dir else {
+            let opts = object_store::PutOptions {
+                mode: object_store::PutMode::Create,
+                ..Default::default()
+            };
+            return self
+                .store
+                .put_opts(path, bytes.into(), opts)
+                .await
+                .map(|_| ())
+                .map_err(StorageError::store(path));
+        };
+        let file = dir.join(path.as_ref());
+        let parent = file.parent().unwrap_or(dir).to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::create_dir_all(&parent)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::File::open(&parent)?.sync_all()
+        })
+        .await
+        .map_err(|e| StorageError::io(path)(std::io::Error::other(e)))?
+        .map_err(StorageError::io(path))
+    }
+
+    /// Reads a secret stored by [`DataRoot::put_secret`]. On a local root a
+    /// file others may read (written by an older version) is narrowed to
+    /// mode 0600 first.
+    pub async fn read_secret(&self, path: &ObjectPath) -> Result<Option<Bytes>> {
+        if let Some(dir) = &self.local_dir {
+            use std::os::unix::fs::PermissionsExt as _;
+            let file = dir.join(path.as_ref());
+            if let Ok(meta) = std::fs::metadata(&file)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(StorageError::io(file.display()))?;
+            }
+        }
+        self.read(path).await
+    }
 }

@@ -1,0 +1,328 @@
+//! Issue 16: safe defaults and bounded bad input, tried as an attacker
+//! would: over raw TCP where the point is what the server reads before it
+//! answers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{QUIET, Server, read_table, rows, track};
+
+/// Sends `head` (request line and headers, without the blank line) and
+/// then `body_prefix` of the body, and returns the status line and the
+/// response headers and body read until the server closes or 5 s pass.
+fn raw_request(addr: &str, head: &str, body_prefix: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(format!("{head}\r\n\r\n").as_bytes())
+        .expect("head");
+    // The server may answer and close before all of this is taken.
+    let _ = s.write_all(body_prefix);
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {status:?}"));
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    (code, String::from_utf8_lossy(&rest).into_owned())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn a_default_server_generates_credentials_and_trusts_no_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    let server = Server::start_secure(data, QUIET);
+    let (key, token) = server.generated();
+    use std::os::unix::fs::PermissionsExt as _;
+    for secret in ["_kairos/access.json", "_kairos/link-key"] {
+        let mode = std::fs::metadata(dir.path().join(secret))
+            .expect(secret)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+    let c = reqwest::Client::new();
+    let call = track("u1", "m-1", "Order Completed");
+
+    // Loopback without the key: refused, and nothing is staged.
+    let r = c
+        .post(server.url("/v1/track"))
+        .json(&call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(server.url("/v1/track"))
+        .header("authorization", bearer(&key))
+        .json(&call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+
+    for path in ["/api/experiments", "/metrics", "/experiments"] {
+        let r = c.get(server.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 401, "{path} without the token");
+        let r = c
+            .get(server.url(path))
+            .header("authorization", bearer(&token))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{path} with the token");
+        let r = c
+            .get(server.url(path))
+            .header("authorization", bearer(&key))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 401, "{path}: a write key never reads");
+    }
+}
+
+#[tokio::test]
+async fn cross_origin_writes_and_forged_hosts_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8");
+    // Even a server trusting loopback (the old default) refuses a page
+    // from another origin: the browser sends text/plain without asking.
+    let mut server = Server::start(
+        data,
+        &format!("{QUIET}[ingest]\nbrowser_origins = [\"http://shop.example\"]\n"),
+    );
+    let c = reqwest::Client::new();
+    let identify = json!({"type": "identify", "userId": "victim",
+        "traits": {"email": "attacker@evil.example", "consent": {"sms": true}}});
+    let r = c
+        .post(server.url("/v1/identify"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "text/plain")
+        .body(identify.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    // A configured shop's pages may send; CORS names it and the headers.
+    let pre = c
+        .request(reqwest::Method::OPTIONS, server.url("/v1/batch"))
+        .header("origin", "http://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert!(pre.status().is_success(), "{}", pre.status());
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://shop.example");
+    let allowed = h["access-control-allow-headers"].to_str().expect("headers");
+    assert!(
+        allowed.contains("authorization") && !allowed.contains('*'),
+        "{allowed}"
+    );
+    let r = c
+        .post(server.url("/v1/track"))
+        .header("origin", "http://shop.example")
+        .json(&track("u1", "m-ok", "Product Viewed"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://shop.example"
+    );
+
+    // DNS rebinding: a name that is not this server's is refused on every
+    // route, reports and health alike.
+    for path in ["/api/experiments", "/healthz", "/v1/track"] {
+        let method = if path == "/v1/track" { "POST" } else { "GET" };
+        let (code, _) = raw_request(
+            server.addr(),
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: evil.example:8080\r\nContent-Length: 0\r\nConnection: close"
+            ),
+            b"",
+        );
+        assert_eq!(code, 403, "{path}");
+    }
+    let (code, _) = raw_request(
+        server.addr(),
+        &format!(
+            "GET /healthz HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close",
+            server.addr().rsplit(':').next().expect("port")
+        ),
+        b"",
+    );
+    assert_eq!(code, 200, "localhost is a name of every server");
+
+    server.stop();
+    let events = read_table(dir.path(), "events");
+    assert_eq!(rows(&events), 1, "only the configured shop's event");
+    assert_eq!(
+        rows(&read_table(dir.path(), "profiles")),
+        0,
+        "the forged identify left nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_before_the_body_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!("{QUIET}[ingest]\nwrite_keys = [\"wk\"]\n"),
+    );
+    // 4 MB announced, 1 KB sent: the 401 comes without the rest.
+    let started = Instant::now();
+    let (code, body) = raw_request(
+        server.addr(),
+        &format!(
+            "POST /v1/import HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: 4000000",
+            server.addr()
+        ),
+        &[b'{'; 1024],
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered without waiting for the body"
+    );
+    // A batch whose key could only be in its body is read up to 512 KiB.
+    let (code, body) = raw_request(
+        server.addr(),
+        &format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: 4000000",
+            server.addr()
+        ),
+        &vec![b' '; 600 * 1024],
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization header"), "{body}");
+}
+
+#[tokio::test]
+async fn two_million_bad_items_cost_a_small_answer_and_little_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!("{QUIET}[ingest]\nwrite_keys = [\"wk\"]\n"),
+    );
+    let c = reqwest::Client::new();
+    // The issue's attack: 4 MB holding 2M items, 8 at once.
+    let mut body = String::with_capacity(4_100_000);
+    body.push_str("{\"batch\":[");
+    for i in 0..2_000_000 {
+        body.push_str(if i == 0 { "1" } else { ",1" });
+    }
+    body.push_str("]}");
+    let before = server.rss_bytes();
+    let sends: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(
+                c.post(server.url("/v1/batch"))
+                    .header("authorization", "Bearer wk")
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send(),
+            )
+        })
+        .collect();
+    for send in sends {
+        let r = send.await.expect("task").expect("post");
+        assert_eq!(r.status(), 413);
+        let text = r.text().await.expect("body");
+        assert!(text.len() < 1024, "{} bytes of answer", text.len());
+        assert!(text.contains("2000000 calls; at most 10000"), "{text}");
+    }
+    // At the limit every item is parsed: 10,000 bad ones, 100 listed.
+    let batch: Vec<Value> = (0..10_000)
+        .map(|i| json!({"type": "track", "userId": format!("u{i}")}))
+        .collect();
+    let r = c
+        .post(server.url("/v1/batch"))
+        .header("authorization", "Bearer wk")
+        .json(&json!({"batch": batch}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["errors"].as_array().expect("errors").len(), 100);
+    assert_eq!(v["errors_total"], 10_000);
+    let grown = server.rss_bytes().saturating_sub(before);
+    eprintln!("server grew by {} MB", grown >> 20);
+    assert!(grown < 300 << 20, "the server grew by {} MB", grown >> 20);
+}
+
+#[tokio::test]
+async fn slow_clients_time_out_and_connections_are_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!(
+            "{QUIET}[server]\nmax_connections = 3\nheader_timeout = \"2s\"\nbody_timeout = \"1s\"\n"
+        ),
+    );
+    // A body that never comes: 408 after server.body_timeout.
+    let started = Instant::now();
+    let (code, body) = raw_request(
+        server.addr(),
+        &format!(
+            "POST /v1/track HTTP/1.1\r\nHost: {}\r\nContent-Length: 100",
+            server.addr()
+        ),
+        b"{",
+    );
+    assert_eq!(code, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Three silent connections take every slot: a fourth client waits...
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .expect("client");
+    assert!(
+        quick.get(server.url("/healthz")).send().await.is_err(),
+        "answered beyond server.max_connections"
+    );
+    // ...until the header timeout closes the silent ones.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = reqwest::get(server.url("/healthz"))
+        .await
+        .expect("served again");
+    assert_eq!(r.status(), 200);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn absurd_report_windows_are_a_400() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path().to_str().expect("utf8"), QUIET);
+    let r = reqwest::get(server.url("/api/experiments?window=9999999999w"))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["param"], "window", "{v}");
+}
