@@ -326,3 +326,77 @@ async fn absurd_report_windows_are_a_400() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["param"], "window", "{v}");
 }
+
+#[tokio::test]
+async fn generic_callbacks_are_bound_to_their_reference_and_never_replayed() {
+    use kairos_messaging::callbacks::{Purpose, reference, sign_fields};
+    use kairos_policy::Channel;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!(
+            "{QUIET}[rules]\nenabled = false\n[messaging]\nlink_key = \"lk\"\n[messaging.channels.email]\nprovider = \"smtp\"\ncallback_secret = \"cbs\"\n"
+        ),
+    );
+    let c = reqwest::Client::new();
+    let post = |path: &str, body: Value, ts: i64| {
+        let body = body.to_string();
+        let sig = kairos_messaging::http::webhook_signature(b"cbs", ts, body.as_bytes());
+        c.post(server.url(path))
+            .header("x-kairos-timestamp", ts.to_string())
+            .header("x-kairos-signature", sig)
+            .body(body)
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let email_ref = reference(b"lk", "c1", Channel::Email, "s1");
+    let bounce = json!({"reference": email_ref, "status": "bounced", "permanent": true});
+    let r = post("/callbacks/email", bounce.clone(), now)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    // The very same signed request again: a replay.
+    let r = post("/callbacks/email", bounce.clone(), now)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 409);
+    // The path's reference must be the signed one.
+    let other = reference(b"lk", "c2", Channel::Email, "s2");
+    let r = post(
+        &format!("/callbacks/email/{other}"),
+        bounce.clone(),
+        now + 1,
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+    // A signed body without a reference does not take the path's.
+    let r = post(
+        &format!("/callbacks/email/{other}"),
+        json!({"status": "bounced"}),
+        now + 2,
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+    // A push message's reference is not an email callback.
+    let push_ref = reference(b"lk", "c1", Channel::Push, "s3");
+    let r = post(
+        "/callbacks/email",
+        json!({"reference": push_ref, "status": "delivered"}),
+        now + 3,
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+    // An unsubscribe link's token is never a message reference.
+    let unsub = sign_fields(b"lk", Purpose::Unsubscribe, &["c1", "email", "s4"]);
+    let r = post(
+        "/callbacks/email",
+        json!({"reference": unsub, "status": "complained"}),
+        now + 4,
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+}

@@ -57,6 +57,42 @@ pub struct Callbacks {
     /// `[messaging.channels]`.
     pub channels: BTreeMap<String, ChannelConfig>,
     phones: Mutex<PhoneBook>,
+    seen: std::sync::Mutex<SeenSignatures>,
+}
+
+/// Signatures of generic callbacks taken within the last `MAX_SKEW`: a
+/// signed request replayed while its timestamp is still fresh is refused.
+#[derive(Default)]
+struct SeenSignatures {
+    /// signature -> its timestamp, s.
+    at: HashMap<String, i64>,
+}
+
+/// Generic callbacks remembered at most (about 30 MB); above it, callbacks
+/// are answered 503 until older ones expire, never let through unchecked.
+const MAX_SEEN: usize = 200_000;
+
+impl SeenSignatures {
+    /// `Ok` the first time `sig` is seen; `Err` with the answer otherwise.
+    fn first_use(&mut self, sig: &str, ts: i64, now: i64) -> Result<(), Response> {
+        if self.at.contains_key(sig) {
+            return Err(answer(
+                StatusCode::CONFLICT,
+                "this signed callback was received already (a replay); sign each callback anew",
+            ));
+        }
+        if self.at.len() >= MAX_SEEN {
+            self.at.retain(|_, t| now - *t <= MAX_SKEW);
+            if self.at.len() >= MAX_SEEN {
+                return Err(answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many signed callbacks in the last 5 minutes; retry later",
+                ));
+            }
+        }
+        self.at.insert(sig.to_string(), ts);
+        Ok(())
+    }
 }
 
 impl Callbacks {
@@ -75,6 +111,7 @@ impl Callbacks {
             public_url: public_url.trim_end_matches('/').to_string(),
             channels,
             phones: Mutex::new(PhoneBook::default()),
+            seen: std::sync::Mutex::default(),
         }
     }
 }
@@ -175,7 +212,10 @@ fn twilio_checked(
     Ok(())
 }
 
+/// A generic callback's body once its signature, freshness and
+/// uniqueness hold, and the reference it names is for `channel`.
 fn generic_checked(
+    c: &Callbacks,
     channel: &str,
     cfg: &ChannelConfig,
     headers: &HeaderMap,
@@ -207,7 +247,8 @@ fn generic_checked(
             "X-Kairos-Timestamp: Unix seconds expected",
         )
     })?;
-    if (chrono::Utc::now().timestamp() - ts).abs() > MAX_SKEW {
+    let now = chrono::Utc::now().timestamp();
+    if (now - ts).abs() > MAX_SKEW {
         return Err(answer(
             StatusCode::FORBIDDEN,
             format!(
@@ -222,8 +263,33 @@ fn generic_checked(
             "X-Kairos-Signature does not match this body signed with the callback secret",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| answer(StatusCode::BAD_REQUEST, format!("body: not JSON: {e}")))
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| answer(StatusCode::BAD_REQUEST, format!("body: not JSON: {e}")))?;
+    // The reference is inside the signed body (never taken from the path
+    // alone), and names a message sent on this channel.
+    let reference = v["reference"].as_str().ok_or_else(|| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            "field `reference`: missing; the signed body must carry the reference the message carried",
+        )
+    })?;
+    if let Some(r) = callbacks::verify_reference(&c.key, reference)
+        && r.channel.as_str() != channel
+    {
+        return Err(answer(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the reference names a {} message; post it to /callbacks/{}",
+                r.channel.as_str(),
+                r.channel.as_str()
+            ),
+        ));
+    }
+    c.seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .first_use(given, ts, now)?;
+    Ok(v)
 }
 
 async fn recorded(c: &Callbacks, updates: &[StatusUpdate]) -> Response {
@@ -265,12 +331,15 @@ async fn status(
         };
         callbacks::twilio_status(&r, &params)
     } else {
-        let mut v = match generic_checked(&channel, cfg, &headers, &body) {
+        let v = match generic_checked(&c, &channel, cfg, &headers, &body) {
             Ok(v) => v,
             Err(r) => return r,
         };
-        if let Some(o) = v.as_object_mut() {
-            o.entry("reference").or_insert(Value::from(reference));
+        if v["reference"].as_str() != Some(reference.as_str()) {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "the path's reference differs from the signed body's; post to /callbacks/{channel} or the reference in the body",
+            );
         }
         match callbacks::generic_status(&c.key, &v) {
             Ok(u) => u,
@@ -355,7 +424,7 @@ async fn notice(
             recorded(&c, &updates).await
         }
         _ => {
-            let v = match generic_checked(&channel, cfg, &headers, &body) {
+            let v = match generic_checked(&c, &channel, cfg, &headers, &body) {
                 Ok(v) => v,
                 Err(r) => return r,
             };

@@ -364,6 +364,7 @@ fn profile_rows(file: &Path, rows: Vec<Row>) -> anyhow::Result<Items> {
             timestamp_us: ts,
             received_at_us: now,
             traits,
+            first_only: Default::default(),
         }));
     }
     Ok(items)

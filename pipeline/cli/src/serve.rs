@@ -140,7 +140,8 @@ pub async fn serve_with(
             EventTypes::new(&config.events.mapping),
             config.ingest.max_event_bytes,
             config.ingest.max_future_hours,
-        ),
+        )
+        .with_protected_traits(config.ingest.protected_traits.clone()),
         committer,
         metrics: metrics.clone(),
         access: WriteAccess {

@@ -196,8 +196,8 @@ pub struct IngestConfig {
     /// Origins (`https://shop.example`) whose pages may send with a client
     /// key; CORS is answered for these only. Default empty.
     pub browser_origins: Vec<String>,
-    /// Traits only server keys may set on an existing customer (opting out
-    /// of consent is always allowed). Default `email`, `phone`, `consent`.
+    /// Traits only server keys may change on an existing customer (client
+    /// keys set them for new customers). Default `email`, `phone`.
     pub protected_traits: Vec<String>,
     /// Calls in one batch at most. Default 10000.
     pub max_batch_items: usize,

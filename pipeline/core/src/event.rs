@@ -151,6 +151,33 @@ pub struct ProfileUpdate {
     pub received_at_us: i64,
     /// Traits as sent (merged over earlier ones by the publisher).
     pub traits: BTreeMap<String, serde_json::Value>,
+    /// Protected traits (`ingest.protected_traits`) sent with a client key:
+    /// they set up a new customer but never change an existing one, whose
+    /// contact addresses only a server key may change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_only: BTreeMap<String, serde_json::Value>,
+}
+
+/// What a source's key may do: `client-…` sources are client keys
+/// (browsers, apps: public by nature); everything else (server keys,
+/// `open`, Kairos' own calls) has server rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Full rights.
+    Server,
+    /// No consent opt-ins; protected traits only for new customers.
+    Client,
+}
+
+impl Scope {
+    /// The scope a recorded source name stands for.
+    pub fn of_source(source: &str) -> Scope {
+        if source.starts_with("client-") {
+            Scope::Client
+        } else {
+            Scope::Server
+        }
+    }
 }
 
 /// An anonymous id (or previous id) that belongs to a user id.

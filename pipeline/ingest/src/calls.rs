@@ -6,12 +6,13 @@
 //! field and what was wrong.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use kairos_core::event::{
-    Commerce, EventRecord, EventTypes, IdentityLink, Json, ProfileUpdate, StagedItem,
+    Commerce, EventRecord, EventTypes, IdentityLink, Json, ProfileUpdate, Scope, StagedItem,
 };
 use kairos_core::time::{HOUR_US, parse_rfc3339_us};
 
@@ -271,6 +272,7 @@ pub struct Normalizer {
     types: EventTypes,
     max_event_bytes: usize,
     max_future_us: i64,
+    protected_traits: Vec<String>,
 }
 
 type ItemResult<T> = Result<T, (String, String)>;
@@ -286,12 +288,22 @@ impl Normalizer {
             types,
             max_event_bytes,
             max_future_us: i64::from(max_future_hours) * HOUR_US,
+            protected_traits: vec!["email".into(), "phone".into()],
         }
+    }
+
+    /// Traits a client key may set for a new customer only
+    /// (`ingest.protected_traits`; default `email`, `phone`).
+    pub fn with_protected_traits(mut self, traits: Vec<String>) -> Normalizer {
+        self.protected_traits = traits;
+        self
     }
 
     /// Validates item `index`. `forced` is the call type given by the URL
     /// path; otherwise the item's `type` field decides. Appends 1 or 2
-    /// staged items (identify with both ids also links them).
+    /// staged items (identify with both ids also links them). Returns the
+    /// parts of an accepted item that were left out (a client key's
+    /// consent opt-ins), to be answered and counted.
     pub fn item(
         &self,
         raw: &RawValue,
@@ -299,9 +311,14 @@ impl Normalizer {
         index: usize,
         env: &Envelope,
         out: &mut Vec<StagedItem>,
-    ) -> Result<(), ItemError> {
-        self.item_inner(raw, forced, env, out)
-            .map_err(|(field, reason)| ItemError::new(index, field, reason))
+    ) -> Result<Vec<ItemError>, ItemError> {
+        let mut ignored = Vec::new();
+        self.item_inner(raw, forced, env, out, &mut ignored)
+            .map_err(|(field, reason)| ItemError::new(index, field, reason))?;
+        Ok(ignored
+            .into_iter()
+            .map(|(field, reason)| ItemError::new(index, field, reason))
+            .collect())
     }
 
     fn item_inner(
@@ -310,6 +327,7 @@ impl Normalizer {
         forced: Option<CallType>,
         env: &Envelope,
         out: &mut Vec<StagedItem>,
+        ignored: &mut Vec<(String, String)>,
     ) -> ItemResult<()> {
         let text = raw.get();
         if text.len() > self.max_event_bytes {
@@ -429,8 +447,7 @@ impl Normalizer {
 
         if kind == CallType::Identify {
             let traits_text = call.traits.map(|t| t.get()).unwrap_or("{}");
-            let mut traits: std::collections::BTreeMap<String, serde_json::Value> =
-                object(traits_text, "traits")?;
+            let mut traits: BTreeMap<String, serde_json::Value> = object(traits_text, "traits")?;
             if let Some(tz) = &timezone {
                 traits
                     .entry("timezone".into())
@@ -447,6 +464,10 @@ impl Normalizer {
                     received_at_us: env.received_at_us,
                 }));
             }
+            let first_only = match Scope::of_source(env.source) {
+                Scope::Server => BTreeMap::new(),
+                Scope::Client => self.restrict_client(&mut traits, ignored),
+            };
             out.push(StagedItem::Profile(ProfileUpdate {
                 event_id,
                 source: env.source.to_string(),
@@ -454,6 +475,7 @@ impl Normalizer {
                 timestamp_us: timestamp,
                 received_at_us: env.received_at_us,
                 traits,
+                first_only,
             }));
             return Ok(());
         }
@@ -529,6 +551,41 @@ impl Normalizer {
                 .map_or_else(Json::empty_object, Json::from_raw),
         }));
         Ok(())
+    }
+}
+
+impl Normalizer {
+    /// A client key's identify: consent opt-ins are left out (opt-outs
+    /// stay), and protected traits move to `first_only`, which sets up a
+    /// new customer but never changes an existing one.
+    fn restrict_client(
+        &self,
+        traits: &mut BTreeMap<String, serde_json::Value>,
+        ignored: &mut Vec<(String, String)>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        const WHY: &str =
+            "a client key may opt out but not opt in; send consent opt-ins with a server key";
+        match traits.get_mut("consent") {
+            Some(serde_json::Value::Object(consent)) => consent.retain(|channel, v| {
+                let opt_out = *v == serde_json::Value::Bool(false);
+                if !opt_out {
+                    ignored.push((format!("traits.consent.{channel}"), WHY.into()));
+                }
+                opt_out
+            }),
+            Some(serde_json::Value::Null) | None => {}
+            Some(_) => {
+                traits.remove("consent");
+                ignored.push(("traits.consent".into(), WHY.into()));
+            }
+        }
+        if matches!(traits.get("consent"), Some(serde_json::Value::Object(c)) if c.is_empty()) {
+            traits.remove("consent");
+        }
+        self.protected_traits
+            .iter()
+            .filter_map(|name| traits.remove_entry(name))
+            .collect()
     }
 }
 
@@ -769,5 +826,49 @@ mod tests {
         assert!(e.reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
         let e = ItemError::new(0, "f", "é".repeat(1000));
         assert!(e.reason.ends_with('…'), "cut on a character boundary");
+    }
+
+    #[test]
+    fn a_client_key_cannot_opt_in_nor_change_protected_traits() {
+        let n = Normalizer::new(EventTypes::new(&Default::default()), 32 * 1024, 24);
+        let raw: &RawValue = serde_json::from_str(
+            r#"{"type":"identify","userId":"u1","traits":{"email":"a@x.example","name":"A",
+                "consent":{"email":true,"sms":false,"push":"yes"}}}"#,
+        )
+        .expect("json");
+        let run_as = |source: &str| {
+            let env = Envelope {
+                source,
+                received_at_us: NOW,
+                batch_sent_at_us: None,
+            };
+            let mut out = Vec::new();
+            let ignored = n.item(raw, None, 7, &env, &mut out).expect("accepted");
+            let Some(StagedItem::Profile(p)) = out.pop() else {
+                panic!("no profile update")
+            };
+            (p, ignored)
+        };
+        let (p, ignored) = run_as("client-abc");
+        assert_eq!(
+            p.traits["consent"],
+            serde_json::json!({"sms": false}),
+            "opt-outs stay"
+        );
+        assert_eq!(p.traits["name"], "A");
+        assert!(!p.traits.contains_key("email"));
+        assert_eq!(p.first_only["email"], "a@x.example");
+        let fields: Vec<&str> = ignored.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["traits.consent.email", "traits.consent.push"]);
+        assert!(
+            ignored
+                .iter()
+                .all(|e| e.index == 7 && e.reason.contains("server key"))
+        );
+
+        let (p, ignored) = run_as("key-abc");
+        assert!(ignored.is_empty());
+        assert!(p.first_only.is_empty());
+        assert_eq!(p.traits["consent"]["email"], true, "a server key opts in");
     }
 }

@@ -36,7 +36,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use kairos_core::event::StagedItem;
+use kairos_core::event::{Scope, StagedItem};
 use kairos_core::secret::Secret;
 use kairos_core::time::{now_us, parse_rfc3339_us};
 
@@ -64,15 +64,6 @@ pub struct WriteAccess {
     /// (`server.insecure_local`). A request with no peer address is never
     /// loopback.
     pub open_loopback: bool,
-}
-
-/// The rights a request's key gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// A server key, or an open loopback server.
-    Server,
-    /// A client key.
-    Client,
 }
 
 impl WriteAccess {
@@ -450,13 +441,21 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     };
     let mut staged: Vec<StagedItem> = Vec::with_capacity(raws.len());
     let mut good = 0usize;
+    let mut ignored: Vec<ItemError> = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
         let index = line_of.get(i).copied().unwrap_or(i);
         match s.normalizer.item(raw, forced, index, &env, &mut staged) {
-            Ok(()) => good += 1,
+            Ok(left_out) => {
+                good += 1;
+                ignored.extend(left_out);
+            }
             Err(e) => errors.push(e),
         }
     }
+    if !ignored.is_empty() {
+        s.metrics.reject("client_scope", ignored.len() as u64);
+    }
+    ignored.truncate(MAX_REPORTED_ERRORS);
     errors.sort_by_key(|e| e.index);
     for e in &errors {
         s.metrics.reject(
@@ -506,11 +505,15 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
                 e.to_string(),
             )
         })?;
-    let body = if errors.is_empty() {
-        json!({"success": true, "accepted": good})
-    } else {
-        json!({"success": true, "accepted": good, "errors": errors, "errors_total": errors_total})
-    };
+    let mut body = json!({"success": true, "accepted": good});
+    if !errors.is_empty() {
+        body["errors"] = json!(errors);
+        body["errors_total"] = json!(errors_total);
+    }
+    if !ignored.is_empty() {
+        // Accepted without these parts: a client key's consent opt-ins.
+        body["ignored"] = json!(ignored);
+    }
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
@@ -613,17 +616,6 @@ pub fn source_of(key: &str, scope: Scope) -> String {
     )
 }
 
-/// The scope a recorded source name stands for: `client-…` sources are
-/// client keys; everything else (server keys, `open`, Kairos' own calls)
-/// has server rights.
-pub fn scope_of_source(source: &str) -> Scope {
-    if source.starts_with("client-") {
-        Scope::Client
-    } else {
-        Scope::Server
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,17 +669,17 @@ mod tests {
             .expect("server key");
         assert_eq!(src, source_of("k1", Scope::Server));
         assert!(!src.contains("k1"), "the source never reveals the key");
-        assert_eq!(scope_of_source(&src), Scope::Server);
+        assert_eq!(Scope::of_source(&src), Scope::Server);
         let src = access
             .check(Some("pub1"), peer("192.0.2.7"))
             .expect("client key");
-        assert_eq!(scope_of_source(&src), Scope::Client);
+        assert_eq!(Scope::of_source(&src), Scope::Client);
         assert!(
             access.check(Some("k2"), peer("127.0.0.1")).is_err(),
             "keys apply on loopback too"
         );
         assert!(access.check(None, peer("127.0.0.1")).is_err());
-        assert_eq!(scope_of_source("open"), Scope::Server);
+        assert_eq!(Scope::of_source("open"), Scope::Server);
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub mod metrics;
 
 pub use calls::{CallType, ItemError, Normalizer};
 pub use commit::{Committed, Committer};
-pub use http::{IngestLimits, IngestState, Scope, WriteAccess, router, scope_of_source};
+pub use http::{IngestLimits, IngestState, WriteAccess, router};
 pub use metrics::Metrics;

@@ -27,10 +27,34 @@ fn tag(key: &[u8], payload: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&t.as_ref()[..16])
 }
 
-/// A signed token carrying `fields` (none may contain a newline).
-pub fn sign_fields(key: &[u8], fields: &[&str]) -> String {
+/// What a signed token is for. The purpose's tag is signed with the
+/// fields, so a token made for one purpose never passes for another (an
+/// unsubscribe link is never a callback reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An unsubscribe link: (customer, channel).
+    Unsubscribe,
+    /// A message reference: (customer, channel, send id).
+    Reference,
+}
+
+impl Purpose {
+    fn tag(self) -> &'static str {
+        match self {
+            Purpose::Unsubscribe => "kairos-unsubscribe-v1",
+            Purpose::Reference => "kairos-reference-v1",
+        }
+    }
+}
+
+/// A signed token for `purpose` carrying `fields` (none may contain a
+/// newline).
+pub fn sign_fields(key: &[u8], purpose: Purpose, fields: &[&str]) -> String {
     use base64::Engine as _;
-    let payload = fields.join("\n");
+    let payload = std::iter::once(purpose.tag())
+        .chain(fields.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n");
     format!(
         "{}.{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&payload),
@@ -38,20 +62,33 @@ pub fn sign_fields(key: &[u8], fields: &[&str]) -> String {
     )
 }
 
-/// The `n` fields of a token whose signature holds. The count is part of
-/// the check, so a token made for one purpose never passes for another.
-pub fn verify_fields(key: &[u8], token: &str, n: usize) -> Option<Vec<String>> {
+/// The `n` fields of a `purpose` token whose signature holds. Tokens
+/// signed before purposes were tagged (links still in inboxes) carry the
+/// fields alone; their counts differ by purpose (2 and 3), which keeps
+/// those apart too.
+pub fn verify_fields(key: &[u8], purpose: Purpose, token: &str, n: usize) -> Option<Vec<String>> {
     use base64::Engine as _;
     let (payload, t) = token.split_once('.')?;
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
     let payload = String::from_utf8(payload).ok()?;
-    let fields: Vec<String> = payload.split('\n').map(str::to_string).collect();
     // Both tags come from our own HMAC; comparing them in constant time
     // keeps a forger from learning a prefix.
-    let ok = same(&tag(key, &payload), t);
-    (ok && fields.len() == n).then_some(fields)
+    if !same(&tag(key, &payload), t) {
+        return None;
+    }
+    let mut fields: Vec<String> = payload.split('\n').map(str::to_string).collect();
+    if fields.first().map(String::as_str) == Some(purpose.tag()) {
+        fields.remove(0);
+    } else if fields.first().is_some_and(|f| {
+        [Purpose::Unsubscribe, Purpose::Reference]
+            .iter()
+            .any(|p| p.tag() == f)
+    }) {
+        return None;
+    }
+    (fields.len() == n).then_some(fields)
 }
 
 pub use kairos_core::secret::same;
@@ -69,12 +106,16 @@ pub struct Reference {
 
 /// The reference token a message carries to its provider.
 pub fn reference(key: &[u8], customer_id: &str, channel: Channel, send_id: &str) -> String {
-    sign_fields(key, &[customer_id, channel.as_str(), send_id])
+    sign_fields(
+        key,
+        Purpose::Reference,
+        &[customer_id, channel.as_str(), send_id],
+    )
 }
 
 /// The message a reference names, if its signature holds.
 pub fn verify_reference(key: &[u8], token: &str) -> Option<Reference> {
-    let f = verify_fields(key, token, 3)?;
+    let f = verify_fields(key, Purpose::Reference, token, 3)?;
     Some(Reference {
         channel: Channel::parse(&f[1])?,
         customer_id: f[0].clone(),
@@ -438,17 +479,39 @@ mod tests {
         // Another customer's payload with this tag.
         let forged = format!(
             "{}.{}",
-            sign_fields(b"k", &["c2", "sms", "promo:0:c 1:k"])
+            sign_fields(b"k", Purpose::Reference, &["c2", "sms", "promo:0:c 1:k"])
                 .split_once('.')
                 .expect("dot")
                 .0,
             t.split_once('.').expect("dot").1
         );
         assert_eq!(verify_reference(b"k", &forged), None);
-        // An unsubscribe token (two fields) is not a reference.
+        // An unsubscribe token is not a reference, even with three fields.
         assert_eq!(
-            verify_reference(b"k", &sign_fields(b"k", &["c1", "sms"])),
+            verify_reference(
+                b"k",
+                &sign_fields(b"k", Purpose::Unsubscribe, &["c1", "sms", "x"])
+            ),
             None
+        );
+        assert_eq!(
+            verify_fields(b"k", Purpose::Unsubscribe, &t, 3),
+            None,
+            "a reference is not an unsubscribe token"
+        );
+        // A reference signed before purposes were tagged still verifies.
+        let legacy = {
+            use base64::Engine as _;
+            let payload = "c1\nsms\ns1";
+            format!(
+                "{}.{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload),
+                tag(b"k", payload)
+            )
+        };
+        assert_eq!(
+            verify_reference(b"k", &legacy).expect("legacy").send_id,
+            "s1"
         );
     }
 

@@ -205,7 +205,11 @@ impl Default for Settings {
 
 /// A signed token naming (customer, channel): the unsubscribe link's.
 pub fn unsubscribe_token(key: &[u8], customer_id: &str, channel: Channel) -> String {
-    crate::callbacks::sign_fields(key, &[customer_id, channel.as_str()])
+    crate::callbacks::sign_fields(
+        key,
+        crate::callbacks::Purpose::Unsubscribe,
+        &[customer_id, channel.as_str()],
+    )
 }
 
 /// The key signing unsubscribe links: `configured`, else the one kept in
@@ -225,7 +229,7 @@ pub async fn link_key(root: &DataRoot, configured: &str) -> Result<Vec<u8>, Stor
 
 /// The (customer, channel) of a token, if its signature holds.
 pub fn verify_unsubscribe_token(key: &[u8], token: &str) -> Option<(String, Channel)> {
-    let f = crate::callbacks::verify_fields(key, token, 2)?;
+    let f = crate::callbacks::verify_fields(key, crate::callbacks::Purpose::Unsubscribe, token, 2)?;
     Some((f[0].clone(), Channel::parse(&f[1])?))
 }
 

@@ -544,6 +544,7 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
                     timestamp_us: at.value(i),
                     received_at_us: at.value(i),
                     traits: serde_json::from_str(traits.value(i)).unwrap_or_default(),
+                    first_only: Default::default(),
                 }));
             }
         }

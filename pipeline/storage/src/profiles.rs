@@ -105,8 +105,11 @@ impl ProfileState {
             .entry(u.customer_id.clone())
             .or_insert_with(|| (i64::MIN, Map::new()));
         let late = u.timestamp_us < *updated_at;
+        let first = *updated_at == i64::MIN;
         let mut changes = Vec::new();
-        for (k, v) in &u.traits {
+        // A client key's protected traits set up a new customer only.
+        let first_only = u.first_only.iter().filter(|_| first);
+        for (k, v) in u.traits.iter().chain(first_only) {
             merge(traits, k, v, late, k, &mut |name, old, new| {
                 changes.push(ChangeRow {
                     customer_id: u.customer_id.clone(),
@@ -118,7 +121,6 @@ impl ProfileState {
                 })
             });
         }
-        let first = *updated_at == i64::MIN;
         if changes.is_empty() && !first {
             return None;
         }
@@ -169,6 +171,7 @@ mod tests {
             timestamp_us: ts,
             received_at_us: ts,
             traits: serde_json::from_value(traits).expect("object"),
+            first_only: Default::default(),
         }
     }
 
@@ -238,5 +241,24 @@ mod tests {
         assert_eq!(row.traits["city"], "Oslo");
         assert_eq!(row.updated_at_us, 10);
         assert_eq!(changes.len(), 1);
+    }
+
+    #[test]
+    fn first_only_traits_set_up_a_new_customer_but_never_change_one() {
+        let mut s = ProfileState::default();
+        let mut signup = update(1, json!({"name": "A"}));
+        signup.first_only = [("email".to_string(), json!("a@x.example"))]
+            .into_iter()
+            .collect();
+        let (row, _) = s.apply(&signup).expect("new profile");
+        assert_eq!(row.traits["email"], "a@x.example");
+        let mut takeover = update(2, json!({"name": "B"}));
+        takeover.first_only = [("email".to_string(), json!("attacker@evil.example"))]
+            .into_iter()
+            .collect();
+        let (row, changes) = s.apply(&takeover).expect("name changed");
+        assert_eq!(row.traits["email"], "a@x.example", "the address stays");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].name, "name");
     }
 }

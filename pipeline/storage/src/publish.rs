@@ -511,6 +511,7 @@ mod tests {
             traits: [("loyalty_tier".to_string(), serde_json::json!(tier))]
                 .into_iter()
                 .collect(),
+            first_only: Default::default(),
         })
     }
 
