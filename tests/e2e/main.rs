@@ -13,6 +13,7 @@ mod lift;
 mod messaging;
 mod pages;
 mod policy;
+mod privacy;
 mod readers;
 mod replay;
 mod report;

@@ -19,6 +19,7 @@ mod import;
 mod listen;
 mod live;
 mod loadgen;
+mod privacy;
 mod replay;
 mod report;
 mod serve;
@@ -215,6 +216,13 @@ enum Command {
     /// atomically (glob readers never see a row twice or miss one). Local
     /// data roots; `serve` does it on a schedule (publish.compact_every_secs).
     Compact(compact::CompactArgs),
+    /// Erase customers (GDPR Art. 17): every row, message and derived file
+    /// naming them or their linked anonymous ids, and suppress later calls
+    /// for them. The server must be stopped (while it runs, use its
+    /// POST /api/privacy/erase). docs/security.md.
+    Forget(privacy::ForgetArgs),
+    /// Take ids off the suppression list: calls naming them are kept again.
+    Unsuppress(privacy::ForgetArgs),
     /// The whole product in one command: replay data-samples/ and a
     /// simulated cart-abandonment cohort with a known lift through every
     /// stage, print a summary, then serve the report pages.
@@ -362,6 +370,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => runtime()?.block_on(report::report(config()?, args)),
         Command::Stats { file } => report::stats(&file),
         Command::Sql(args) => sql::sql(config()?, args, &runtime()?),
+        Command::Forget(args) => runtime()?.block_on(privacy::forget(config()?, args)),
+        Command::Unsuppress(args) => runtime()?.block_on(privacy::unsuppress(config()?, args)),
         Command::Demo(args) => demo::demo(config()?, args, &runtime()?),
         Command::Compact(args) => runtime()?.block_on(compact::compact_command(config()?, args)),
     }

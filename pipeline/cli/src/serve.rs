@@ -39,6 +39,8 @@ pub async fn serve_with(
     // One key for signing (delivery) and checking (the /u/ route) unsubscribe
     // links, settled before either starts.
     let read_token = crate::access::settle(&mut config, &root).await?;
+    let privacy = crate::privacy::Privacy::open(&root, config.publish.row_group_rows).await?;
+    let erase_now = Arc::new(tokio::sync::Notify::new());
     let link_key = kairos_messaging::delivery::link_key(&root, &config.messaging.link_key.0)
         .await
         .context("reading or storing _kairos/link-key")?;
@@ -69,17 +71,18 @@ pub async fn serve_with(
             live::load_templates(&config, &rules).await?;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (config, root, gate, writer, metrics, updates) = (
+        let (config, root, gate, writer, metrics, updates, suppression) = (
             config.clone(),
             root.clone(),
             gate.clone(),
             writer.clone(),
             metrics.clone(),
             updates.clone(),
+            privacy.suppression.clone(),
         );
         let task = tokio::spawn(async move {
             let result = async {
-                let (runner, dispatcher) = live::recover(
+                let (mut runner, dispatcher) = live::recover(
                     &config,
                     &root,
                     gate,
@@ -89,6 +92,7 @@ pub async fn serve_with(
                     Some(updates),
                 )
                 .await?;
+                runner.engine.state.set_suppression(suppression);
                 live::run(live::Live {
                     runner,
                     dispatcher,
@@ -118,8 +122,9 @@ pub async fn serve_with(
         metrics.clone(),
         feed,
     );
-    let mut publisher =
-        Publisher::new(root.clone(), log, PublisherOptions::from_config(&config)).await;
+    let mut publisher = Publisher::new(root.clone(), log, PublisherOptions::from_config(&config))
+        .await
+        .with_suppression(privacy.suppression.clone());
     if config.rules.enabled {
         publisher = publisher.with_gate(gate);
     }
@@ -130,6 +135,7 @@ pub async fn serve_with(
         publisher,
         interval,
         compaction,
+        (privacy.clone(), erase_now.clone()),
         backlog.clone(),
         metrics.clone(),
         stopped,
@@ -141,7 +147,8 @@ pub async fn serve_with(
             config.ingest.max_event_bytes,
             config.ingest.max_future_hours,
         )
-        .with_protected_traits(config.ingest.protected_traits.clone()),
+        .with_protected_traits(config.ingest.protected_traits.clone())
+        .with_suppression(privacy.suppression.clone()),
         committer,
         metrics: metrics.clone(),
         access: WriteAccess {
@@ -180,6 +187,11 @@ pub async fn serve_with(
         .merge(kairos_ingest::router(state, &config.ingest.browser_origins))
         .merge(report_router(&config, &root)?)
         .merge(metrics_router(metrics, backlog, read_token.clone()))
+        .merge(crate::privacy::router(
+            privacy,
+            read_token.clone(),
+            erase_now,
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn_with_state(
             checks,
@@ -367,6 +379,7 @@ async fn publish_loop(
     mut publisher: Publisher,
     interval: Duration,
     compaction: Option<Compaction>,
+    (privacy, erase_now): (crate::privacy::Privacy, Arc<tokio::sync::Notify>),
     backlog: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
@@ -381,9 +394,20 @@ async fn publish_loop(
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
+            () = erase_now.notified() => false,
             _ = &mut stop => true,
         };
-        let due = last_publish.is_none_or(|t| t.elapsed() >= interval)
+        // An erasure waits for what is staged: publish it now, not at the
+        // next interval.
+        let erasing = match privacy.pending().await {
+            Ok(p) => !p.is_empty(),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reading pending erasures failed; retried next second");
+                false
+            }
+        };
+        let due = erasing
+            || last_publish.is_none_or(|t| t.elapsed() >= interval)
             || backlog.load(std::sync::atomic::Ordering::Relaxed) >= EARLY_PUBLISH_BYTES;
         if !due && !last {
             continue;
@@ -425,11 +449,39 @@ async fn publish_loop(
         if last {
             return Ok(());
         }
+        if erasing {
+            erase(&privacy, &mut publisher).await;
+        }
         if let Some(c) = &compaction
             && last_compaction.elapsed() >= c.every
         {
             c.run().await;
             last_compaction = std::time::Instant::now();
+        }
+    }
+}
+
+/// Works the pending erasures between two publishes (so no publish writes
+/// a file an erasure rewrites). A failure is retried at the next tick.
+async fn erase(privacy: &crate::privacy::Privacy, publisher: &mut Publisher) {
+    match privacy.run_pending().await {
+        Ok(done) => {
+            for (id, progress) in done {
+                match progress {
+                    crate::privacy::Progress::Finished(a) => {
+                        // Its merged profiles may hold the person.
+                        publisher.reload_profiles();
+                        let rows: usize = a.removed.tables.values().map(|(_, r)| r).sum();
+                        tracing::info!(request = %id, rows, outbox_files = a.removed.outbox_files, "erasure finished");
+                    }
+                    crate::privacy::Progress::Waiting(why) => {
+                        tracing::info!(request = %id, %why, "erasure waiting");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "erasure failed; retried at the next tick")
         }
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! The session is read-only towards the lake: `INSERT` and `COPY` are
 //! refused, because a file written into a table's folder by hand would
-//! bypass the publish step that makes every glob see each row once. Views
-//! (`CREATE VIEW`) live in the session and are allowed.
+//! bypass the publish step that makes every glob see each row once. It
+//! reads nothing outside the data root either: `CREATE EXTERNAL TABLE`
+//! (which would read any file the user may, `/etc/passwd` included, and
+//! show it to whoever sees the output) is refused. Views (`CREATE VIEW`)
+//! and in-memory tables live in the session and are allowed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -122,6 +125,16 @@ pub async fn run(
             .await
             .map_err(explain)
             .with_context(which)?;
+        if let datafusion::logical_expr::LogicalPlan::Ddl(
+            datafusion::logical_expr::DdlStatement::CreateExternalTable(t),
+        ) = &plan
+        {
+            anyhow::bail!(
+                "{}: CREATE EXTERNAL TABLE {} is refused: kairos sql reads only the tables of the data root (\\d lists them); name a query with CREATE VIEW instead",
+                which(),
+                t.name
+            );
+        }
         options.verify_plan(&plan).map_err(|_| {
             anyhow::anyhow!(
                 "{}: kairos sql is read-only (INSERT and COPY are refused): tables are written only by Kairos' publish step; to export, print the result with --format csv or json",
@@ -447,6 +460,22 @@ mod tests {
         .expect_err("read-only");
         assert!(
             format!("{e:#}").starts_with("statement 2: kairos sql is read-only"),
+            "{e:#}"
+        );
+        let secret = dir.path().join("outside.csv");
+        std::fs::write(&secret, "root:x:0:0\n").expect("write");
+        let e = query(
+            &ctx,
+            &format!(
+                "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '{}'; SELECT * FROM pw",
+                secret.display()
+            ),
+            Format::Csv,
+        )
+        .await
+        .expect_err("outside the data root");
+        assert!(
+            format!("{e:#}").starts_with("statement 1: CREATE EXTERNAL TABLE pw is refused"),
             "{e:#}"
         );
         let e = query(&ctx, "SELEC 1", Format::Csv)

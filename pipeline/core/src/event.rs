@@ -35,6 +35,23 @@ impl StagedItem {
         }
     }
 
+    /// Every customer id the item names (erasure drops it when one of
+    /// them is suppressed).
+    pub fn customer_ids(&self) -> Vec<&str> {
+        match self {
+            StagedItem::Event(e) => [
+                Some(e.customer_id.as_str()),
+                e.user_id.as_deref(),
+                e.anonymous_id.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            StagedItem::Profile(p) => vec![p.customer_id.as_str()],
+            StagedItem::Identity(i) => vec![i.anonymous_id.as_str(), i.user_id.as_str()],
+        }
+    }
+
     /// Event time, µs since the epoch (UTC): decides the Hive partition.
     pub fn timestamp_us(&self) -> i64 {
         match self {

@@ -27,6 +27,10 @@ pub struct ItemError {
     pub reason: String,
 }
 
+/// The note for a call dropped because it names an erased customer.
+pub const SUPPRESSED: &str =
+    "names an erased customer, so it was dropped (`kairos unsuppress` undoes the suppression)";
+
 /// A reason is cut to this many bytes: parse errors quote the input, and
 /// an answer listing 100 errors must stay small.
 const MAX_REASON_BYTES: usize = 300;
@@ -273,6 +277,7 @@ pub struct Normalizer {
     max_event_bytes: usize,
     max_future_us: i64,
     protected_traits: Vec<String>,
+    suppression: Option<std::sync::Arc<kairos_storage::privacy::Suppression>>,
 }
 
 type ItemResult<T> = Result<T, (String, String)>;
@@ -289,7 +294,18 @@ impl Normalizer {
             max_event_bytes,
             max_future_us: i64::from(max_future_hours) * HOUR_US,
             protected_traits: vec!["email".into(), "phone".into()],
+            suppression: None,
         }
+    }
+
+    /// Drops calls naming an erased customer (`kairos forget`), answered
+    /// as accepted so senders do not retry them.
+    pub fn with_suppression(
+        mut self,
+        s: std::sync::Arc<kairos_storage::privacy::Suppression>,
+    ) -> Normalizer {
+        self.suppression = Some(s);
+        self
     }
 
     /// Traits a client key may set for a new customer only
@@ -313,8 +329,15 @@ impl Normalizer {
         out: &mut Vec<StagedItem>,
     ) -> Result<Vec<ItemError>, ItemError> {
         let mut ignored = Vec::new();
+        let before = out.len();
         self.item_inner(raw, forced, env, out, &mut ignored)
             .map_err(|(field, reason)| ItemError::new(index, field, reason))?;
+        if let Some(s) = &self.suppression
+            && out[before..].iter().any(|item| s.any(item.customer_ids()))
+        {
+            out.truncate(before);
+            return Ok(vec![ItemError::new(index, "", SUPPRESSED)]);
+        }
         Ok(ignored
             .into_iter()
             .map(|(field, reason)| ItemError::new(index, field, reason))

@@ -452,8 +452,13 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
             Err(e) => errors.push(e),
         }
     }
-    if !ignored.is_empty() {
-        s.metrics.reject("client_scope", ignored.len() as u64);
+    for e in &ignored {
+        let why = if e.reason == crate::calls::SUPPRESSED {
+            "suppressed"
+        } else {
+            "client_scope"
+        };
+        s.metrics.reject(why, 1);
     }
     ignored.truncate(MAX_REPORTED_ERRORS);
     errors.sort_by_key(|e| e.index);
@@ -511,7 +516,8 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
         body["errors_total"] = json!(errors_total);
     }
     if !ignored.is_empty() {
-        // Accepted without these parts: a client key's consent opt-ins.
+        // Accepted without these parts: a client key's consent opt-ins,
+        // calls naming an erased customer.
         body["ignored"] = json!(ignored);
     }
     Ok((StatusCode::OK, axum::Json(body)).into_response())

@@ -473,6 +473,12 @@ impl BatchStage for Messaging {
             let job = entry.remove();
             self.queued.remove(&job.row.send_id);
             let row = job.row;
+            if state.erased(&row.customer_id) {
+                // Queued before the erasure; no row may name them again.
+                tracing::info!(rule = %row.rule, "a queued message of an erased customer dropped");
+                self.finished.insert(row.send_id);
+                continue;
+            }
             let channel = row.channel.unwrap_or(Channel::Email);
             let result = self.prepare(&row, state).and_then(|m| {
                 self.workers

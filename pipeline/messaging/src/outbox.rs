@@ -15,6 +15,9 @@ use kairos_storage::DataRoot;
 
 use crate::channel::{Adapter, Failure, Outgoing, Receipt};
 
+/// Where the outbox writes its messages, under the data root.
+pub const OUTBOX_DIR: &str = "outbox";
+
 /// Writes messages as files.
 pub struct Outbox {
     root: DataRoot,
@@ -130,7 +133,7 @@ impl Adapter for Outbox {
                 ("json", v)
             }
         };
-        let path = format!("outbox/{day}/{}.{ext}", file_stem(&m.send_id));
+        let path = format!("{OUTBOX_DIR}/{day}/{}.{ext}", file_stem(&m.send_id));
         self.root
             .store
             .put(&ObjectPath::from(path.as_str()), Bytes::from(bytes).into())

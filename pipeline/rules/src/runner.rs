@@ -295,8 +295,17 @@ impl Runner {
     async fn record(
         &mut self,
         mut planned: Checkpoint,
-        report: TickReport,
+        mut report: TickReport,
     ) -> Result<TickReport, StorageError> {
+        let before = report.firings.len();
+        let state = &self.engine.state;
+        report.firings.retain(|f| !state.erased(&f.customer_id));
+        if report.firings.len() < before {
+            tracing::info!(
+                dropped = before - report.firings.len(),
+                "firings of erased customers dropped"
+            );
+        }
         let batch = firings::batch_id(planned.batch);
         if !report.firings.is_empty() {
             firings::write(&self.root, &report.firings, &batch, planned.clock_us).await?;

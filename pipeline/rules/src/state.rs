@@ -224,9 +224,25 @@ pub struct State {
     identities: HashMap<String, String>,
     recent: HashSet<u128>,
     recent_order: VecDeque<u128>,
+    /// Erased customers (`kairos forget`): nothing fires or is sent for
+    /// them, whatever this state still holds until the next start.
+    suppression: Option<Arc<kairos_storage::privacy::Suppression>>,
 }
 
 impl State {
+    /// Checks [`State::erased`] against `s` from now on.
+    pub fn set_suppression(&mut self, s: Arc<kairos_storage::privacy::Suppression>) {
+        self.suppression = Some(s);
+    }
+
+    /// Whether `customer_id` was erased: its firings and queued messages
+    /// are dropped.
+    pub fn erased(&self, customer_id: &str) -> bool {
+        self.suppression
+            .as_ref()
+            .is_some_and(|s| s.contains(customer_id))
+    }
+
     /// Customers known.
     pub fn len(&self) -> usize {
         self.customers.len()

@@ -347,6 +347,37 @@ fn recover(root: &Path, stats: &mut CompactStats) -> Result<()> {
     Ok(())
 }
 
+/// Deletes every swapped-out hour folder now, grace period or not (an
+/// erasure must not leave the old copies of the rows it removed for
+/// [`GRACE_SECS`]; a reader that listed such an hour gets "not found" and
+/// retries). Unfinished compactions are completed or undone first, as at
+/// any run. Returns the files deleted. Local roots only; nothing to do
+/// elsewhere. Blocking.
+pub fn purge_swapped_out(root: &DataRoot) -> Result<usize> {
+    let Some(dir) = root.local_dir.clone() else {
+        return Ok(0);
+    };
+    recover(&dir, &mut CompactStats::default())?;
+    let mut deleted = 0;
+    for path in read_dir(&dir.join(COMPACTING_DIR))? {
+        if !name_of(&path).ends_with(".done") {
+            continue;
+        }
+        let text = std::fs::read(&path).map_err(StorageError::io(path.display()))?;
+        let m: Manifest = serde_json::from_slice(&text).map_err(|e| StorageError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("{e}; delete it and the work folder it names"),
+        })?;
+        let work = dir.join(&m.work);
+        deleted += read_dir(&work)?.len();
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(StorageError::io(work.display()))?;
+        }
+        std::fs::remove_file(&path).map_err(StorageError::io(path.display()))?;
+    }
+    Ok(deleted)
+}
+
 /// `batch` with exactly `schema`'s columns (missing ones null); `None` when
 /// it has a column the schema lacks, which merging would drop.
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Option<RecordBatch> {

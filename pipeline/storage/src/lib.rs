@@ -16,6 +16,7 @@
 
 pub mod compact;
 pub mod dedupe;
+pub mod privacy;
 pub mod profiles;
 pub mod publish;
 pub mod root;

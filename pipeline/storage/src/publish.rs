@@ -54,6 +54,8 @@ pub struct PublishStats {
     pub items: usize,
     /// Items dropped as already published.
     pub duplicates: usize,
+    /// Items dropped because they name an erased customer.
+    pub suppressed: usize,
     /// Rows written to `events/`.
     pub events: usize,
     /// Rows written to `profiles/`.
@@ -126,6 +128,7 @@ pub struct Publisher {
     profiles: Option<ProfileState>,
     counter: u64,
     backlog: Arc<std::sync::atomic::AtomicU64>,
+    suppression: Option<Arc<crate::privacy::Suppression>>,
 }
 
 impl Publisher {
@@ -150,7 +153,20 @@ impl Publisher {
             profiles: None,
             counter: 0,
             backlog,
+            suppression: None,
         }
+    }
+
+    /// Drops items naming an erased customer (staged before the erasure).
+    pub fn with_suppression(mut self, s: Arc<crate::privacy::Suppression>) -> Publisher {
+        self.suppression = Some(s);
+        self
+    }
+
+    /// Forgets the merged profiles held in memory; the next publish reloads
+    /// them from `profiles/` (after an erasure rewrote it).
+    pub fn reload_profiles(&mut self) {
+        self.profiles = None;
     }
 
     /// Publishes only segments `gate` says are consumed.
@@ -342,6 +358,12 @@ impl Publisher {
         let mut identities: BTreeMap<i64, Vec<IdentityLink>> = BTreeMap::new();
         let mut updates: Vec<ProfileUpdate> = Vec::new();
         for item in items {
+            if let Some(s) = &self.suppression
+                && s.any(item.customer_ids())
+            {
+                stats.suppressed += 1;
+                continue;
+            }
             let hour = hour_bucket(item.timestamp_us());
             if refreshed.insert(hour) {
                 self.dedupe
