@@ -389,3 +389,61 @@ fn a_kill_9_mid_erasure_then_a_rerun_ends_as_an_uninterrupted_one() {
         "the interrupted erasure differs from the uninterrupted one"
     );
 }
+
+#[test]
+fn retention_drops_old_hours_but_keeps_opt_outs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = dir.path().join("old.ndjson");
+    let now = chrono::Utc::now();
+    let recent = (now - chrono::Duration::days(1)).to_rfc3339();
+    let lines = [
+        json!({"type": "track", "userId": "c1", "messageId": "old-view", "event": "Product Viewed", "timestamp": "2025-01-01T10:00:00Z"}),
+        json!({"type": "track", "userId": "c1", "messageId": "old-optout", "event": "Email Unsubscribed", "timestamp": "2025-01-01T10:05:00Z"}),
+        json!({"type": "identify", "userId": "c1", "anonymousId": "a1", "messageId": "old-link", "timestamp": "2025-01-01T10:00:00Z"}),
+        json!({"type": "track", "userId": "c1", "messageId": "new-view", "event": "Product Viewed", "timestamp": recent}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&calls, text).expect("write");
+    let data = dir.path().join("data");
+    run_kairos(
+        &[
+            "import",
+            "events",
+            calls.to_str().expect("utf8"),
+            "--data",
+            data.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    let ids = |table: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            crate::support::strings(&crate::support::read_table(&data, table), "event_id")
+                .into_iter()
+                .flatten()
+                .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids("events").len(), 3);
+
+    let mut server = Server::start(
+        data.to_str().expect("utf8"),
+        "[rules]\nenabled = false\n[retention]\nevents = \"30d\"\nidentities = \"30d\"\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ids("events").len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never ran: {:?}",
+            ids("events")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+    assert_eq!(
+        ids("events"),
+        ["new-view", "old-optout"],
+        "the consent record stays"
+    );
+    assert!(ids("identities").is_empty(), "old links dropped");
+}

@@ -57,8 +57,11 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
     }
     let opts = PublisherOptions::from_config(&config);
 
+    // Erased customers stay erased: rows naming them are dropped.
+    let suppression = kairos_storage::privacy::Suppression::load(&root).await?;
     let stats = Publisher::new(root.clone(), log, opts)
         .await
+        .with_suppression(suppression)
         .publish()
         .await?;
     for e in items.errors.iter().take(20) {
@@ -68,7 +71,7 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
         eprintln!("... and {} more rejected rows", items.errors.len() - 20);
     }
     println!(
-        "imported {} rows into {}: {} events, {} profile versions, {} trait changes, {} identity links, {} duplicates skipped, {} rejected",
+        "imported {} rows into {}: {} events, {} profile versions, {} trait changes, {} identity links, {} duplicates skipped, {} naming erased customers dropped, {} rejected",
         items.rows,
         root.url,
         stats.events,
@@ -76,6 +79,7 @@ pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Re
         stats.changes,
         stats.identities,
         stats.duplicates,
+        stats.suppressed,
         items.errors.len()
     );
     Ok(())

@@ -95,6 +95,51 @@ pub struct Privacy {
     pub suppression: Arc<Suppression>,
     /// Rows per row group in rewritten files.
     pub row_group_rows: usize,
+    /// `[retention]` of the tables.
+    pub retention: Vec<p::Retention>,
+    /// `retention.outbox`, µs.
+    pub outbox_max_age_us: Option<i64>,
+}
+
+/// `[retention]` as rules: (table rules, outbox age µs).
+pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Option<i64>)> {
+    let r = &config.retention;
+    let age = |name: &str, value: &str| -> anyhow::Result<Option<i64>> {
+        if value.trim().is_empty() {
+            return Ok(None);
+        }
+        match kairos_rules::rule::parse_duration(value) {
+            Ok(0) => anyhow::bail!("retention.{name}: must be longer than 0 (empty keeps forever)"),
+            Ok(s) if s > 100 * 366 * 86_400 => {
+                anyhow::bail!(
+                    "retention.{name}: {value:?} is over a century; leave it empty to keep forever"
+                )
+            }
+            Ok(s) => Ok(Some(s as i64 * 1_000_000)),
+            Err(e) => anyhow::bail!("retention.{name}: {e} (e.g. \"400d\")"),
+        }
+    };
+    let tables = erase_tables();
+    let table = |name: &str| tables.iter().find(|t| t.name == name).cloned();
+    let mut rules = Vec::new();
+    for (name, value, keep) in [
+        (
+            t::EVENTS,
+            &r.events,
+            Some(("event_type", &kairos_rules::state::OPT_OUT_EVENTS[..])),
+        ),
+        (t::PROFILE_CHANGES, &r.profile_changes, None),
+        (t::IDENTITIES, &r.identities, None),
+    ] {
+        if let (Some(max_age_us), Some(table)) = (age(name, value)?, table(name)) {
+            rules.push(p::Retention {
+                table,
+                max_age_us,
+                keep,
+            });
+        }
+    }
+    Ok((rules, age("outbox", &r.outbox)?))
 }
 
 /// The tables erasure rewrites, and the columns naming a customer.
@@ -145,15 +190,35 @@ pub fn validate_ids(ids: &[String]) -> Result<(), String> {
 }
 
 impl Privacy {
-    /// The erasure of `root` (loads the suppression list).
-    pub async fn open(root: &DataRoot, row_group_rows: usize) -> anyhow::Result<Privacy> {
+    /// The erasure and retention of `root` (loads the suppression list).
+    pub async fn open(root: &DataRoot, config: &Config) -> anyhow::Result<Privacy> {
+        let (retention, outbox_max_age_us) = retention_rules(config)?;
         Ok(Privacy {
             root: root.clone(),
             suppression: Suppression::load(root)
                 .await
                 .context("loading the suppression list")?,
-            row_group_rows,
+            row_group_rows: config.publish.row_group_rows,
+            retention,
+            outbox_max_age_us,
         })
+    }
+
+    /// Drops what `[retention]` says is too old; returns (files changed,
+    /// rows removed, outbox files deleted).
+    pub async fn enforce_retention(&self) -> anyhow::Result<(usize, usize, usize)> {
+        let now = kairos_core::time::now_us();
+        let by_table =
+            p::enforce_retention(&self.root, &self.retention, now, self.row_group_rows).await?;
+        let outbox = match self.outbox_max_age_us {
+            Some(age) => {
+                p::expire_dated(&self.root, kairos_messaging::outbox::OUTBOX_DIR, age, now).await?
+            }
+            None => 0,
+        };
+        let files = by_table.values().map(|(f, _)| f).sum();
+        let rows = by_table.values().map(|(_, r)| r).sum();
+        Ok((files, rows, outbox))
     }
 
     /// Records an erasure of `ids`: suppressed at once, erased by
@@ -376,7 +441,7 @@ async fn offline(config: &Config, data: Option<&str>, what: &str) -> anyhow::Res
             "a server is running on {data}: `kairos {what}` would race it; use its POST /api/privacy/erase, or stop it first"
         );
     }
-    Privacy::open(&root, config.publish.row_group_rows).await
+    Privacy::open(&root, config).await
 }
 
 /// `POST /api/privacy/erase` and `GET /api/privacy/erase/{id}`, behind the

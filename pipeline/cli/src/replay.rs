@@ -86,10 +86,22 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
         items.extend(read.staged);
     }
     items.sort_by_key(StagedItem::timestamp_us);
-    let total = items.len();
 
     let root = DataRoot::open(&config.storage.data)
         .with_context(|| format!("opening data root {}", config.storage.data))?;
+    // Erased customers stay erased: their calls never reach the rules.
+    let suppression = kairos_storage::privacy::Suppression::load(&root).await?;
+    if !suppression.is_empty() {
+        let before = items.len();
+        items.retain(|i| !suppression.any(i.customer_ids()));
+        if items.len() < before {
+            println!(
+                "{} call(s) naming erased customers dropped",
+                before - items.len()
+            );
+        }
+    }
+    let total = items.len();
     let writer = WriterId::fresh();
     let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), writer.clone())?));
     let gate: ConsumedGate = Arc::default();

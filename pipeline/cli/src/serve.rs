@@ -39,7 +39,7 @@ pub async fn serve_with(
     // One key for signing (delivery) and checking (the /u/ route) unsubscribe
     // links, settled before either starts.
     let read_token = crate::access::settle(&mut config, &root).await?;
-    let privacy = crate::privacy::Privacy::open(&root, config.publish.row_group_rows).await?;
+    let privacy = crate::privacy::Privacy::open(&root, &config).await?;
     let erase_now = Arc::new(tokio::sync::Notify::new());
     let link_key = kairos_messaging::delivery::link_key(&root, &config.messaging.link_key.0)
         .await
@@ -391,6 +391,7 @@ async fn publish_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_publish: Option<std::time::Instant> = None;
     let mut last_compaction = std::time::Instant::now();
+    let mut last_retention: Option<std::time::Instant> = None;
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
@@ -452,6 +453,18 @@ async fn publish_loop(
         if erasing {
             erase(&privacy, &mut publisher).await;
         }
+        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            last_retention = Some(std::time::Instant::now());
+            match privacy.enforce_retention().await {
+                Ok((0, _, 0)) => {}
+                Ok((files, rows, outbox)) => {
+                    tracing::info!(files, rows, outbox, "retention: old data dropped")
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "retention failed; retried in an hour")
+                }
+            }
+        }
         if let Some(c) = &compaction
             && last_compaction.elapsed() >= c.every
         {
@@ -460,6 +473,9 @@ async fn publish_loop(
         }
     }
 }
+
+/// How often `[retention]` is enforced (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// Works the pending erasures between two publishes (so no publish writes
 /// a file an erasure rewrites). A failure is retried at the next tick.

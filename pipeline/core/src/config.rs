@@ -47,6 +47,23 @@ pub struct Config {
     pub messaging: MessagingConfig,
     /// `[report]`: the experiment report API.
     pub report: ReportConfig,
+    /// `[retention]`: how long each table keeps its rows.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: the longest each kind of data is kept (`"400d"`); empty:
+/// forever. Enforced by `kairos serve` every hour (docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events (opt-out events are kept: they are the consent record).
+    pub events: String,
+    /// Trait change history.
+    pub profile_changes: String,
+    /// Identity links (older links stop joining anonymous history).
+    pub identities: String,
+    /// Rendered messages in `outbox/`.
+    pub outbox: String,
 }
 
 /// `[report]`: the experiment report API (`/api/...`) and `kairos report`.

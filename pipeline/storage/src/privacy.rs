@@ -405,6 +405,133 @@ pub async fn delete_all(root: &DataRoot, prefix: &str) -> Result<usize> {
     Ok(metas.len())
 }
 
+/// One table's retention: files of hours that ended more than `max_age_us`
+/// ago lose every row but those `keep` names.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// The table, as for erasure.
+    pub table: EraseTable,
+    /// Longest age, µs.
+    pub max_age_us: i64,
+    /// Rows kept whatever their age: (column, values), e.g. opt-out events.
+    pub keep: Option<(&'static str, &'static [&'static str])>,
+}
+
+/// The start (µs) of the hour a table file's path names
+/// (`…/date=YYYY-MM-DD/hour=HH/…`), if it names one.
+fn hour_of(path: &str) -> Option<i64> {
+    let date = path.split('/').find_map(|p| p.strip_prefix("date="))?;
+    let hour: u32 = path
+        .split('/')
+        .find_map(|p| p.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some(day.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_micros())
+}
+
+/// Applies `rules` as of `now_us`: a file of an hour past its table's
+/// age is rewritten with only its kept rows (one PUT, as erasure), or
+/// deleted when none remain. Returns, per table, (files changed, rows
+/// removed).
+pub async fn enforce_retention(
+    root: &DataRoot,
+    rules: &[Retention],
+    now_us: i64,
+    row_group_rows: usize,
+) -> Result<BTreeMap<String, (usize, usize)>> {
+    let mut out = BTreeMap::new();
+    for rule in rules {
+        let cutoff = now_us.saturating_sub(rule.max_age_us);
+        let entry: &mut (usize, usize) = out.entry(rule.table.name.to_string()).or_default();
+        for meta in root.list(&ObjectPath::from(rule.table.name)).await? {
+            let path = meta.location.as_ref();
+            let Some(start) = hour_of(path).filter(|_| path.ends_with(".parquet")) else {
+                continue;
+            };
+            if start + kairos_core::time::HOUR_US > cutoff {
+                continue;
+            }
+            let batches = read_parquet(root, &meta.location, None).await?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let mut kept = Vec::new();
+            if let Some((column, values)) = rule.keep {
+                for b in &batches {
+                    let mask: BooleanArray = match strings(b, column) {
+                        Some(c) => (0..b.num_rows())
+                            .map(|i| Some(c.is_valid(i) && values.contains(&c.value(i))))
+                            .collect(),
+                        None => BooleanArray::from(vec![false; b.num_rows()]),
+                    };
+                    kept.push(filter_record_batch(b, &mask)?);
+                }
+            }
+            let left: usize = kept.iter().map(RecordBatch::num_rows).sum();
+            if left == rows {
+                continue;
+            }
+            if left == 0 {
+                root.store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(StorageError::store(&meta.location))?;
+            } else {
+                let schema = kept[0].schema();
+                let merged = concat_batches(&schema, &kept)?;
+                let props = writer_properties(
+                    &schema,
+                    rule.table.sort_column,
+                    rule.table.bloom_columns,
+                    row_group_rows,
+                );
+                let bytes = encode_parquet(&merged, props, path)?;
+                root.store
+                    .put(&meta.location, Bytes::from(bytes).into())
+                    .await
+                    .map_err(StorageError::store(&meta.location))?;
+            }
+            entry.0 += 1;
+            entry.1 += rows - left;
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes outbox messages of days that ended more than `max_age_us` ago
+/// (`<prefix>/YYYY-MM-DD/…`); returns how many.
+pub async fn expire_dated(
+    root: &DataRoot,
+    prefix: &str,
+    max_age_us: i64,
+    now_us: i64,
+) -> Result<usize> {
+    let cutoff = now_us.saturating_sub(max_age_us);
+    let mut deleted = 0;
+    for meta in root.list(&ObjectPath::from(prefix)).await? {
+        let day = meta
+            .location
+            .as_ref()
+            .split('/')
+            .nth(1)
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        let Some(end) = day
+            .and_then(|d| d.succ_opt())
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp_micros())
+        else {
+            continue;
+        };
+        if end <= cutoff {
+            root.store
+                .delete(&meta.location)
+                .await
+                .map_err(StorageError::store(&meta.location))?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +556,16 @@ mod tests {
         assert_eq!(again.remove(&root, &["u1".to_string()]).await?, 1);
         assert!(!again.contains("u1") && again.contains("a9"));
         Ok(())
+    }
+
+    #[test]
+    fn hours_come_from_the_partition_path() {
+        assert_eq!(
+            hour_of("events/date=2026-09-01/hour=07/x.parquet"),
+            Some(1_788_246_000_000_000)
+        );
+        assert_eq!(hour_of("events/x.parquet"), None);
+        assert_eq!(hour_of("events/date=2026-13-01/hour=07/x.parquet"), None);
     }
 
     #[test]
