@@ -400,3 +400,146 @@ async fn generic_callbacks_are_bound_to_their_reference_and_never_replayed() {
     .expect("post");
     assert_eq!(r.status(), 400);
 }
+
+/// A small seeded generator (xorshift64*), so a failing case can be
+/// replayed from the seed printed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One random mutation of `body`: byte flips, cuts, splices, repeated
+/// spans, or JSON-aware swaps that keep it parsing with odd values.
+fn mutate(rng: &mut Rng, body: &[u8]) -> Vec<u8> {
+    let mut b = body.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        if b.is_empty() {
+            b.push(b'{');
+        }
+        let at = rng.below(b.len());
+        match rng.below(9) {
+            0 => b[at] ^= 1 << rng.below(8),
+            1 => b.truncate(at),
+            2 => {
+                let end = (at + rng.below(64)).min(b.len());
+                b.drain(at..end);
+            }
+            3 => {
+                let end = (at + rng.below(256)).min(b.len());
+                let span = b[at..end].to_vec();
+                for _ in 0..rng.below(50) {
+                    b.splice(at..at, span.iter().copied());
+                }
+            }
+            4 => {
+                const ODD: [&str; 12] = [
+                    "null", "1e999", "-0", "\"\\u0000\"", "[]", "{}", "\"\\ud800\"",
+                    "18446744073709551616", "\"2026-13-45T99:99:99Z\"", "true",
+                    "\"\u{202e}x\"", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                ];
+                let odd = ODD[rng.below(ODD.len())].as_bytes();
+                b.splice(at..at, odd.iter().copied());
+            }
+            5 => b.insert(at, rng.next() as u8),
+            6 => {
+                let text = String::from_utf8_lossy(&b).into_owned();
+                let swapped = text.replacen(
+                    ["\"userId\"", "\"timestamp\"", "\"properties\"", "\"type\"", "\"batch\"", "\"traits\""][rng.below(6)],
+                    ["\"userId\"", "\"timestamp\"", "\"properties\"", "\"type\"", "\"batch\"", "\"traits\""][rng.below(6)],
+                    1,
+                );
+                b = swapped.into_bytes();
+            }
+            7 => b.extend_from_slice(&body[..rng.below(body.len())]),
+            _ => b.reverse(),
+        }
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_calls_never_get_a_5xx_nor_crash_the_server() {
+    let seed: u64 = std::env::var("KAIROS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1616);
+    let runs: usize = std::env::var("KAIROS_FUZZ_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    eprintln!("fuzzing ingest: seed {seed}, {runs} calls (KAIROS_FUZZ_SEED / KAIROS_FUZZ_RUNS)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path().to_str().expect("utf8"),
+        &format!("{QUIET}[ingest]\nwrite_keys = [\"wk\"]\nclient_keys = [\"pub\"]\n"),
+    );
+    let valid = json!({"batch": [
+        track("u1", "m-1", "Order Completed"),
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m-2",
+         "traits": {"email": "u1@example.com", "consent": {"email": true}}},
+        {"type": "page", "anonymousId": "a1", "name": "Home", "messageId": "m-3",
+         "properties": {"price": "12.50", "quantity": 2}, "context": {"timezone": "Europe/Berlin"}},
+        {"type": "alias", "userId": "u1", "previousId": "a0", "messageId": "m-4"},
+        {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "m-5", "traits": {"n": 1}},
+    ], "sentAt": "2026-09-01T10:00:00Z"})
+    .to_string();
+    let single = json!({"type": "track", "userId": "u2", "event": "Viewed", "writeKey": "pub",
+        "timestamp": "2026-09-01T10:00:00Z", "properties": {"a": [1, {"b": null}]}})
+    .to_string();
+    let import: String = (0..5)
+        .map(|i| format!("{}\n", track(&format!("u{i}"), &format!("i-{i}"), "Viewed")))
+        .collect();
+    let mut rng = Rng(seed | 1);
+    let c = reqwest::Client::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..runs {
+        let (path, base) = match rng.below(4) {
+            0 => ("/v1/batch", valid.as_bytes()),
+            1 => ("/v1/t", single.as_bytes()),
+            2 => ("/v1/import", import.as_bytes()),
+            _ => (["/v1/track", "/v1/identify", "/v1/b", "/v1/i"][rng.below(4)], single.as_bytes()),
+        };
+        let body = mutate(&mut rng, base);
+        let mut req = c.post(server.url(path));
+        if rng.below(3) > 0 {
+            req = req.header("authorization", if rng.below(2) == 0 { "Bearer wk" } else { "Basic cHViOg==" });
+        }
+        if rng.below(5) == 0 {
+            use std::io::Write as _;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&body).expect("gzip");
+            let mut gz = enc.finish().expect("gzip");
+            if rng.below(3) == 0 {
+                let cut = rng.below(gz.len());
+                gz.truncate(cut);
+            }
+            req = req.header("content-encoding", "gzip").body(gz);
+        } else {
+            req = req.body(body.clone());
+        }
+        let r = req.send().await.unwrap_or_else(|e| {
+            panic!("call {i} (seed {seed}) got no answer: {e}; body {:?}", String::from_utf8_lossy(&body))
+        });
+        let status = r.status().as_u16();
+        assert!(
+            status < 500,
+            "call {i} (seed {seed}) to {path} answered {status}: {}; body {:?}",
+            r.text().await.unwrap_or_default(),
+            String::from_utf8_lossy(&body)
+        );
+        *statuses.entry(status).or_insert(0usize) += 1;
+    }
+    eprintln!("answers: {statuses:?}");
+    let r = reqwest::get(server.url("/healthz")).await.expect("still up");
+    assert_eq!(r.status(), 200);
+    assert!(statuses.contains_key(&200), "some mutations stay valid: {statuses:?}");
+}
