@@ -543,3 +543,97 @@ async fn fuzzed_calls_never_get_a_5xx_nor_crash_the_server() {
     assert_eq!(r.status(), 200);
     assert!(statuses.contains_key(&200), "some mutations stay valid: {statuses:?}");
 }
+
+/// Chromium, kept on loopback: every host name fails inside the browser
+/// and its own background requests (time, accounts) go nowhere.
+const CHROMIUM_OFFLINE: [&str; 11] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--disable-features=NetworkTimeServiceQuerying,AimEnabled,AimServerEligibilityEnabled",
+    "--gaia-url=http://127.0.0.1:9/",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_js_sends_from_a_configured_origin() {
+    use crate::support::{external, strings};
+    let (Some(chromium), Some(sdk)) = (
+        external("KAIROS_TEST_CHROMIUM"),
+        external("KAIROS_TEST_ANALYTICS_JS"),
+    ) else {
+        return;
+    };
+    let sdk = std::fs::read(&sdk).unwrap_or_else(|e| panic!("{sdk}: {e}; run .ci/setup-test-env"));
+    // The shop's page, on another loopback port: another origin.
+    let page = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let page_origin = format!("http://{}", page.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_secure(
+        dir.path().to_str().expect("utf8"),
+        &format!("{QUIET}[ingest]\nclient_keys = [\"pub-e2e\"]\nbrowser_origins = [\"{page_origin}\"]\n[report]\ntoken = \"t\"\n"),
+    );
+    let html = include_str!("pages/analytics_js.html")
+        .replace("__KAIROS__", server.addr())
+        .replace("__WRITE_KEY__", "pub-e2e");
+    let app = axum::Router::new()
+        .route("/page.html", axum::routing::get(move || async move { axum::response::Html(html) }))
+        .route(
+            "/vendor/analytics-next.js",
+            axum::routing::get(move || async move {
+                ([("content-type", "application/javascript")], sdk)
+            }),
+        );
+    tokio::spawn(async move { axum::serve(page, app).await });
+
+    let url = format!("{page_origin}/page.html");
+    let dom = tokio::task::spawn_blocking(move || {
+        // Debian's Chromium now and then dies at start-up: try again then.
+        for attempt in 1..=3 {
+            let profile = tempfile::tempdir().expect("profile dir");
+            let out = std::process::Command::new(&chromium)
+                .args(CHROMIUM_OFFLINE)
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .args(["--virtual-time-budget=10000", "--dump-dom", &url])
+                .output()
+                .unwrap_or_else(|e| panic!("starting {chromium}: {e}; run .ci/setup-test-env"));
+            let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() || attempt == 3 {
+                return (dom, String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            eprintln!("chromium attempt {attempt} failed ({}); retrying", out.status);
+        }
+        unreachable!()
+    })
+    .await
+    .expect("chromium task");
+    assert!(dom.0.contains("DONE online=true"), "page: {}\nchromium: {}", dom.0, dom.1);
+    server.stop();
+
+    let events = read_table(dir.path(), "events");
+    let names = strings(&events, "event");
+    let at = names
+        .iter()
+        .position(|n| n.as_deref() == Some("Test Event"))
+        .unwrap_or_else(|| panic!("no track from the browser: {names:?}"));
+    let props: Value = serde_json::from_str(strings(&events, "properties")[at].as_deref().expect("props"))
+        .expect("json");
+    assert_eq!(props["a"], 1);
+    let source = strings(&events, "source")[at].clone().expect("source");
+    assert!(source.starts_with("client-"), "sent with the client key: {source}");
+    let profiles = read_table(dir.path(), "profiles");
+    let traits: Vec<Value> = strings(&profiles, "traits")
+        .into_iter()
+        .zip(strings(&profiles, "customer_id"))
+        .filter(|(_, c)| c.as_deref() == Some("browser-user-1"))
+        .map(|(t, _)| serde_json::from_str(&t.expect("traits")).expect("json"))
+        .collect();
+    let last = traits.last().expect("the identify arrived");
+    assert_eq!(last["email"], "browser-user-1@example.com", "a new customer's email is taken");
+    assert!(last.get("consent").is_none(), "a browser cannot opt anyone in: {last}");
+}
