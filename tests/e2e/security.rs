@@ -442,9 +442,18 @@ fn mutate(rng: &mut Rng, body: &[u8]) -> Vec<u8> {
             }
             4 => {
                 const ODD: [&str; 12] = [
-                    "null", "1e999", "-0", "\"\\u0000\"", "[]", "{}", "\"\\ud800\"",
-                    "18446744073709551616", "\"2026-13-45T99:99:99Z\"", "true",
-                    "\"\u{202e}x\"", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                    "null",
+                    "1e999",
+                    "-0",
+                    "\"\\u0000\"",
+                    "[]",
+                    "{}",
+                    "\"\\ud800\"",
+                    "18446744073709551616",
+                    "\"2026-13-45T99:99:99Z\"",
+                    "true",
+                    "\"\u{202e}x\"",
+                    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
                 ];
                 let odd = ODD[rng.below(ODD.len())].as_bytes();
                 b.splice(at..at, odd.iter().copied());
@@ -453,8 +462,22 @@ fn mutate(rng: &mut Rng, body: &[u8]) -> Vec<u8> {
             6 => {
                 let text = String::from_utf8_lossy(&b).into_owned();
                 let swapped = text.replacen(
-                    ["\"userId\"", "\"timestamp\"", "\"properties\"", "\"type\"", "\"batch\"", "\"traits\""][rng.below(6)],
-                    ["\"userId\"", "\"timestamp\"", "\"properties\"", "\"type\"", "\"batch\"", "\"traits\""][rng.below(6)],
+                    [
+                        "\"userId\"",
+                        "\"timestamp\"",
+                        "\"properties\"",
+                        "\"type\"",
+                        "\"batch\"",
+                        "\"traits\"",
+                    ][rng.below(6)],
+                    [
+                        "\"userId\"",
+                        "\"timestamp\"",
+                        "\"properties\"",
+                        "\"type\"",
+                        "\"batch\"",
+                        "\"traits\"",
+                    ][rng.below(6)],
                     1,
                 );
                 b = swapped.into_bytes();
@@ -506,12 +529,22 @@ async fn fuzzed_calls_never_get_a_5xx_nor_crash_the_server() {
             0 => ("/v1/batch", valid.as_bytes()),
             1 => ("/v1/t", single.as_bytes()),
             2 => ("/v1/import", import.as_bytes()),
-            _ => (["/v1/track", "/v1/identify", "/v1/b", "/v1/i"][rng.below(4)], single.as_bytes()),
+            _ => (
+                ["/v1/track", "/v1/identify", "/v1/b", "/v1/i"][rng.below(4)],
+                single.as_bytes(),
+            ),
         };
         let body = mutate(&mut rng, base);
         let mut req = c.post(server.url(path));
         if rng.below(3) > 0 {
-            req = req.header("authorization", if rng.below(2) == 0 { "Bearer wk" } else { "Basic cHViOg==" });
+            req = req.header(
+                "authorization",
+                if rng.below(2) == 0 {
+                    "Bearer wk"
+                } else {
+                    "Basic cHViOg=="
+                },
+            );
         }
         if rng.below(5) == 0 {
             use std::io::Write as _;
@@ -527,7 +560,10 @@ async fn fuzzed_calls_never_get_a_5xx_nor_crash_the_server() {
             req = req.body(body.clone());
         }
         let r = req.send().await.unwrap_or_else(|e| {
-            panic!("call {i} (seed {seed}) got no answer: {e}; body {:?}", String::from_utf8_lossy(&body))
+            panic!(
+                "call {i} (seed {seed}) got no answer: {e}; body {:?}",
+                String::from_utf8_lossy(&body)
+            )
         });
         let status = r.status().as_u16();
         assert!(
@@ -539,9 +575,14 @@ async fn fuzzed_calls_never_get_a_5xx_nor_crash_the_server() {
         *statuses.entry(status).or_insert(0usize) += 1;
     }
     eprintln!("answers: {statuses:?}");
-    let r = reqwest::get(server.url("/healthz")).await.expect("still up");
+    let r = reqwest::get(server.url("/healthz"))
+        .await
+        .expect("still up");
     assert_eq!(r.status(), 200);
-    assert!(statuses.contains_key(&200), "some mutations stay valid: {statuses:?}");
+    assert!(
+        statuses.contains_key(&200),
+        "some mutations stay valid: {statuses:?}"
+    );
 }
 
 /// Chromium, kept on loopback: every host name fails inside the browser
@@ -571,18 +612,25 @@ async fn segment_analytics_js_sends_from_a_configured_origin() {
     };
     let sdk = std::fs::read(&sdk).unwrap_or_else(|e| panic!("{sdk}: {e}; run .ci/setup-test-env"));
     // The shop's page, on another loopback port: another origin.
-    let page = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let page = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let page_origin = format!("http://{}", page.local_addr().expect("addr"));
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_secure(
         dir.path().to_str().expect("utf8"),
-        &format!("{QUIET}[ingest]\nclient_keys = [\"pub-e2e\"]\nbrowser_origins = [\"{page_origin}\"]\n[report]\ntoken = \"t\"\n"),
+        &format!(
+            "{QUIET}[ingest]\nclient_keys = [\"pub-e2e\"]\nbrowser_origins = [\"{page_origin}\"]\n[report]\ntoken = \"t\"\n"
+        ),
     );
     let html = include_str!("pages/analytics_js.html")
         .replace("__KAIROS__", server.addr())
         .replace("__WRITE_KEY__", "pub-e2e");
     let app = axum::Router::new()
-        .route("/page.html", axum::routing::get(move || async move { axum::response::Html(html) }))
+        .route(
+            "/page.html",
+            axum::routing::get(move || async move { axum::response::Html(html) }),
+        )
         .route(
             "/vendor/analytics-next.js",
             axum::routing::get(move || async move {
@@ -606,13 +654,21 @@ async fn segment_analytics_js_sends_from_a_configured_origin() {
             if out.status.success() || attempt == 3 {
                 return (dom, String::from_utf8_lossy(&out.stderr).into_owned());
             }
-            eprintln!("chromium attempt {attempt} failed ({}); retrying", out.status);
+            eprintln!(
+                "chromium attempt {attempt} failed ({}); retrying",
+                out.status
+            );
         }
         unreachable!()
     })
     .await
     .expect("chromium task");
-    assert!(dom.0.contains("DONE online=true"), "page: {}\nchromium: {}", dom.0, dom.1);
+    assert!(
+        dom.0.contains("DONE online=true"),
+        "page: {}\nchromium: {}",
+        dom.0,
+        dom.1
+    );
     server.stop();
 
     let events = read_table(dir.path(), "events");
@@ -621,11 +677,18 @@ async fn segment_analytics_js_sends_from_a_configured_origin() {
         .iter()
         .position(|n| n.as_deref() == Some("Test Event"))
         .unwrap_or_else(|| panic!("no track from the browser: {names:?}"));
-    let props: Value = serde_json::from_str(strings(&events, "properties")[at].as_deref().expect("props"))
-        .expect("json");
+    let props: Value = serde_json::from_str(
+        strings(&events, "properties")[at]
+            .as_deref()
+            .expect("props"),
+    )
+    .expect("json");
     assert_eq!(props["a"], 1);
     let source = strings(&events, "source")[at].clone().expect("source");
-    assert!(source.starts_with("client-"), "sent with the client key: {source}");
+    assert!(
+        source.starts_with("client-"),
+        "sent with the client key: {source}"
+    );
     let profiles = read_table(dir.path(), "profiles");
     let traits: Vec<Value> = strings(&profiles, "traits")
         .into_iter()
@@ -634,6 +697,12 @@ async fn segment_analytics_js_sends_from_a_configured_origin() {
         .map(|(t, _)| serde_json::from_str(&t.expect("traits")).expect("json"))
         .collect();
     let last = traits.last().expect("the identify arrived");
-    assert_eq!(last["email"], "browser-user-1@example.com", "a new customer's email is taken");
-    assert!(last.get("consent").is_none(), "a browser cannot opt anyone in: {last}");
+    assert_eq!(
+        last["email"], "browser-user-1@example.com",
+        "a new customer's email is taken"
+    );
+    assert!(
+        last.get("consent").is_none(),
+        "a browser cannot opt anyone in: {last}"
+    );
 }

@@ -550,7 +550,10 @@ mod tests {
             .map_err(StorageError::io("list"))?;
         assert!(!text.contains(&user) && !text.contains(&anon), "{text}");
         let again = Suppression::load(&root).await?;
-        assert!(again.contains(&user), "same key, same hashes after a restart");
+        assert!(
+            again.contains(&user),
+            "same key, same hashes after a restart"
+        );
         assert_eq!(again.remove(&root, std::slice::from_ref(&user)).await?, 1);
         assert!(!again.contains(&user) && again.contains(&anon));
         Ok(())
