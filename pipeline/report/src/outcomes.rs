@@ -27,9 +27,13 @@
 //! replaced files are deleted [`GRACE_SECS`] after they were retired.
 //!
 //! This relies on what `docs/tables.md` promises: a row lies in the
-//! folder of its table's time column, and published files are never
-//! modified (a change is a new file name or size). `docs/reports.md` has
-//! the columns and the measurements.
+//! folder of its table's time column, and a published file changes only
+//! as a whole (compaction swaps in new names; erasure and retention
+//! rewrite a file in one PUT or delete it), which shows as a new file
+//! name or size. These files are derived and can always be rebuilt: an
+//! erasure deletes all of `_kairos/outcomes/` at once (they name the
+//! person) and the next refresh starts over. `docs/reports.md` has the
+//! columns and the measurements.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
