@@ -72,16 +72,34 @@ async fn a_default_server_generates_credentials_and_trusts_no_one() {
         .expect("post");
     assert_eq!(r.status(), 200);
 
-    for path in ["/api/experiments", "/metrics", "/experiments"] {
+    for (path, scheme) in [
+        ("/api/experiments", "Bearer"),
+        ("/metrics", "Bearer"),
+        ("/api/privacy/erase/unknown", "Bearer"),
+        ("/experiments", "Basic"),
+    ] {
         let r = c.get(server.url(path)).send().await.expect("get");
         assert_eq!(r.status(), 401, "{path} without the token");
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap_or(""));
+        assert!(
+            challenge.is_some_and(|v| v.starts_with(scheme)),
+            "{path} names {scheme}: {challenge:?}"
+        );
         let r = c
             .get(server.url(path))
             .header("authorization", bearer(&token))
             .send()
             .await
             .expect("get");
-        assert_eq!(r.status(), 200, "{path} with the token");
+        let expected = if path.starts_with("/api/privacy") {
+            404
+        } else {
+            200
+        };
+        assert_eq!(r.status(), expected, "{path} with the token");
         let r = c
             .get(server.url(path))
             .header("authorization", bearer(&key))

@@ -19,7 +19,7 @@
 //! without asking).
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,13 +187,6 @@ pub async fn check_requests(
             (StatusCode::FORBIDDEN, axum::Json(json!({"error": message}))).into_response()
         }
     }
-}
-
-/// The peer of a request, as the listener recorded it.
-pub fn peer(req: &Request) -> Option<SocketAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
 }
 
 #[cfg(test)]

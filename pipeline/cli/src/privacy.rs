@@ -119,6 +119,22 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Op
             Err(e) => anyhow::bail!("retention.{name}: {e} (e.g. \"400d\")"),
         }
     };
+    // Erasure finds a person's anonymous history through identity links;
+    // links dropped before the events they join would leave those events
+    // behind, unreachable by a later erasure.
+    if let Some(links) = age("identities", &r.identities)?
+        && age("events", &r.events)?.is_none_or(|events| links < events)
+    {
+        anyhow::bail!(
+            "retention.identities ({:?}) is shorter than retention.events ({:?}): erasure finds anonymous events through identity links, so keep links at least as long as events",
+            r.identities,
+            if r.events.trim().is_empty() {
+                "forever"
+            } else {
+                r.events.as_str()
+            }
+        );
+    }
     let tables = erase_tables();
     let table = |name: &str| tables.iter().find(|t| t.name == name).cloned();
     let mut rules = Vec::new();
@@ -292,8 +308,7 @@ impl Privacy {
             // Kept with the request: a resumed run may find the profiles gone.
             let path = request_path(&request.id);
             self.root
-                .store
-                .put(&path, Bytes::from(serde_json::to_vec(&request)?).into())
+                .replace_secret(&path, Bytes::from(serde_json::to_vec(&request)?))
                 .await?;
         }
         for (dir, what) in [
@@ -462,17 +477,9 @@ pub fn router(
         .route("/api/privacy/erase", post(erase))
         .route("/api/privacy/erase/{id}", get(erase_status))
         .with_state(state)
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let token = token.clone();
-                async move {
-                    let peer = crate::listen::peer(&req);
-                    match kairos_report::http::allowed(token.as_deref(), req.headers(), peer) {
-                        Ok(()) => next.run(req).await,
-                        Err((status, message)) => answer(status, message),
-                    }
-                }
-            },
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            kairos_report::http::read_token_required,
         ))
 }
 
@@ -568,5 +575,33 @@ async fn erase_status(
         .into_response(),
         Ok(None) => answer(StatusCode::NOT_FOUND, format!("no erasure {id:?}")),
         Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(retention: &str) -> anyhow::Result<(Vec<p::Retention>, Option<i64>)> {
+        retention_rules(&Config::from_toml(&format!("[retention]\n{retention}"))?)
+    }
+
+    #[test]
+    fn identity_links_outlive_the_events_they_join() {
+        let (tables, outbox) = rules("events = \"30d\"\nidentities = \"400d\"\noutbox = \"7d\"")
+            .expect("links kept longer than events");
+        assert_eq!(tables.len(), 2);
+        assert_eq!(outbox, Some(7 * 86_400 * 1_000_000));
+        let shorter = rules("events = \"400d\"\nidentities = \"30d\"").unwrap_err();
+        assert!(
+            shorter.to_string().contains("keep links at least as long"),
+            "{shorter}"
+        );
+        let events_forever = rules("identities = \"30d\"").unwrap_err();
+        assert!(
+            events_forever.to_string().contains("\"forever\""),
+            "{events_forever}"
+        );
+        assert!(rules("events = \"0d\"").is_err());
     }
 }

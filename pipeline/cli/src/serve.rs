@@ -258,21 +258,9 @@ fn metrics_router(
                 )
             }),
         )
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let token = token.clone();
-                async move {
-                    let peer = crate::listen::peer(&req);
-                    match kairos_report::http::allowed(token.as_deref(), req.headers(), peer) {
-                        Ok(()) => next.run(req).await,
-                        Err((status, message)) => {
-                            use axum::response::IntoResponse as _;
-                            (status, axum::Json(serde_json::json!({"error": message})))
-                                .into_response()
-                        }
-                    }
-                }
-            },
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            kairos_report::http::read_token_required,
         ))
 }
 

@@ -70,8 +70,10 @@ pub struct RetentionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
-    /// Bearer token for reading reports; empty: loopback clients only.
-    /// Ingest write keys never grant read access.
+    /// Bearer token for reading reports and `/metrics`; empty: the
+    /// generated one in `_kairos/access.json` (or, with
+    /// `server.insecure_local`, loopback clients only). Ingest write keys
+    /// never grant read access.
     pub token: Secret,
     /// Default attribution window after assignment, e.g. "7d".
     pub window: String,

@@ -311,17 +311,37 @@ fn request_allowed(s: &ReportState, req: &Request) -> Result<(), (StatusCode, &'
 async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
     match request_allowed(&s, &req) {
         Ok(()) => next.run(req).await,
-        Err((status, message)) => {
-            let mut r = error(status, message, json!({}));
-            if status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"kairos reports\""),
-                );
-            }
-            r
-        }
+        Err((status, message)) => refused(status, message),
     }
+}
+
+/// Middleware for the other routes that need the read token (`/metrics`,
+/// `/api/privacy/*`): the reports' check and the reports' 401.
+pub async fn read_token_required(
+    State(token): State<Arc<Option<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match allowed(token.as_deref(), req.headers(), peer) {
+        Ok(()) => next.run(req).await,
+        Err((status, message)) => refused(status, message),
+    }
+}
+
+/// A refused API request, as JSON; a 401 names the scheme to answer with.
+fn refused(status: StatusCode, message: &str) -> Response {
+    let mut r = error(status, message, json!({}));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"kairos reports\""),
+        );
+    }
+    r
 }
 
 /// The pages' guard: the same rule as [`guard`], answered in HTML; a
@@ -366,7 +386,7 @@ async fn page_guard(State(s): State<Arc<ReportState>>, req: Request, next: Next)
         Err((status, message)) => {
             let message = if status == StatusCode::UNAUTHORIZED {
                 format!(
-                    "{message}. In a browser: open the link `kairos serve` printed (it carries the token), or give any user name and the report token as password."
+                    "{message}. In a browser: add ?token=READ_TOKEN to this address once (the read token `kairos serve` printed at first start, kept in _kairos/access.json), or give any user name and the read token as password."
                 )
             } else {
                 message.to_string()

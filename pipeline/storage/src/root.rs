@@ -93,9 +93,25 @@ impl DataRoot {
     /// byte is written, and made durable; elsewhere the bucket's policy
     /// guards it. Fails when the object exists already.
     pub async fn put_secret(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+        self.write_secret(path, bytes, false).await
+    }
+
+    /// Replaces a secret stored by [`DataRoot::put_secret`] as a whole: on a
+    /// local root through a 0600 temporary file renamed over it, so the
+    /// content is never readable by others, not even for a moment.
+    pub async fn replace_secret(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+        self.write_secret(path, bytes, true).await
+    }
+
+    async fn write_secret(&self, path: &ObjectPath, bytes: Bytes, replace: bool) -> Result<()> {
         let Some(dir) = &self.local_dir else {
+            let mode = if replace {
+                object_store::PutMode::Overwrite
+            } else {
+                object_store::PutMode::Create
+            };
             let opts = object_store::PutOptions {
-                mode: object_store::PutMode::Create,
+                mode,
                 ..Default::default()
             };
             return self
@@ -111,13 +127,29 @@ impl DataRoot {
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;
             std::fs::create_dir_all(&parent)?;
+            let target = if replace {
+                let mut name = file.file_name().unwrap_or_default().to_os_string();
+                name.push(format!(".{}.tmp", std::process::id()));
+                let tmp = parent.join(name);
+                // Left by a writer killed mid-way: never the live secret.
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                tmp
+            } else {
+                file.clone()
+            };
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&file)?;
+                .open(&target)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            if replace {
+                std::fs::rename(&target, &file)?;
+            }
             std::fs::File::open(&parent)?.sync_all()
         })
         .await
@@ -140,5 +172,43 @@ impl DataRoot {
             }
         }
         self.read(path).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[tokio::test]
+    async fn a_replaced_secret_stays_owner_only_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = DataRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let path = ObjectPath::from("_kairos/privacy/requests/r1.json");
+        root.put_secret(&path, Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        assert!(
+            root.put_secret(&path, Bytes::from_static(b"again"))
+                .await
+                .is_err()
+        );
+        root.replace_secret(&path, Bytes::from_static(b"second, longer"))
+            .await
+            .unwrap();
+
+        let file = dir.path().join(path.as_ref());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"second, longer");
+        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("r1.json")],
+            "no temporary left"
+        );
     }
 }
