@@ -141,7 +141,7 @@ fn every_decision_is_exercised(dir: &Path) {
         .zip(reasons)
         .map(|(d, r)| {
             let r = r.unwrap_or_default();
-            // `cap:0` and `no_consent:sms` name the cap or channel: keep the kind.
+            // `cap:2 per 24h` and `no_consent:sms` name the cap or channel: keep the kind.
             let kind = r.split(':').next().unwrap_or_default().to_string();
             (d.unwrap_or_default(), kind)
         })

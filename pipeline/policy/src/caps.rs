@@ -69,6 +69,32 @@ pub trait Counted {
     fn counted(&self) -> Option<&SentMessage>;
 }
 
+/// The cap as [`parse_cap`] reads it (`2 per 24h`, `1 sms per day`): how
+/// reasons name it, so a reader finds the cap in the config by its text.
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.max)?;
+        match &self.scope {
+            CapScope::All => {}
+            CapScope::Channel(c) => write!(f, " {}", c.as_str())?,
+            CapScope::Tag(t) => write!(f, " tag:{t}")?,
+        }
+        match self.window {
+            CapWindow::Day => write!(f, " per day"),
+            CapWindow::Week => write!(f, " per week"),
+            CapWindow::Rolling(us) => {
+                let secs = us / 1_000_000;
+                // Days from two on: a day is written `24h` more often.
+                let (n, unit) = [(86_400, "d"), (3_600, "h"), (60, "m")]
+                    .into_iter()
+                    .find(|(u, _)| secs % u == 0 && (*u != 86_400 || secs > *u))
+                    .map_or((secs, "s"), |(u, name)| (secs / u, name));
+                write!(f, " per {n}{unit}")
+            }
+        }
+    }
+}
+
 impl Counted for SentMessage {
     fn counted(&self) -> Option<&SentMessage> {
         Some(self)
@@ -344,6 +370,30 @@ mod tests {
         let c = check(&caps, &history, 50 * H, Channel::Email, &[], 0).expect("capped");
         assert_eq!(c.allowed_at, H + 7 * 24 * H);
         assert_eq!(c.cap, 0);
+    }
+
+    #[test]
+    fn a_cap_is_named_as_written_in_config() {
+        for text in [
+            "2 per 24h",
+            "1 sms per day",
+            "3 tag:promo per 7d",
+            "5 per week",
+            "4 push per 90m",
+            "1 per 45s",
+        ] {
+            let cap = parse_cap(text).expect(text);
+            assert_eq!(cap.to_string(), text);
+            assert_eq!(parse_cap(&cap.to_string()), Ok(cap));
+        }
+        assert_eq!(
+            parse_cap("2 per 1d").expect("valid").to_string(),
+            "2 per 24h"
+        );
+        assert_eq!(
+            parse_cap("2 per 48h").expect("valid").to_string(),
+            "2 per 2d"
+        );
     }
 }
 

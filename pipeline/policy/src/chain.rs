@@ -110,7 +110,8 @@ pub enum Outcome {
         channel: Channel,
         /// When, µs.
         at: i64,
-        /// Why later than `not_before`: `quiet_hours`, `cap:N`, `priority:RULE`, `scheduled`.
+        /// Why later than `not_before`: `quiet_hours`, `cap:CAP` (the cap as
+        /// written, e.g. `cap:1 sms per day`), `priority:RULE`, `scheduled`.
         reason: Option<String>,
     },
     /// A holdout message: like `Send`, never delivered.
@@ -124,7 +125,7 @@ pub enum Outcome {
     },
     /// Never sent, with the reason.
     Suppressed {
-        /// `duplicate`, `cooldown`, `unsubscribed`, `no_consent:CH`, `no_address:CH`, `priority:RULE`, `capped:N`.
+        /// `duplicate`, `cooldown`, `unsubscribed`, `no_consent:CH`, `no_address:CH`, `priority:RULE`, `capped:CAP`.
         reason: String,
     },
 }
@@ -161,39 +162,31 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
     };
     let mut at = msg.not_before.max(now);
     let mut reason = (at > now).then(|| "scheduled".to_string());
-    // 3. Priority: a higher-priority rule fired in the same batch
-    //    (`lost_to`), or has a message within the window of this one.
-    //    Deferred, the message waits `priority_wait_us` after the batch, or
-    //    until the winner's window has passed.
-    let lost_to = match msg.lost_to {
-        Some((winner, defer)) => Some((winner, defer, now + msg.priority_wait_us)),
-        None if !msg.transactional && policy.priority_window_us > 0 => customer
-            .history
-            .iter()
-            .filter(|p| !p.transactional && p.priority > msg.priority)
-            .filter(|p| (p.sent.at - at).abs() < policy.priority_window_us)
-            .max_by_key(|p| (p.priority, p.sent.at))
-            .map(|p| {
-                (
-                    &*p.rule,
-                    msg.defer_on_conflict,
-                    p.sent.at + policy.priority_window_us,
-                )
-            }),
-        None => None,
-    };
-    if let Some((winner, defer, earliest)) = lost_to {
+    // 3. Priority, first within the batch: a higher-priority rule fired in
+    //    the same batch (`lost_to`). Deferred, the message waits
+    //    `priority_wait_us` after the batch.
+    if let Some((winner, defer)) = msg.lost_to {
         if !defer {
             return suppressed(format!("priority:{winner}"));
         }
-        at = at.max(earliest);
+        at = at.max(now + msg.priority_wait_us);
         reason = Some(format!("priority:{winner}"));
     }
     if !msg.transactional {
-        // 4 and 5 interact (a quiet-hours deferral can land in a capped
-        // window and back), so alternate until both agree.
+        // 3 (across batches), 4 and 5 interact: a quiet-hours or cap
+        // deferral can move the message next to a higher-priority one (two
+        // messages queued for the end of the night), and a priority
+        // deferral into quiet hours or a capped window. So the time is
+        // checked against all three until none moves it.
         for _ in 0..16 {
             let start = at;
+            if let Some((winner, earliest)) = priority_winner(msg, customer, policy, at) {
+                if !msg.defer_on_conflict {
+                    return suppressed(format!("priority:{winner}"));
+                }
+                at = earliest;
+                reason = Some(format!("priority:{winner}"));
+            }
             let offset = offset_us(customer.zone, at);
             if let Some(c) = caps::check(
                 &policy.caps,
@@ -204,10 +197,10 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
                 offset,
             ) {
                 if !msg.defer_when_capped {
-                    return suppressed(format!("capped:{}", c.cap));
+                    return suppressed(format!("capped:{}", policy.caps[c.cap]));
                 }
                 at = c.allowed_at;
-                reason = Some(format!("cap:{}", c.cap));
+                reason = Some(format!("cap:{}", policy.caps[c.cap]));
             }
             if let Some(q) = &policy.quiet
                 && let Some(end) = DateTime::<Utc>::from_timestamp_micros(at)
@@ -234,6 +227,26 @@ pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: 
             reason,
         }
     }
+}
+
+/// A higher-priority message of the customer's history within the priority
+/// window of `at`: (its rule, the first moment past its window).
+fn priority_winner<'h>(
+    msg: &Message<'_>,
+    customer: &Customer<'h>,
+    policy: &Policy,
+    at: i64,
+) -> Option<(&'h str, i64)> {
+    if policy.priority_window_us <= 0 {
+        return None;
+    }
+    customer
+        .history
+        .iter()
+        .filter(|p| !p.transactional && p.priority > msg.priority)
+        .filter(|p| (p.sent.at - at).abs() < policy.priority_window_us)
+        .max_by_key(|p| (p.priority, p.sent.at))
+        .map(|p| (&*p.rule, p.sent.at + policy.priority_window_us))
 }
 
 /// The zone's UTC offset at `at`, µs.
@@ -411,7 +424,7 @@ mod tests {
         assert_eq!(
             decide(&m, &cust, &p, DAY0 + 15 * H),
             Outcome::Suppressed {
-                reason: "capped:0".into()
+                reason: "capped:1 per day".into()
             }
         );
     }
@@ -512,6 +525,43 @@ mod tests {
             decide(&again, &cust, &Policy::default(), DAY0 + 24 * H),
             Outcome::Suppressed {
                 reason: "cooldown".into()
+            }
+        );
+    }
+
+    #[test]
+    fn priority_is_checked_where_quiet_hours_move_a_message() {
+        // A cart email, decided at night, waits for 08:00. A browse push
+        // decided at 23:30 is far from it (8.5 h) until quiet hours move it
+        // to 08:00 too: there the cart wins.
+        let c = consent();
+        let mut cart = past("cart", "c", DAY0 + 32 * H);
+        cart.priority = 60;
+        let history = [cart];
+        let cust = utc_customer(&c, &history);
+        let p = Policy {
+            quiet: Some(QuietHours::parse("21:00", "08:00").expect("valid")),
+            priority_window_us: 4 * H,
+            ..Policy::default()
+        };
+        let mut browse = msg("browse", "b");
+        browse.priority = 40;
+        let night = DAY0 + 23 * H + H / 2;
+        assert_eq!(
+            decide(&browse, &cust, &p, night),
+            Outcome::Suppressed {
+                reason: "priority:cart".into()
+            }
+        );
+        // Deferred instead, it goes once the cart's window has passed, a
+        // time outside quiet hours.
+        browse.defer_on_conflict = true;
+        assert_eq!(
+            decide(&browse, &cust, &p, night),
+            Outcome::Send {
+                channel: Channel::Email,
+                at: DAY0 + 36 * H,
+                reason: Some("priority:cart".into())
             }
         );
     }
