@@ -155,9 +155,13 @@ struct Customer {
     cart_adds: Vec<CartAdd>,
     purchases: Vec<i64>,
     views: Vec<(i64, u32)>,
-    /// Hashes of the order ids counted, so a resubmitted order (same
-    /// `order_id`, new messageId) counts once.
+    /// Hashes of the order ids counted: an order counts once in `orders`
+    /// however many line items it has.
     order_ids: Vec<u64>,
+    /// Hashes of the order lines taken, `(order_id, product_id)`: a line
+    /// sent again (the whole order resubmitted under a new messageId)
+    /// counts once, in revenue too.
+    order_lines: Vec<u64>,
 }
 
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -414,13 +418,27 @@ impl State {
         match e.event_type {
             "signup" => c.signed_up = min_opt(c.signed_up, at),
             "purchase" => {
-                let order = e.order_id.map(|o| xxhash_rust::xxh3::xxh3_64(o.as_bytes()));
-                if order.is_some_and(|o| c.order_ids.contains(&o)) {
-                    return;
+                // Sources send an order either as one event or as one event
+                // per line item sharing the order id (REES46 does). A line
+                // is `(order_id, product_id)`: every line of an order closes
+                // carts and marks its product bought, the order counts once.
+                if let Some(order) = e.order_id {
+                    let line = xxhash_rust::xxh3::xxh3_64(
+                        format!("{order}\0{}", e.product_id.unwrap_or("")).as_bytes(),
+                    );
+                    if c.order_lines.contains(&line) {
+                        return;
+                    }
+                    c.order_lines.push(line);
+                    let order = xxhash_rust::xxh3::xxh3_64(order.as_bytes());
+                    if !c.order_ids.contains(&order) {
+                        c.order_ids.push(order);
+                        c.orders += 1;
+                    }
+                } else {
+                    c.orders += 1;
                 }
-                c.order_ids.extend(order);
                 c.last_purchase = max_opt(c.last_purchase, at);
-                c.orders += 1;
                 c.revenue += e.revenue.unwrap_or(0.0);
                 insert_sorted(&mut c.purchases, at, |t| *t);
             }
@@ -948,6 +966,63 @@ mod tests {
         assert_eq!(carts(&backward, 30 * H), want);
         // As of 11:30 the purchase has not happened yet.
         assert_eq!(carts(&forward, 11 * H + H / 2), vec![(10 * H, None, 2)]);
+    }
+
+    #[test]
+    fn every_line_of_an_order_closes_carts_and_an_order_counts_once() {
+        let line = |id: &str, order: &str, product: Option<&str>, at: i64| {
+            let mut e = ev(id, "c1", "purchase", at);
+            e.commerce.order_id = Some(order.into());
+            e.commerce.product_id = product.map(str::to_string);
+            e
+        };
+        let add = |id: &str, product: &str, at: i64| {
+            let mut e = ev(id, "c1", "cart_add", at);
+            e.commerce.product_id = Some(product.into());
+            e
+        };
+        let mut s = State::default();
+        // One order sent line by line (REES46's shape): the second line
+        // closes the cart opened after the first.
+        s.apply_event(&add("a1", "x", 10 * H));
+        s.apply_event(&line("l1", "o1", Some("x"), 10 * H + 60_000_000));
+        s.apply_event(&add("a2", "y", 10 * H + 120_000_000));
+        s.apply_event(&line("l2", "o1", Some("y"), 10 * H + 172_000_000));
+        // A whole order resubmitted under new messageIds, and a line again.
+        s.apply_event(&line("w1", "o2", None, 11 * H));
+        s.apply_event(&line("w2", "o2", None, 11 * H + 5_000_000));
+        s.apply_event(&line("l2-again", "o1", Some("y"), 12 * H));
+        assert_eq!(
+            carts(&s, 20 * H),
+            vec![
+                (10 * H, Some(10 * H + 60_000_000), 1),
+                (10 * H + 120_000_000, Some(10 * H + 172_000_000), 1)
+            ]
+        );
+        let b = s.customers_table(None);
+        let orders = b
+            .column(6)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
+        let ltv = b
+            .column(7)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .expect("f64");
+        assert_eq!(orders.value(0), 2, "o1 and o2");
+        assert_eq!(ltv.value(0), 60.0, "two lines of o1 and o2 once, 20 each");
+        // The viewed product bought in the order's second line is bought.
+        let mut v = ev("v1", "c1", "product_view", 10 * H + 90_000_000);
+        v.commerce.product_id = Some("y".into());
+        s.apply_event(&v);
+        let views = s.views_table(None, 20 * H);
+        let bought = views
+            .column(6)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("ts");
+        assert_eq!(bought.value(0), 10 * H + 172_000_000);
     }
 
     #[test]
