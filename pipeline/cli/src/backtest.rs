@@ -64,8 +64,12 @@ pub async fn backtest(config: Config, bt: Backtest) -> anyhow::Result<()> {
         "no published history under {}; import or replay events first",
         root.url
     );
+    // History is continuous: no stretch between two batches is downtime,
+    // so nothing due in it is too old to fire (`catch_up` bounds what a
+    // restarted server reaches back for).
     let mut opts = live::engine_options(&config)?;
-    opts.catch_up_us = opts.catch_up_us.max(2 * bt.span_us);
+    opts.catch_up_us = kairos_rules::engine::NO_CATCH_UP_LIMIT;
+    opts.event_clock = true;
     let mut engine = Engine::new(rules, &BTreeMap::new(), Default::default(), opts);
     let split = history.partition_point(|i| i.timestamp_us() < bt.from_us);
     let end = history.partition_point(|i| i.timestamp_us() < bt.to_us);

@@ -63,6 +63,7 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
         .map_err(|e| anyhow::anyhow!("rules.catch_up: {e}"))?;
     Ok(EngineOptions {
         catch_up_us: secs as i64 * 1_000_000,
+        event_clock: Clock::parse(&config.rules.clock)? == Clock::Events,
     })
 }
 

@@ -4,9 +4,11 @@
 //! published with dedupe and profile merging) and run through the same
 //! durable batches as `serve`, with the rule clock following event time:
 //! events are sorted by timestamp and cut into batches of `--batch-span` of
-//! event time, each run at the clock of its latest event (a stretch without
-//! events passes a span at a time, as a live clock would). Months replay in
-//! minutes, and a later `serve` on the same data root carries on from the
+//! event time, each run at the clock of its latest event. Sweeps are
+//! evaluated at their boundaries inside each batch and decisions carry
+//! those boundaries, so the span changes speed, not results; between
+//! batches the replay stops only where a sequence step or a queued send
+//! comes due. A later `serve` on the same data root carries on from the
 //! replay's checkpoint without firing anything old.
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,31 +47,22 @@ pub fn batches(items: Vec<StagedItem>, span_us: i64) -> Vec<Vec<StagedItem>> {
     out
 }
 
-/// The batches of [`batches`] with the clock each runs at (its latest
-/// event), and between them empty ticks a span apart wherever event time
-/// has a gap longer than a span, as a live clock would pass it: sweeps see
-/// their deadlines and sequence steps come due on time instead of at the
-/// next event. A tick never passes the next batch's first event.
+/// The batches of [`batches`] with the clock each runs at: its latest
+/// event. Nothing ticks between them: the engine evaluates each sweep at
+/// the boundaries a batch passes, in event time, and a replay stops where
+/// a later stage has work due (see [`replay`]).
 pub fn timeline(items: Vec<StagedItem>, span_us: i64) -> Vec<(i64, Vec<StagedItem>)> {
-    let mut out = Vec::new();
-    let mut last: Option<i64> = None;
-    for batch in batches(items, span_us) {
-        let first = batch.first().map_or(0, StagedItem::timestamp_us);
-        let clock = batch
-            .iter()
-            .map(StagedItem::timestamp_us)
-            .max()
-            .unwrap_or(first);
-        while let Some(prev) = last
-            && prev + span_us < first
-        {
-            out.push((prev + span_us, Vec::new()));
-            last = Some(prev + span_us);
-        }
-        out.push((clock, batch));
-        last = Some(clock);
-    }
-    out
+    batches(items, span_us)
+        .into_iter()
+        .map(|batch| {
+            let clock = batch
+                .iter()
+                .map(StagedItem::timestamp_us)
+                .max()
+                .unwrap_or(0);
+            (clock, batch)
+        })
+        .collect()
 }
 
 /// Replays `inputs` into the configured data root.
@@ -106,10 +99,12 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     let log = Arc::new(Mutex::new(StagingLog::open(root.clone(), writer.clone())?));
     let gate: ConsumedGate = Arc::default();
     let rules = live::load_rules(&config).await?;
-    // A batch's events are all new, however long the batch: the catch-up
-    // window must cover it (twice, so the previous batch is covered too).
+    // History is continuous: no stretch between two batches is downtime,
+    // so nothing due in it is too old to fire (`catch_up` bounds what a
+    // restarted server reaches back for).
     let mut opts = live::engine_options(&config)?;
-    opts.catch_up_us = opts.catch_up_us.max(2 * span_us);
+    opts.catch_up_us = kairos_rules::engine::NO_CATCH_UP_LIMIT;
+    opts.event_clock = true;
     let rec = Runner::recover(
         root.clone(),
         rules,
@@ -137,19 +132,34 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     .await
     .with_gate(gate);
 
+    // Sweeps go live at the first event, not at the end of the first
+    // batch: what a live run from that moment would fire, whatever the span.
+    if let Some(first) = items.first() {
+        runner
+            .run(Vec::new(), &BTreeMap::new(), first.timestamp_us())
+            .await?;
+    }
     let mut per_rule: HashMap<String, usize> = HashMap::new();
     let mut failures = 0;
     let mut done = 0;
     let mut staged = 0;
     let mut last_progress = Instant::now();
+    let mut ticked = i64::MIN;
     for (clock, batch) in timeline(items, span_us) {
-        if batch.is_empty() {
-            let report = runner.run(batch, &BTreeMap::new(), clock).await?;
+        // Between batches, tick where a stage has work due (a sequence
+        // step, a queued send), as a live clock would pass those moments.
+        let first = batch.first().map_or(clock, StagedItem::timestamp_us);
+        while let Some(due) = runner.next_work()
+            && due < first
+            && due > ticked
+        {
+            let report = runner.run(Vec::new(), &BTreeMap::new(), due).await?;
             for f in &report.firings {
                 *per_rule.entry(f.rule.clone()).or_default() += 1;
             }
-            continue;
+            ticked = due;
         }
+        ticked = ticked.max(clock);
         let mut frame = Vec::new();
         for item in &batch {
             serde_json::to_writer(&mut frame, item)?;
@@ -174,8 +184,9 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
         if last_progress.elapsed().as_secs() >= 1 {
             last_progress = Instant::now();
             eprintln!(
-                "replayed {done}/{total} items ({:.0}%), event time {}, {} firings",
+                "replayed {done}/{total} items ({:.0}%, {:.0} items/s), event time {}, {} firings",
                 done as f64 * 100.0 / total.max(1) as f64,
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 chrono::DateTime::<chrono::Utc>::from_timestamp_micros(clock).unwrap_or_default(),
                 per_rule.values().sum::<usize>()
             );
@@ -222,10 +233,10 @@ mod tests {
     }
 
     #[test]
-    fn the_timeline_ticks_through_gaps_without_passing_an_event() {
+    fn each_batch_runs_at_its_latest_event() {
         let t = timeline([0, 10, 100, 105].into_iter().map(item).collect(), 25);
         let got: Vec<(i64, usize)> = t.iter().map(|(c, b)| (*c, b.len())).collect();
-        assert_eq!(got, vec![(10, 2), (35, 0), (60, 0), (85, 0), (105, 2)]);
+        assert_eq!(got, vec![(10, 2), (105, 2)]);
     }
 
     #[test]

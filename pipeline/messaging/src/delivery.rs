@@ -437,10 +437,8 @@ impl Messaging {
 }
 
 impl BatchStage for Messaging {
-    fn has_work(&self, clock_us: i64) -> bool {
-        self.queue
-            .first_key_value()
-            .is_some_and(|((at, _), _)| *at <= clock_us)
+    fn next_work(&self) -> Option<i64> {
+        self.queue.first_key_value().map(|((at, _), _)| *at)
     }
 
     fn process(

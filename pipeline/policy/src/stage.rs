@@ -431,10 +431,10 @@ impl Stage {
             .sum()
     }
 
-    /// Whether a sequence step is due by `now`: a batch without events
-    /// still has work.
-    pub fn has_due_steps(&self, now: i64) -> bool {
-        self.steps_due.first().is_some_and(|(due, _)| *due <= now)
+    /// When the next sequence step comes due: a batch without events
+    /// then still has work.
+    pub fn next_step_due(&self) -> Option<i64> {
+        self.steps_due.first().map(|(due, _)| *due)
     }
 
     /// An event of the batch: a `cancel_on` event cancels the customer's
@@ -618,8 +618,9 @@ impl Stage {
         rows
     }
 
-    /// Decides every sequence step due by `now`, in due order.
-    fn decide_due_steps(&mut self, now: i64, customers: &impl Customers) -> Vec<SendRow> {
+    /// Decides every sequence step due by `now`, in due order, each at
+    /// its due time.
+    pub fn decide_due_steps(&mut self, now: i64, customers: &impl Customers) -> Vec<SendRow> {
         let mut rows = Vec::new();
         while let Some((due, customer)) = self.steps_due.first().cloned()
             && due <= now
@@ -659,7 +660,9 @@ impl Stage {
                             not_before,
                             lost_to: None,
                         },
-                        now,
+                        // At its due time, as a live tick right after it
+                        // would: a later batch end never shows.
+                        due,
                         customers,
                     ));
                 }
@@ -1021,8 +1024,7 @@ mod tests {
         let rows = s.decide(&[fired("welcome", "c1"), fired("welcome", "c2")], start, &t);
         assert_eq!(rows.len(), 2);
         assert_eq!(s.steps_waiting(), 4);
-        assert!(!s.has_due_steps(start + 72 * H - 1));
-        assert!(s.has_due_steps(start + 72 * H));
+        assert_eq!(s.next_step_due(), Some(start + 72 * H));
         // Step 1 (SMS, three days later) for both, on an idle batch.
         let rows = s.decide(&[], start + 72 * H + 5, &t);
         assert_eq!(
@@ -1045,7 +1047,7 @@ mod tests {
             vec![("c2", 2)]
         );
         assert_eq!(s.steps_waiting(), 0);
-        assert!(!s.has_due_steps(i64::MAX));
+        assert_eq!(s.next_step_due(), None);
     }
 
     #[test]

@@ -288,8 +288,8 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
 }
 
 impl BatchStage for Stage {
-    fn has_work(&self, clock_us: i64) -> bool {
-        self.has_due_steps(clock_us)
+    fn next_work(&self) -> Option<i64> {
+        self.next_step_due()
     }
 
     fn process(
@@ -299,20 +299,41 @@ impl BatchStage for Stage {
         clock_us: i64,
         _earlier: &[(&'static str, RecordBatch)],
     ) -> Vec<(&'static str, RecordBatch)> {
+        // Each firing is decided at its own clock (a sweep's boundary, which
+        // a long replay batch passes long before its end), after the events
+        // up to it and before the later ones: a purchase just after the
+        // boundary cancels the message as it would in a live run, instead
+        // of preventing its decision. Firings of one clock compete. What an
+        // event cancels is decided at the event's time, so the batch span
+        // never shows in a decision's time.
+        // Sequence steps due before an event are decided before it (a
+        // purchase after a step's time does not stop it).
+        let mut firings: Vec<&kairos_rules::engine::Firing> = report.firings.iter().collect();
+        firings.sort_by_key(|f| f.clock_us);
+        let mut events = report.events.iter().peekable();
         let mut rows = Vec::new();
-        for e in &report.events {
-            rows.extend(self.observe(&e.customer_id, &e.event_type, e.at, clock_us));
+        for group in firings.chunk_by(|a, b| a.clock_us == b.clock_us) {
+            let at = group[0].clock_us;
+            while let Some(e) = events.next_if(|e| e.at <= at) {
+                rows.extend(self.decide_due_steps(e.at, state));
+                rows.extend(self.observe(&e.customer_id, &e.event_type, e.at, e.at));
+            }
+            let fired: Vec<Fired> = group
+                .iter()
+                .map(|f| Fired {
+                    rule: f.rule.clone(),
+                    customer_id: f.customer_id.clone(),
+                    dedupe_key: f.dedupe_key.clone(),
+                })
+                .collect();
+            rows.extend(self.decide(&fired, at, state));
         }
-        let fired: Vec<Fired> = report
-            .firings
-            .iter()
-            .map(|f| Fired {
-                rule: f.rule.clone(),
-                customer_id: f.customer_id.clone(),
-                dedupe_key: f.dedupe_key.clone(),
-            })
-            .collect();
-        rows.extend(self.decide(&fired, clock_us, state));
+        for e in events {
+            rows.extend(self.decide_due_steps(e.at, state));
+            rows.extend(self.observe(&e.customer_id, &e.event_type, e.at, e.at));
+        }
+        // Sequence steps come due by the batch's clock.
+        rows.extend(self.decide(&[], clock_us, state));
         vec![
             (SENDS, sends_batch(&rows)),
             (ASSIGNMENTS, assignments_batch(&rows)),

@@ -57,17 +57,30 @@ pub fn clock_sql(us: i64) -> String {
     )
 }
 
+/// A `catch_up_us` that never limits (replays and backtests: history has
+/// no downtime); small enough that `clock - it` cannot overflow.
+pub const NO_CATCH_UP_LIMIT: i64 = i64::MAX / 4;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// How far back (µs) a sweep reaches after downtime.
     pub catch_up_us: i64,
+    /// The rule clock follows event time (replay, backtest, `rules.clock =
+    /// "events"`): a firing carries the moment a live run ticking at every
+    /// instant would have fired it (a sweep's first boundary at or after
+    /// `due_at`; an event-driven rule's trigger time), so the batch span
+    /// never shows in firings or decisions. On the wall clock a firing
+    /// carries the evaluation's clock: a deadline passed during downtime is
+    /// decided now, under today's quiet hours and caps.
+    pub event_clock: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             catch_up_us: 3_600_000_000,
+            event_clock: false,
         }
     }
 }
@@ -276,55 +289,93 @@ impl Engine {
         }
     }
 
-    /// One tick at rule clock `now` (µs): apply `items`, run due sweeps at
-    /// their boundaries, then the event-driven rules.
+    /// One tick at rule clock `now` (µs): apply `items` in event time,
+    /// evaluating each sweep at its boundaries on the way (see
+    /// [`Engine::sweep_points`]), then the event-driven rules.
     pub async fn tick(&mut self, mut items: Vec<StagedItem>, now: i64) -> TickReport {
         items.sort_by_key(StagedItem::timestamp_us);
         let mut report = TickReport {
             items: items.len(),
             ..TickReport::default()
         };
-        let mut due: Vec<(i64, usize)> = Vec::new();
-        for (i, c) in self.rules.iter().enumerate() {
-            let Cadence::EverySecs(secs) = c.rule.cadence else {
-                continue;
-            };
-            let every = (secs as i64).saturating_mul(1_000_000).max(1);
-            let boundary = now - now.rem_euclid(every);
-            match self.clocks.get(&c.rule.name) {
-                // A sweep goes live now: nothing before this instant fires.
-                None => {
-                    self.clocks.insert(c.rule.name.clone(), now);
-                }
-                Some(last) if boundary > *last => due.push((boundary, i)),
-                Some(_) => {}
+        // A sweep goes live at its first tick: nothing due before fires
+        // (no flood of old conditions on a first start; a replay starts
+        // with an empty tick at its first event).
+        for c in &self.rules {
+            if c.rule.cadence != Cadence::EveryBatch && !self.clocks.contains_key(&c.rule.name) {
+                self.clocks.insert(c.rule.name.clone(), now);
             }
         }
-        due.sort_unstable();
 
-        let mut applied = Applied::default();
-        let mut items = items.into_iter().peekable();
-        let mut at = 0;
-        while at < due.len() {
-            let boundary = due[at].0;
-            while let Some(item) = items.next_if(|i| i.timestamp_us() <= boundary) {
-                self.apply(item, &mut applied);
-            }
-            self.state.prune(boundary);
-            let group: Vec<usize> = due[at..]
-                .iter()
-                .take_while(|(b, _)| *b == boundary)
-                .map(|(_, i)| *i)
-                .collect();
-            at += group.len();
-            let mut tables = Tables::new(None, boundary);
-            for i in group {
-                self.run(i, boundary, &applied, &mut tables, &mut report)
-                    .await;
+        let mut applied = Applied {
+            first_at: items.first().map(StagedItem::timestamp_us),
+            ..Applied::default()
+        };
+        // Items left per customer id: at a boundary with items after it,
+        // only those customers' rows can still change in this tick.
+        let mut left: HashMap<String, usize> = HashMap::default();
+        for item in &items {
+            for id in item.customer_ids() {
+                *left.entry(id.to_string()).or_default() += 1;
             }
         }
-        for item in items {
-            self.apply(item, &mut applied);
+        let mut done: HashMap<usize, i64> = HashMap::default();
+        let mut items = items.into_iter().peekable();
+        loop {
+            // Boundaries before the next item see the state as it is now.
+            let end = now.saturating_add(1);
+            let before = items.peek().map_or(end, |i| i.timestamp_us().min(end));
+            let points = self.sweep_points(before, now, &done);
+            for (boundary, group) in points.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
+                self.state.prune(boundary);
+                let mut everyone = Tables::new(None, boundary);
+                let mut changing: Option<Tables> = None;
+                for &(_, i, first, last) in group {
+                    done.insert(i, boundary);
+                    if last {
+                        self.run(
+                            i,
+                            boundary,
+                            Some(first),
+                            true,
+                            &applied,
+                            &mut everyone,
+                            &mut report,
+                        )
+                        .await;
+                        continue;
+                    }
+                    let tables = changing.get_or_insert_with(|| {
+                        let ids = left
+                            .iter()
+                            .filter(|(_, n)| **n > 0)
+                            .map(|(id, _)| self.state.canonical(id).to_string())
+                            .collect();
+                        Tables::new(Some(ids), boundary)
+                    });
+                    self.run(
+                        i,
+                        boundary,
+                        Some(first),
+                        false,
+                        &applied,
+                        tables,
+                        &mut report,
+                    )
+                    .await;
+                }
+            }
+            match items.next() {
+                Some(item) => {
+                    for id in item.customer_ids() {
+                        if let Some(n) = left.get_mut(id) {
+                            *n -= 1;
+                        }
+                    }
+                    self.apply(item, &mut applied);
+                }
+                None => break,
+            }
         }
         report.duplicates = applied.duplicates;
 
@@ -337,20 +388,77 @@ impl Engine {
                 at: e.timestamp_us,
             })
             .collect();
+        // Event-driven rules see only the batch's customers: with nothing
+        // applied there is nothing to see, and an idle tick costs no query.
+        if applied.customers.is_empty() && applied.events.is_empty() {
+            return report;
+        }
         let customers = std::mem::take(&mut applied.customers);
         let mut tables = Tables::new(Some(customers), now);
         for i in 0..self.rules.len() {
             if self.rules[i].rule.cadence == Cadence::EveryBatch {
-                self.run(i, now, &applied, &mut tables, &mut report).await;
+                self.run(i, now, None, true, &applied, &mut tables, &mut report)
+                    .await;
             }
         }
         report
     }
 
+    /// Where sweeps are evaluated before the next item (at `before`, µs,
+    /// exclusive) in a tick at `now`: `(boundary, rule, first boundary
+    /// since the rule's last evaluation, whether for everyone)`, by
+    /// boundary; `done` holds the boundaries already taken in this tick.
+    ///
+    /// Each sweep is evaluated for everyone once per tick, at its last
+    /// boundary by `now`, in event time; at an earlier boundary with items
+    /// after it, only for the customers those items change (the others'
+    /// state does not move until the last boundary). Between evaluations
+    /// of a customer their state is unchanged, so a live run evaluating at
+    /// every boundary would see the same rows, each firing at the first
+    /// boundary at or after its `due_at`: so a replay in large batches
+    /// fires what a live run in small ticks fires, at the same clocks, for
+    /// rules whose condition stays true while nothing happens (every
+    /// `due_at` rule of the library).
+    fn sweep_points(
+        &self,
+        before: i64,
+        now: i64,
+        done: &HashMap<usize, i64>,
+    ) -> Vec<(i64, usize, i64, bool)> {
+        let mut out = Vec::new();
+        for (i, c) in self.rules.iter().enumerate() {
+            if c.rule.cadence == Cadence::EveryBatch {
+                continue;
+            }
+            let Some(last) = self.clocks.get(&c.rule.name) else {
+                continue;
+            };
+            let every = every_us(&c.rule);
+            let floor = |t: i64| t - t.rem_euclid(every);
+            let first = floor(*last) + every;
+            let from = done.get(&i).map_or(first, |d| d + every);
+            let boundary = floor(before - 1);
+            if boundary < from {
+                continue;
+            }
+            out.push((boundary, i, first, boundary == floor(now)));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Evaluates rule `i` at `clock`; a sweep also covers its boundaries
+    /// from `first` (see [`Engine::sweep_points`]).
+    /// `everyone`: the rule's evaluation for every customer of `tables`'
+    /// scope, which moves its clock (a sweep evaluated for the customers a
+    /// batch is about to change leaves it).
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &mut self,
         i: usize,
         clock: i64,
+        first: Option<i64>,
+        everyone: bool,
         applied: &Applied,
         tables: &mut Tables,
         report: &mut TickReport,
@@ -359,7 +467,9 @@ impl Engine {
         let name = self.rules[i].rule.name.clone();
         let sweep = self.rules[i].rule.cadence != Cadence::EveryBatch;
         let last = self.clocks.get(&name).copied();
-        self.clocks.insert(name.clone(), clock);
+        if everyone {
+            self.clocks.insert(name.clone(), clock);
+        }
         let rows = match self.evaluate_variants(i, clock, applied, tables).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -399,7 +509,15 @@ impl Engine {
                 customer_id,
                 dedupe_key,
                 due_at_us,
-                clock_us: clock,
+                clock_us: match first {
+                    _ if !self.opts.event_clock => clock,
+                    // A sweep: the boundary a live run would have fired at.
+                    Some(first) => boundary_at_or_after(due_at_us, every_us(&self.rules[i].rule))
+                        .clamp(first, clock),
+                    // An event-driven rule: its trigger's time within the
+                    // batch (a tick right after the event).
+                    None => due_at_us.clamp(applied.first_at.unwrap_or(clock).min(clock), clock),
+                },
                 context,
             });
         }
@@ -477,6 +595,24 @@ impl Engine {
             rows.extend(rows_of(b)?);
         }
         Ok(rows)
+    }
+}
+
+/// A sweep's cadence, µs.
+fn every_us(rule: &Rule) -> i64 {
+    match rule.cadence {
+        Cadence::EverySecs(secs) => (secs as i64).saturating_mul(1_000_000).max(1),
+        Cadence::EveryBatch => 1,
+    }
+}
+
+/// The first multiple of `every` at or after `t`.
+fn boundary_at_or_after(t: i64, every: i64) -> i64 {
+    let r = t.rem_euclid(every);
+    if r == 0 {
+        t
+    } else {
+        t.saturating_add(every - r)
     }
 }
 

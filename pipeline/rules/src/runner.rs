@@ -84,11 +84,12 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<StagedItem>, serde_json::Err
 /// memory from its tables before the runner starts, leaving out the files
 /// of [`Recovered::redo_batch`].
 pub trait BatchStage: Send + Sync {
-    /// Whether the stage has work at `clock_us` without any new input
-    /// (e.g. a sequence step come due), so an idle tick must still run
-    /// and be recorded.
-    fn has_work(&self, _clock_us: i64) -> bool {
-        false
+    /// The earliest clock at which the stage has work without any new
+    /// input (a sequence step come due, a queued send's time), so an idle
+    /// tick then must still run and be recorded, and a replay stops there
+    /// between events.
+    fn next_work(&self) -> Option<i64> {
+        None
     }
 
     /// Decides what the batch means for this stage, given the tables the
@@ -229,6 +230,11 @@ impl Runner {
         self.stages.push(stage);
     }
 
+    /// The earliest clock at which a stage has work without new input.
+    pub fn next_work(&self) -> Option<i64> {
+        self.stages.iter().filter_map(|s| s.next_work()).min()
+    }
+
     /// The last checkpoint.
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
@@ -273,7 +279,7 @@ impl Runner {
             // Otherwise it is recorded like any batch, and a redo (no
             // input, same clock and rule clocks) does the same.
             let report = self.engine.tick(Vec::new(), clock_us).await;
-            if report.firings.is_empty() && !self.stages.iter().any(|s| s.has_work(clock_us)) {
+            if report.firings.is_empty() && self.next_work().is_none_or(|w| w > clock_us) {
                 return Ok(report);
             }
             self.put(&planned).await?;

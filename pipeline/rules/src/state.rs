@@ -216,6 +216,8 @@ pub struct Applied {
     pub identities: Vec<IdentityLink>,
     /// Items dropped as retries of an item already applied.
     pub duplicates: usize,
+    /// The time of the batch's earliest item, µs.
+    pub first_at: Option<i64>,
 }
 
 /// All customers' state.

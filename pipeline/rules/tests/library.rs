@@ -81,6 +81,8 @@ impl Db {
                 EngineOptions {
                     // Fixtures jump days at a time; they test windows, not downtime.
                     catch_up_us: i64::MAX / 4,
+                    // A tick's clock is what the fixtures assert.
+                    event_clock: false,
                 },
             )
         })
