@@ -479,25 +479,16 @@ fn mutate(rng: &mut Rng, body: &[u8]) -> Vec<u8> {
             5 => b.insert(at, rng.next() as u8),
             6 => {
                 let text = String::from_utf8_lossy(&b).into_owned();
-                let swapped = text.replacen(
-                    [
-                        "\"userId\"",
-                        "\"timestamp\"",
-                        "\"properties\"",
-                        "\"type\"",
-                        "\"batch\"",
-                        "\"traits\"",
-                    ][rng.below(6)],
-                    [
-                        "\"userId\"",
-                        "\"timestamp\"",
-                        "\"properties\"",
-                        "\"type\"",
-                        "\"batch\"",
-                        "\"traits\"",
-                    ][rng.below(6)],
-                    1,
-                );
+                const KEYS: [&str; 6] = [
+                    "\"userId\"",
+                    "\"timestamp\"",
+                    "\"properties\"",
+                    "\"type\"",
+                    "\"batch\"",
+                    "\"traits\"",
+                ];
+                let swapped =
+                    text.replacen(KEYS[rng.below(KEYS.len())], KEYS[rng.below(KEYS.len())], 1);
                 b = swapped.into_bytes();
             }
             7 => b.extend_from_slice(&body[..rng.below(body.len())]),

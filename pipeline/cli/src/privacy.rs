@@ -122,8 +122,9 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Op
     // Erasure finds a person's anonymous history through identity links;
     // links dropped before the events they join would leave those events
     // behind, unreachable by a later erasure.
-    if let Some(links) = age("identities", &r.identities)?
-        && age("events", &r.events)?.is_none_or(|events| links < events)
+    let (events_age, links_age) = (age("events", &r.events)?, age("identities", &r.identities)?);
+    if let Some(links) = links_age
+        && events_age.is_none_or(|events| links < events)
     {
         anyhow::bail!(
             "retention.identities ({:?}) is shorter than retention.events ({:?}): erasure finds anonymous events through identity links, so keep links at least as long as events",
@@ -138,16 +139,20 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Op
     let tables = erase_tables();
     let table = |name: &str| tables.iter().find(|t| t.name == name).cloned();
     let mut rules = Vec::new();
-    for (name, value, keep) in [
+    for (name, max_age, keep) in [
         (
             t::EVENTS,
-            &r.events,
+            events_age,
             Some(("event_type", &kairos_rules::state::OPT_OUT_EVENTS[..])),
         ),
-        (t::PROFILE_CHANGES, &r.profile_changes, None),
-        (t::IDENTITIES, &r.identities, None),
+        (
+            t::PROFILE_CHANGES,
+            age("profile_changes", &r.profile_changes)?,
+            None,
+        ),
+        (t::IDENTITIES, links_age, None),
     ] {
-        if let (Some(max_age_us), Some(table)) = (age(name, value)?, table(name)) {
+        if let (Some(max_age_us), Some(table)) = (max_age, table(name)) {
             rules.push(p::Retention {
                 table,
                 max_age_us,

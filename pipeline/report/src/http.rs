@@ -300,16 +300,16 @@ pub fn allowed(
 }
 
 /// [`allowed`] for a request: its token and the peer address axum saw.
-fn request_allowed(s: &ReportState, req: &Request) -> Result<(), (StatusCode, &'static str)> {
+fn request_allowed(token: Option<&str>, req: &Request) -> Result<(), (StatusCode, &'static str)> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    allowed(s.token.as_deref(), req.headers(), peer)
+    allowed(token, req.headers(), peer)
 }
 
 async fn guard(State(s): State<Arc<ReportState>>, req: Request, next: Next) -> Response {
-    match request_allowed(&s, &req) {
+    match request_allowed(s.token.as_deref(), &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => refused(status, message),
     }
@@ -322,11 +322,7 @@ pub async fn read_token_required(
     req: Request,
     next: Next,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    match allowed(token.as_deref(), req.headers(), peer) {
+    match request_allowed(token.as_deref(), &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => refused(status, message),
     }
@@ -381,7 +377,7 @@ async fn page_guard(State(s): State<Arc<ReportState>>, req: Request, next: Next)
             return r;
         }
     }
-    match request_allowed(&s, &req) {
+    match request_allowed(s.token.as_deref(), &req) {
         Ok(()) => next.run(req).await,
         Err((status, message)) => {
             let message = if status == StatusCode::UNAUTHORIZED {

@@ -311,69 +311,50 @@ impl Engine {
             first_at: items.first().map(StagedItem::timestamp_us),
             ..Applied::default()
         };
-        // Items left per customer id: at a boundary with items after it,
-        // only those customers' rows can still change in this tick.
-        let mut left: HashMap<String, usize> = HashMap::default();
-        for item in &items {
-            for id in item.customer_ids() {
-                *left.entry(id.to_string()).or_default() += 1;
-            }
-        }
         let mut done: HashMap<usize, i64> = HashMap::default();
-        let mut items = items.into_iter().peekable();
+        let mut next_due = self.next_sweep_boundary(&done);
+        let end = now.saturating_add(1);
+        let mut items = std::collections::VecDeque::from(items);
         loop {
             // Boundaries before the next item see the state as it is now.
-            let end = now.saturating_add(1);
-            let before = items.peek().map_or(end, |i| i.timestamp_us().min(end));
-            let points = self.sweep_points(before, now, &done);
-            for (boundary, group) in points.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
-                self.state.prune(boundary);
-                let mut everyone = Tables::new(None, boundary);
-                let mut changing: Option<Tables> = None;
-                for &(_, i, first, last) in group {
-                    done.insert(i, boundary);
-                    if last {
+            let before = items.front().map_or(end, |i| i.timestamp_us().min(end));
+            if next_due.is_some_and(|d| d < before) {
+                let points = self.sweep_points(before, now, &done);
+                for (boundary, group) in points.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
+                    self.state.prune(boundary);
+                    let mut everyone = Tables::new(None, boundary);
+                    // Only the customers the rest of the tick changes.
+                    let mut changing: Option<Tables> = None;
+                    for &(_, i, first, last) in group {
+                        done.insert(i, boundary);
+                        let tables = if last {
+                            &mut everyone
+                        } else {
+                            changing.get_or_insert_with(|| {
+                                let ids = items
+                                    .iter()
+                                    .flat_map(StagedItem::customer_ids)
+                                    .map(|id| self.state.canonical(id).to_string())
+                                    .collect();
+                                Tables::new(Some(ids), boundary)
+                            })
+                        };
                         self.run(
                             i,
                             boundary,
                             Some(first),
-                            true,
+                            last,
                             &applied,
-                            &mut everyone,
+                            tables,
                             &mut report,
                         )
                         .await;
-                        continue;
                     }
-                    let tables = changing.get_or_insert_with(|| {
-                        let ids = left
-                            .iter()
-                            .filter(|(_, n)| **n > 0)
-                            .map(|(id, _)| self.state.canonical(id).to_string())
-                            .collect();
-                        Tables::new(Some(ids), boundary)
-                    });
-                    self.run(
-                        i,
-                        boundary,
-                        Some(first),
-                        false,
-                        &applied,
-                        tables,
-                        &mut report,
-                    )
-                    .await;
                 }
+                next_due = self.next_sweep_boundary(&done);
             }
-            match items.next() {
-                Some(item) => {
-                    for id in item.customer_ids() {
-                        if let Some(n) = left.get_mut(id) {
-                            *n -= 1;
-                        }
-                    }
-                    self.apply(item, &mut applied);
-                }
+            match items.pop_front() {
+                Some(item) => self.apply(item, &mut applied),
                 None => break,
             }
         }
@@ -425,26 +406,38 @@ impl Engine {
         now: i64,
         done: &HashMap<usize, i64>,
     ) -> Vec<(i64, usize, i64, bool)> {
-        let mut out = Vec::new();
-        for (i, c) in self.rules.iter().enumerate() {
-            if c.rule.cadence == Cadence::EveryBatch {
-                continue;
-            }
-            let Some(last) = self.clocks.get(&c.rule.name) else {
-                continue;
-            };
-            let every = every_us(&c.rule);
-            let floor = |t: i64| t - t.rem_euclid(every);
-            let first = floor(*last) + every;
-            let from = done.get(&i).map_or(first, |d| d + every);
-            let boundary = floor(before - 1);
-            if boundary < from {
-                continue;
-            }
-            out.push((boundary, i, first, boundary == floor(now)));
-        }
+        let mut out: Vec<_> = self
+            .pending(done)
+            .filter_map(|(i, first, from, every)| {
+                let floor = |t: i64| t - t.rem_euclid(every);
+                let boundary = floor(before - 1);
+                (boundary >= from).then_some((boundary, i, first, boundary == floor(now)))
+            })
+            .collect();
         out.sort_unstable();
         out
+    }
+
+    /// The first boundary a sweep still has to be evaluated at in this tick.
+    fn next_sweep_boundary(&self, done: &HashMap<usize, i64>) -> Option<i64> {
+        self.pending(done).map(|(_, _, from, _)| from).min()
+    }
+
+    /// Each live sweep: `(rule, first boundary since its last evaluation
+    /// for everyone, first boundary not yet taken in this tick, cadence µs)`.
+    fn pending<'a>(
+        &'a self,
+        done: &'a HashMap<usize, i64>,
+    ) -> impl Iterator<Item = (usize, i64, i64, i64)> + 'a {
+        self.rules.iter().enumerate().filter_map(move |(i, c)| {
+            if c.rule.cadence == Cadence::EveryBatch {
+                return None;
+            }
+            let last = self.clocks.get(&c.rule.name)?;
+            let every = every_us(&c.rule);
+            let first = last - last.rem_euclid(every) + every;
+            Some((i, first, done.get(&i).map_or(first, |d| d + every), every))
+        })
     }
 
     /// Evaluates rule `i` at `clock`; a sweep also covers its boundaries
