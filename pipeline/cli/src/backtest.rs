@@ -18,6 +18,7 @@ use kairos_rules::{Engine, Firing};
 use kairos_storage::DataRoot;
 
 use crate::live;
+use crate::progress::Progress;
 use crate::replay::timeline;
 
 /// What to backtest.
@@ -70,7 +71,7 @@ pub async fn backtest(config: Config, bt: Backtest) -> anyhow::Result<()> {
     let mut opts = live::engine_options(&config)?;
     opts.catch_up_us = kairos_rules::engine::NO_CATCH_UP_LIMIT;
     opts.event_clock = true;
-    let mut engine = Engine::new(rules, &BTreeMap::new(), Default::default(), opts);
+    let mut engine = Engine::new(rules, &BTreeMap::new(), Default::default(), opts)?;
     let split = history.partition_point(|i| i.timestamp_us() < bt.from_us);
     let end = history.partition_point(|i| i.timestamp_us() < bt.to_us);
     let mut history = history;
@@ -81,13 +82,18 @@ pub async fn backtest(config: Config, bt: Backtest) -> anyhow::Result<()> {
     let mut firings: Vec<Firing> = engine.tick(Vec::new(), bt.from_us).await.firings;
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
     let events = window.len();
+    let mut progress = Progress::new("backtested", events as u64);
+    let mut done = 0;
     for (clock, batch) in timeline(window, bt.span_us) {
+        done += batch.len() as u64;
         let report = engine.tick(batch, clock).await;
         firings.extend(report.firings);
         for f in report.failures {
             failures.entry(f.rule).or_insert(f.error);
         }
+        progress.update(done, clock, firings.len());
     }
+    progress.finish();
     // Deadlines that fall after the last event but inside the window.
     let last = engine.tick(Vec::new(), bt.to_us - 1).await;
     firings.extend(last.firings);

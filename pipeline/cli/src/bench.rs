@@ -122,7 +122,7 @@ pub async fn bench(
     let build = started.elapsed();
     let cadences: BTreeMap<String, Cadence> =
         rules.iter().map(|r| (r.name.clone(), r.cadence)).collect();
-    let mut engine = Engine::new(rules, &BTreeMap::new(), state, Default::default());
+    let mut engine = Engine::new(rules, &BTreeMap::new(), state, Default::default())?;
     // The rules go live at the end of the history.
     engine.tick(Vec::new(), CLOCK).await;
 

@@ -20,6 +20,7 @@ mod listen;
 mod live;
 mod loadgen;
 mod privacy;
+mod progress;
 mod replay;
 mod report;
 mod serve;

@@ -26,6 +26,7 @@ use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, Stagin
 
 use crate::import::{ImportKind, read_items};
 use crate::live;
+use crate::progress::Progress;
 
 /// Staged bytes that trigger a publish during the replay.
 const PUBLISH_EVERY_BYTES: usize = 128 << 20;
@@ -143,7 +144,7 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     let mut failures = 0;
     let mut done = 0;
     let mut staged = 0;
-    let mut last_progress = Instant::now();
+    let mut progress = Progress::new("replayed", total as u64);
     let mut ticked = i64::MIN;
     for (clock, batch) in timeline(items, span_us) {
         // Between batches, tick where a stage has work due (a sequence
@@ -181,17 +182,9 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
             publisher.publish().await?;
             staged = 0;
         }
-        if last_progress.elapsed().as_secs() >= 1 {
-            last_progress = Instant::now();
-            eprintln!(
-                "replayed {done}/{total} items ({:.0}%, {:.0} items/s), event time {}, {} firings",
-                done as f64 * 100.0 / total.max(1) as f64,
-                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                chrono::DateTime::<chrono::Utc>::from_timestamp_micros(clock).unwrap_or_default(),
-                per_rule.values().sum::<usize>()
-            );
-        }
+        progress.update(done as u64, clock, per_rule.values().sum());
     }
+    progress.finish();
     // Every message handed to the workers is delivered and recorded
     // before the replay reports.
     drop(runner);

@@ -379,7 +379,7 @@ impl Messaging {
         ctx.insert("profile".into(), Value::Object(traits));
         ctx.insert(
             "customer".into(),
-            Value::Object(crate::computed_traits(state, &row.customer_id)),
+            Value::Object(crate::computed_traits(state, &row.customer_id)?),
         );
         ctx.insert(
             "message".into(),

@@ -22,16 +22,19 @@ pub use delivery::{Dispatcher, Messaging, Settings};
 pub use template::Templates;
 
 /// A customer's computed traits (the rules' `customers` table row) as
-/// JSON, for templates: timestamps as RFC 3339.
+/// JSON, for templates: timestamps as RFC 3339 (empty for a customer the
+/// state does not know).
 pub fn computed_traits(
     state: &kairos_rules::state::State,
     customer_id: &str,
-) -> Map<String, Value> {
+) -> Result<Map<String, Value>, String> {
     let ids = std::iter::once(customer_id.to_string()).collect();
-    let batch = state.customers_table(Some(&ids));
+    let batch = state
+        .customers_table(Some(&ids))
+        .map_err(|e| format!("building the computed traits of {customer_id}: {e}"))?;
     let mut out = Map::new();
     if batch.num_rows() == 0 {
-        return out;
+        return Ok(out);
     }
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
         let any = col.as_any();
@@ -53,7 +56,7 @@ pub fn computed_traits(
             out.insert(field.name().clone(), v);
         }
     }
-    out
+    Ok(out)
 }
 
 /// The adapter for `channel` from its `[messaging.channels.NAME]` settings

@@ -5,11 +5,10 @@
 //! schemas, so a misspelt column, a type error or a missing output column
 //! is found before any event arrives.
 
-use std::sync::Arc;
-
 use datafusion::arrow::datatypes::DataType;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
+
+use crate::plans::{CLOCK_CALL, Plans};
 
 use crate::rule::{Rule, RuleError};
 
@@ -18,22 +17,17 @@ pub use crate::engine::rule_tables;
 /// Output columns every rule must return, all strings.
 pub const REQUIRED_OUTPUT: [&str; 2] = ["customer_id", "dedupe_key"];
 
-/// A session with every rule table registered, empty.
+/// A session with every rule table registered and the rule clock: the
+/// engine's own (see [`crate::plans`]), so a rule that checks is a rule
+/// the engine can plan.
 pub fn planning_session() -> datafusion::error::Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    for (name, schema) in rule_tables() {
-        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-    }
-    Ok(ctx)
+    Ok(Plans::new()?.into_session())
 }
 
 /// Plans `rule` in `ctx` and checks its output columns; returns their names
 /// (what the rule's templates may use).
 pub async fn plan(ctx: &SessionContext, rule: &Rule) -> Result<Vec<String>, RuleError> {
-    let sql = rule.render_sql(
-        &Default::default(),
-        &crate::engine::clock_sql(946_684_800_000_000),
-    )?;
+    let sql = rule.render_sql(&Default::default(), CLOCK_CALL)?;
     let df = ctx
         .sql(&sql)
         .await

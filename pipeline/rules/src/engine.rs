@@ -18,20 +18,18 @@
 //! set as a live run in small ones.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::Value;
 
 use kairos_core::event::{EventRecord, StagedItem};
 use kairos_storage::tables;
 
+use crate::plans::{self, Planned, Plans};
 use crate::rule::{Cadence, Param, Rule};
 use crate::state::{self, Applied, HashMap, HashSet, State};
 
@@ -158,7 +156,10 @@ pub struct Engine {
     fired: HashSet<u128>,
     clocks: BTreeMap<String, i64>,
     opts: EngineOptions,
-    ctx: SessionContext,
+    plans: Plans,
+    /// Each rule's plan per variant (`None`: the default parameters),
+    /// made at its first evaluation.
+    planned: HashMap<(usize, Option<usize>), Planned>,
 }
 
 fn fired_key(rule: &str, customer: &str, key: &str) -> u128 {
@@ -181,7 +182,7 @@ impl Engine {
         overrides: &BTreeMap<String, BTreeMap<String, Param>>,
         state: State,
         opts: EngineOptions,
-    ) -> Engine {
+    ) -> datafusion::error::Result<Engine> {
         let names: Vec<&'static str> = rule_tables().iter().map(|(n, _)| *n).collect();
         let rules = rules
             .into_iter()
@@ -200,14 +201,15 @@ impl Engine {
                 }
             })
             .collect();
-        Engine {
+        Ok(Engine {
             rules,
             state,
             fired: HashSet::default(),
             clocks: BTreeMap::new(),
             opts,
-            ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
-        }
+            plans: Plans::new()?,
+            planned: HashMap::default(),
+        })
     }
 
     /// The rules, in load order.
@@ -323,21 +325,30 @@ impl Engine {
                 for (boundary, group) in points.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
                     self.state.prune(boundary);
                     let mut everyone = Tables::new(None, boundary);
-                    // Only the customers the rest of the tick changes.
-                    let mut changing: Option<Tables> = None;
+                    // Before the last boundary, only the customers whose
+                    // state changes before the sweep's next boundary, by
+                    // the horizon they change before.
+                    let mut changing: Vec<(i64, Tables)> = Vec::new();
                     for &(_, i, first, last) in group {
                         done.insert(i, boundary);
                         let tables = if last {
                             &mut everyone
                         } else {
-                            changing.get_or_insert_with(|| {
-                                let ids = items
-                                    .iter()
-                                    .flat_map(StagedItem::customer_ids)
-                                    .map(|id| self.state.canonical(id).to_string())
-                                    .collect();
-                                Tables::new(Some(ids), boundary)
-                            })
+                            let horizon = boundary.saturating_add(every_us(&self.rules[i].rule));
+                            let at = match changing.iter().position(|(h, _)| *h == horizon) {
+                                Some(at) => at,
+                                None => {
+                                    let ids = items
+                                        .iter()
+                                        .take_while(|item| item.timestamp_us() <= horizon)
+                                        .flat_map(StagedItem::customer_ids)
+                                        .map(|id| self.state.canonical(id).to_string())
+                                        .collect();
+                                    changing.push((horizon, Tables::new(Some(ids), boundary)));
+                                    changing.len() - 1
+                                }
+                            };
+                            &mut changing[at].1
                         };
                         self.run(
                             i,
@@ -391,15 +402,17 @@ impl Engine {
     /// boundary; `done` holds the boundaries already taken in this tick.
     ///
     /// Each sweep is evaluated for everyone once per tick, at its last
-    /// boundary by `now`, in event time; at an earlier boundary with items
-    /// after it, only for the customers those items change (the others'
-    /// state does not move until the last boundary). Between evaluations
-    /// of a customer their state is unchanged, so a live run evaluating at
-    /// every boundary would see the same rows, each firing at the first
-    /// boundary at or after its `due_at`: so a replay in large batches
-    /// fires what a live run in small ticks fires, at the same clocks, for
-    /// rules whose condition stays true while nothing happens (every
-    /// `due_at` rule of the library).
+    /// boundary by `now`, in event time; at an earlier boundary (the last
+    /// one before an item), only for the customers whose state changes
+    /// before the sweep's next boundary. So every customer is seen at the
+    /// last boundary before each change of their state and at the tick's
+    /// last boundary: each version of their state at the last boundary it
+    /// holds. A live run evaluating at every boundary would see the same
+    /// rows, each firing at the first boundary at or after its `due_at`:
+    /// so a replay in large batches fires what a live run in small ticks
+    /// fires, at the same clocks, for rules whose condition stays true
+    /// while nothing happens (every `due_at` rule of the library), and the
+    /// extra evaluations grow with the items, not with the span.
     fn sweep_points(
         &self,
         before: i64,
@@ -529,20 +542,20 @@ impl Engine {
     ) -> Result<Vec<Row>, String> {
         let base = self.rules[i].overrides.clone();
         let Some(design) = self.rules[i].design.clone() else {
-            return self.evaluate(i, clock, applied, tables, &base).await;
+            return self.evaluate(i, None, clock, applied, tables, &base).await;
         };
         let variant_of = |customer: &str| design.assign(customer).variant;
         let mut rows: Vec<Row> = self
-            .evaluate(i, clock, applied, tables, &base)
+            .evaluate(i, None, clock, applied, tables, &base)
             .await?
             .into_iter()
             .filter(|r| variant_of(&r.0).is_none())
             .collect();
-        for v in self.rules[i].rule.variants.clone() {
+        for (j, v) in self.rules[i].rule.variants.clone().into_iter().enumerate() {
             let mut params = base.clone();
             params.extend(v.params.clone());
             rows.extend(
-                self.evaluate(i, clock, applied, tables, &params)
+                self.evaluate(i, Some(j), clock, applied, tables, &params)
                     .await?
                     .into_iter()
                     .filter(|r| variant_of(&r.0).as_deref() == Some(v.name.as_str())),
@@ -551,36 +564,33 @@ impl Engine {
         Ok(rows)
     }
 
+    /// Rows of rule `i` (variant `variant`, whose parameters are
+    /// `params`) at `clock`, planned at its first evaluation.
     async fn evaluate(
         &mut self,
         i: usize,
+        variant: Option<usize>,
         clock: i64,
         applied: &Applied,
         tables: &mut Tables,
         params: &BTreeMap<String, Param>,
     ) -> Result<Vec<Row>, String> {
-        let c = &self.rules[i];
-        for name in &c.reads {
-            let batch = tables.get(name, &self.state, applied);
-            let provider =
-                MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| e.to_string())?;
-            self.ctx
-                .deregister_table(*name)
+        let key = (i, variant);
+        if !self.planned.contains_key(&key) {
+            let sql = self.rules[i]
+                .rule
+                .render_sql(params, plans::CLOCK_CALL)
                 .map_err(|e| e.to_string())?;
-            self.ctx
-                .register_table(*name, Arc::new(provider))
-                .map_err(|e| e.to_string())?;
+            let planned = self.plans.plan(&sql).await.map_err(|e| e.to_string())?;
+            self.planned.insert(key, planned);
         }
-        let sql = c
-            .rule
-            .render_sql(params, &clock_sql(clock))
-            .map_err(|e| e.to_string())?;
+        let mut inputs = Vec::with_capacity(self.rules[i].reads.len());
+        for name in &self.rules[i].reads {
+            inputs.push((*name, tables.get(name, &self.state, applied)?));
+        }
         let batches = self
-            .ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| e.to_string())?
-            .collect()
+            .plans
+            .run(&self.planned[&key], clock, inputs)
             .await
             .map_err(|e| e.to_string())?;
         let mut rows = Vec::new();
@@ -628,34 +638,41 @@ impl Tables {
         }
     }
 
-    fn get(&mut self, name: &'static str, state: &State, applied: &Applied) -> RecordBatch {
+    fn get(
+        &mut self,
+        name: &'static str,
+        state: &State,
+        applied: &Applied,
+    ) -> Result<RecordBatch, String> {
         if let Some(b) = self.built.get(name) {
-            return b.clone();
+            return Ok(b.clone());
         }
         let ids = self.customers.as_ref();
-        let empty = |schema: SchemaRef| RecordBatch::new_empty(schema);
         let batch = match name {
             "batch_events" => {
                 let refs: Vec<&EventRecord> = applied.events.iter().collect();
-                tables::events_batch(&refs).unwrap_or_else(|_| empty(tables::EVENTS_SCHEMA.clone()))
+                tables::events_batch(&refs).map_err(|e| e.to_string())
             }
-            "customers" => state.customers_table(ids),
-            "carts" => state.carts_table(ids, self.clock),
-            "product_views" => state.views_table(ids, self.clock),
-            "profiles" => state.profiles_table(ids),
+            "customers" => state.customers_table(ids).map_err(|e| e.to_string()),
+            "carts" => state
+                .carts_table(ids, self.clock)
+                .map_err(|e| e.to_string()),
+            "product_views" => state
+                .views_table(ids, self.clock)
+                .map_err(|e| e.to_string()),
+            "profiles" => state.profiles_table(ids).map_err(|e| e.to_string()),
             "profile_changes" => {
                 let refs: Vec<_> = applied.changes.iter().collect();
-                tables::changes_batch(&refs)
-                    .unwrap_or_else(|_| empty(tables::PROFILE_CHANGES_SCHEMA.clone()))
+                tables::changes_batch(&refs).map_err(|e| e.to_string())
             }
             _ => {
                 let refs: Vec<_> = applied.identities.iter().collect();
-                tables::identities_batch(&refs)
-                    .unwrap_or_else(|_| empty(tables::IDENTITIES_SCHEMA.clone()))
+                tables::identities_batch(&refs).map_err(|e| e.to_string())
             }
-        };
+        }
+        .map_err(|e| format!("building the `{name}` table: {e}"))?;
         self.built.insert(name, batch.clone());
-        batch
+        Ok(batch)
     }
 }
 
@@ -833,7 +850,8 @@ mod tests {
             &BTreeMap::new(),
             State::default(),
             EngineOptions::default(),
-        );
+        )
+        .expect("engine");
         let report = engine.tick((0..400).map(event).collect(), 2_000_000).await;
         assert_eq!(
             report.firings.len(),

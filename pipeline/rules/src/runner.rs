@@ -156,7 +156,9 @@ impl Runner {
             state.apply_identity(&link);
         }
         let rebuilt_events = fold_events(&root, &skip, &mut state).await?;
-        let mut engine = Engine::new(rules, overrides, state, opts);
+        let mut engine = Engine::new(rules, overrides, state, opts).map_err(|e| {
+            StorageError::Unsupported(format!("starting the rule engine's session: {e}"))
+        })?;
 
         let redo_batch =
             (!checkpoint.done && checkpoint.batch > 0).then(|| firings::batch_id(checkpoint.batch));

@@ -23,6 +23,7 @@ use datafusion::arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
 use serde_json::Value;
 
 use kairos_core::event::{EventRecord, IdentityLink, ProfileUpdate};
@@ -501,7 +502,10 @@ impl State {
     }
 
     /// The `customers` table for `ids` (all customers when `None`).
-    pub fn customers_table(&self, ids: Option<&HashSet<String>>) -> RecordBatch {
+    pub fn customers_table(
+        &self,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<RecordBatch, ArrowError> {
         let mut b = CustomerBuilder::default();
         match ids {
             Some(ids) => {
@@ -521,21 +525,29 @@ impl State {
     }
 
     /// The `carts` table as of `now` for `ids` (all when `None`).
-    pub fn carts_table(&self, ids: Option<&HashSet<String>>, now: i64) -> RecordBatch {
+    pub fn carts_table(
+        &self,
+        ids: Option<&HashSet<String>>,
+        now: i64,
+    ) -> Result<RecordBatch, ArrowError> {
         let mut b = CartBuilder::default();
         self.each(ids, |id, c| b.push(id, c, now, &self.names));
         b.finish()
     }
 
     /// The `product_views` table as of `now` for `ids` (all when `None`).
-    pub fn views_table(&self, ids: Option<&HashSet<String>>, now: i64) -> RecordBatch {
+    pub fn views_table(
+        &self,
+        ids: Option<&HashSet<String>>,
+        now: i64,
+    ) -> Result<RecordBatch, ArrowError> {
         let mut b = ViewBuilder::default();
         self.each(ids, |id, c| b.push(id, c, now, &self.names));
         b.finish()
     }
 
     /// The `profiles` table for `ids` (all when `None`).
-    pub fn profiles_table(&self, ids: Option<&HashSet<String>>) -> RecordBatch {
+    pub fn profiles_table(&self, ids: Option<&HashSet<String>>) -> Result<RecordBatch, ArrowError> {
         let rows: Vec<ProfileRow> = match ids {
             Some(ids) => ids.iter().filter_map(|id| self.profile_row(id)).collect(),
             None => self
@@ -546,8 +558,8 @@ impl State {
         };
         let refs: Vec<&ProfileRow> = rows.iter().collect();
         tables::profiles_batch(&refs)
-            .and_then(|b| Ok(b.project(&profile_projection())?))
-            .unwrap_or_else(|_| RecordBatch::new_empty(RULE_PROFILES_SCHEMA.clone()))
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?
+            .project(&profile_projection())
     }
 
     fn profile_row(&self, id: &str) -> Option<ProfileRow> {
@@ -700,7 +712,7 @@ impl CustomerBuilder {
             .append_option(c.timezone.as_ref().map(|(_, z)| z.as_str()));
     }
 
-    fn finish(mut self) -> RecordBatch {
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.id.finish()),
             Arc::new(self.first.finish()),
@@ -718,7 +730,6 @@ impl CustomerBuilder {
             Arc::new(self.tz.finish()),
         ];
         RecordBatch::try_new(CUSTOMERS_SCHEMA.clone(), cols)
-            .unwrap_or_else(|_| RecordBatch::new_empty(CUSTOMERS_SCHEMA.clone()))
     }
 }
 
@@ -801,7 +812,7 @@ impl CartBuilder {
         self.purchased.append_option(purchased);
     }
 
-    fn finish(mut self) -> RecordBatch {
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.customer.finish()),
             Arc::new(self.cart.finish()),
@@ -813,7 +824,6 @@ impl CartBuilder {
             Arc::new(self.purchased.finish()),
         ];
         RecordBatch::try_new(CARTS_SCHEMA.clone(), cols)
-            .unwrap_or_else(|_| RecordBatch::new_empty(CARTS_SCHEMA.clone()))
     }
 }
 
@@ -870,7 +880,7 @@ impl ViewBuilder {
         }
     }
 
-    fn finish(mut self) -> RecordBatch {
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.customer.finish()),
             Arc::new(self.product.finish()),
@@ -881,7 +891,6 @@ impl ViewBuilder {
             Arc::new(self.purchased.finish()),
         ];
         RecordBatch::try_new(PRODUCT_VIEWS_SCHEMA.clone(), cols)
-            .unwrap_or_else(|_| RecordBatch::new_empty(PRODUCT_VIEWS_SCHEMA.clone()))
     }
 }
 
@@ -920,7 +929,7 @@ mod tests {
     }
 
     fn carts(s: &State, now: i64) -> Vec<(i64, Option<i64>, i64)> {
-        let b = s.carts_table(None, now);
+        let b = s.carts_table(None, now).expect("table");
         let started = b
             .column(2)
             .as_any()
@@ -1001,7 +1010,7 @@ mod tests {
                 (10 * H + 120_000_000, Some(10 * H + 172_000_000), 1)
             ]
         );
-        let b = s.customers_table(None);
+        let b = s.customers_table(None).expect("table");
         let orders = b
             .column(6)
             .as_any()
@@ -1018,7 +1027,7 @@ mod tests {
         let mut v = ev("v1", "c1", "product_view", 10 * H + 90_000_000);
         v.commerce.product_id = Some("y".into());
         s.apply_event(&v);
-        let views = s.views_table(None, 20 * H);
+        let views = s.views_table(None, 20 * H).expect("table");
         let bought = views
             .column(6)
             .as_any()
@@ -1042,7 +1051,7 @@ mod tests {
             received_at_us: H,
         });
         s.apply_event(&ev("b", "anon", "purchase", 2 * H));
-        let b = s.customers_table(None);
+        let b = s.customers_table(None).expect("table");
         assert_eq!(b.num_rows(), 1);
         let orders = b
             .column(6)
@@ -1064,7 +1073,7 @@ mod tests {
         for (i, at) in [H, 2 * H, 30 * H].iter().enumerate() {
             s.apply_event(&ev(&format!("v{i}"), "c1", "product_view", *at));
         }
-        let b = s.views_table(None, 31 * H);
+        let b = s.views_table(None, 31 * H).expect("table");
         let day = b
             .column(2)
             .as_any()
@@ -1076,7 +1085,9 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .expect("i64");
         assert_eq!((day.value(0), week.value(0)), (1, 3));
-        let b = s.views_table(None, 7 * 24 * H + 90 * 60_000_000);
+        let b = s
+            .views_table(None, 7 * 24 * H + 90 * 60_000_000)
+            .expect("table");
         let week = b
             .column(3)
             .as_any()
@@ -1084,6 +1095,9 @@ mod tests {
             .expect("i64");
         assert_eq!(week.value(0), 2, "the 01:00 view left the 7-day window");
         s.prune(9 * 24 * H);
-        assert_eq!(s.views_table(None, 9 * 24 * H).num_rows(), 0);
+        assert_eq!(
+            s.views_table(None, 9 * 24 * H).expect("table").num_rows(),
+            0
+        );
     }
 }

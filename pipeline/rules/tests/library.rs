@@ -85,6 +85,7 @@ impl Db {
                     event_clock: false,
                 },
             )
+            .expect("engine")
         })
     }
 
@@ -184,9 +185,12 @@ impl Db {
         let state = &self.engine().state;
         let tables = [
             ("firings", firings),
-            ("customers", state.customers_table(None)),
-            ("carts", state.carts_table(None, clock)),
-            ("product_views", state.views_table(None, clock)),
+            ("customers", state.customers_table(None).map_err(err)?),
+            ("carts", state.carts_table(None, clock).map_err(err)?),
+            (
+                "product_views",
+                state.views_table(None, clock).map_err(err)?,
+            ),
         ];
         for (name, batch) in tables {
             let t = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(err)?;
