@@ -76,8 +76,11 @@ pub struct Plans {
 impl Plans {
     /// A session over the rule tables of [`rule_tables`].
     pub fn new() -> Result<Plans> {
+        // One partition: a rule's tables are a micro-batch's customers, or
+        // everyone's state already in memory; splitting them costs more in
+        // repartitioning and tasks than a second core gives back.
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(1)
             .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
         let ctx = SessionContext::new_with_config(config);
         let clock_ns = Arc::new(AtomicI64::new(0));
