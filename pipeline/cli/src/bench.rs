@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use kairos_core::event::{Commerce, EventRecord, Json, StagedItem};
+use kairos_core::event::{Commerce, EventRecord, StagedItem};
 use kairos_rules::Engine;
 use kairos_rules::rule::Cadence;
 use kairos_rules::state::{EventParts, State};
@@ -38,31 +38,16 @@ fn record(rng: &mut SmallRng, n: u64, customers: u64, at: i64) -> EventRecord {
     let t = kind(rng.random_range(0..100));
     let product = format!("p{}", rng.random_range(0..PRODUCTS));
     let customer = format!("c{}", rng.random_range(0..customers));
-    EventRecord {
-        event_id: format!("bench-{n}"),
-        source: "bench".into(),
-        call: "track".into(),
-        event: t.into(),
-        event_type: t.into(),
-        customer_id: customer.clone(),
-        user_id: Some(customer),
-        anonymous_id: None,
-        timestamp_us: at,
-        received_at_us: at,
-        sent_at_us: None,
-        commerce: Commerce {
-            product_id: (t != "page").then_some(product),
-            category: Some(format!("cat{}", rng.random_range(0..20))),
-            price: Some(20.0),
-            quantity: Some(1),
-            revenue: (t == "purchase").then_some(40.0),
-            currency: None,
-            order_id: (t == "purchase").then(|| format!("o{n}")),
-        },
-        timezone: None,
-        properties: Json::empty_object(),
-        context: Json::empty_object(),
-    }
+    let commerce = Commerce {
+        product_id: (t != "page").then_some(product),
+        category: Some(format!("cat{}", rng.random_range(0..20))),
+        price: Some(20.0),
+        quantity: Some(1),
+        revenue: (t == "purchase").then_some(40.0),
+        currency: None,
+        order_id: (t == "purchase").then(|| format!("o{n}")),
+    };
+    EventRecord::track(format!("bench-{n}"), "bench", customer, t, at, commerce)
 }
 
 fn rss_mib() -> f64 {

@@ -98,6 +98,38 @@ pub struct EventRecord {
     pub context: Json,
 }
 
+impl EventRecord {
+    /// A `track` call of `event_type` from the known user `customer_id`,
+    /// received as it happened, without properties or context: the events
+    /// benchmarks and tests build.
+    pub fn track(
+        event_id: String,
+        source: &str,
+        customer_id: String,
+        event_type: &str,
+        at_us: i64,
+        commerce: Commerce,
+    ) -> EventRecord {
+        EventRecord {
+            event_id,
+            source: source.into(),
+            call: "track".into(),
+            event: event_type.into(),
+            event_type: event_type.into(),
+            user_id: Some(customer_id.clone()),
+            customer_id,
+            anonymous_id: None,
+            timestamp_us: at_us,
+            received_at_us: at_us,
+            sent_at_us: None,
+            commerce,
+            timezone: None,
+            properties: Json::empty_object(),
+            context: Json::empty_object(),
+        }
+    }
+}
+
 /// A JSON value kept as its validated text. It is embedded in the staging
 /// log as raw JSON, not as an escaped string, so staging and publishing
 /// never escape and unescape the (large) `properties` and `context`.

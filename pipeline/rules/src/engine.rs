@@ -46,15 +46,6 @@ pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
     ]
 }
 
-/// The rule clock as a SQL literal (UTC).
-pub fn clock_sql(us: i64) -> String {
-    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).unwrap_or_default();
-    format!(
-        "CAST('{}' AS TIMESTAMP)",
-        t.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-    )
-}
-
 /// A `catch_up_us` that never limits (replays and backtests: history has
 /// no downtime); small enough that `clock - it` cannot overflow.
 pub const NO_CATCH_UP_LIMIT: i64 = i64::MAX / 4;
@@ -648,29 +639,25 @@ impl Tables {
             return Ok(b.clone());
         }
         let ids = self.customers.as_ref();
+        let text = |e: &dyn std::fmt::Display| format!("building the `{name}` table: {e}");
         let batch = match name {
             "batch_events" => {
                 let refs: Vec<&EventRecord> = applied.events.iter().collect();
-                tables::events_batch(&refs).map_err(|e| e.to_string())
+                tables::events_batch(&refs).map_err(|e| text(&e))?
             }
-            "customers" => state.customers_table(ids).map_err(|e| e.to_string()),
-            "carts" => state
-                .carts_table(ids, self.clock)
-                .map_err(|e| e.to_string()),
-            "product_views" => state
-                .views_table(ids, self.clock)
-                .map_err(|e| e.to_string()),
-            "profiles" => state.profiles_table(ids).map_err(|e| e.to_string()),
+            "customers" => state.customers_table(ids).map_err(|e| text(&e))?,
+            "carts" => state.carts_table(ids, self.clock).map_err(|e| text(&e))?,
+            "product_views" => state.views_table(ids, self.clock).map_err(|e| text(&e))?,
+            "profiles" => state.profiles_table(ids).map_err(|e| text(&e))?,
             "profile_changes" => {
                 let refs: Vec<_> = applied.changes.iter().collect();
-                tables::changes_batch(&refs).map_err(|e| e.to_string())
+                tables::changes_batch(&refs).map_err(|e| text(&e))?
             }
             _ => {
                 let refs: Vec<_> = applied.identities.iter().collect();
-                tables::identities_batch(&refs).map_err(|e| e.to_string())
+                tables::identities_batch(&refs).map_err(|e| text(&e))?
             }
-        }
-        .map_err(|e| format!("building the `{name}` table: {e}"))?;
+        };
         self.built.insert(name, batch.clone());
         Ok(batch)
     }

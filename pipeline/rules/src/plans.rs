@@ -53,7 +53,8 @@ use crate::engine::rule_tables;
 pub const CLOCK_CALL: &str = "kairos_rule_clock()";
 
 /// The type of `${now}`: what `CAST('…' AS TIMESTAMP)` gives, so a rule
-/// plans and computes the same with the clock as a call or as a literal.
+/// means the same whether the clock is this call or a literal (as in
+/// `kairos sql` or a test).
 const CLOCK_TYPE: DataType = DataType::Timestamp(TimeUnit::Nanosecond, None);
 
 /// A physical plan ready to run again, or the SQL to plan at every run
@@ -143,10 +144,7 @@ impl Plans {
             Planned::Plan(plan) => {
                 collect(reset_plan_states(plan.clone())?, self.ctx.task_ctx()).await
             }
-            Planned::Sql(sql) => match self.ctx.sql(sql).await {
-                Ok(df) => df.collect().await,
-                Err(e) => Err(e),
-            },
+            Planned::Sql(sql) => async { self.ctx.sql(sql).await?.collect().await }.await,
         };
         // Emptied, so a rule never reads another evaluation's rows and the
         // state tables are freed with their scope.
@@ -338,29 +336,21 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
-    use kairos_core::event::{Commerce, EventRecord, Json};
+    use kairos_core::event::{Commerce, EventRecord};
     use kairos_storage::tables;
 
     use crate::state::State;
 
     fn event(customer: &str, at_us: i64) -> EventRecord {
-        EventRecord {
-            event_id: format!("{customer}-{at_us}"),
-            source: "t".into(),
-            call: "track".into(),
-            event: "Promo".into(),
-            event_type: "promo".into(),
-            customer_id: customer.into(),
-            user_id: Some(customer.into()),
-            anonymous_id: None,
-            timestamp_us: at_us,
-            received_at_us: at_us,
-            sent_at_us: None,
-            commerce: Commerce::default(),
-            timezone: None,
-            properties: Json::empty_object(),
-            context: Json::empty_object(),
-        }
+        let id = format!("{customer}-{at_us}");
+        EventRecord::track(
+            id,
+            "t",
+            customer.into(),
+            "promo",
+            at_us,
+            Commerce::default(),
+        )
     }
 
     /// The `customers` and `batch_events` tables of `events`.
@@ -380,10 +370,7 @@ mod tests {
     async fn the_clock_call_has_the_literal_clock_type() {
         let ctx = SessionContext::new();
         let literal = ctx
-            .sql(&format!(
-                "SELECT {} AS t",
-                crate::engine::clock_sql(1_000_000)
-            ))
+            .sql("SELECT CAST('1970-01-01T00:00:01Z' AS TIMESTAMP) AS t")
             .await
             .expect("plans")
             .collect()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use kairos_core::event::{Commerce, EventRecord, Json, StagedItem};
+use kairos_core::event::{Commerce, EventRecord, StagedItem};
 use kairos_rules::engine::NO_CATCH_UP_LIMIT;
 use kairos_rules::state::State;
 use kairos_rules::{Engine, EngineOptions};
@@ -42,30 +42,22 @@ fn stream(seed: u64) -> Vec<StagedItem> {
             ),
             _ => ("signup", None, None),
         };
-        out.push(StagedItem::Event(EventRecord {
-            event_id: format!("e{n}"),
-            source: "t".into(),
-            call: "track".into(),
-            event: event_type.into(),
-            event_type: event_type.into(),
-            customer_id: customer.clone(),
-            user_id: Some(customer),
-            anonymous_id: None,
-            timestamp_us: at,
-            received_at_us: at,
-            sent_at_us: None,
-            commerce: Commerce {
-                product_id: product,
-                price: Some(10.0),
-                quantity: Some(1),
-                revenue: order.as_ref().map(|_| 10.0),
-                order_id: order,
-                ..Commerce::default()
-            },
-            timezone: None,
-            properties: Json::empty_object(),
-            context: Json::empty_object(),
-        }));
+        let commerce = Commerce {
+            product_id: product,
+            price: Some(10.0),
+            quantity: Some(1),
+            revenue: order.as_ref().map(|_| 10.0),
+            order_id: order,
+            ..Commerce::default()
+        };
+        out.push(StagedItem::Event(EventRecord::track(
+            format!("e{n}"),
+            "t",
+            customer,
+            event_type,
+            at,
+            commerce,
+        )));
     }
     out.sort_by_key(StagedItem::timestamp_us);
     out
