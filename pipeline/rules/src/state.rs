@@ -234,7 +234,14 @@ pub struct State {
     /// Erased customers (`kairos forget`): nothing fires or is sent for
     /// them, whatever this state still holds until the next start.
     suppression: Option<Arc<kairos_storage::privacy::Suppression>>,
+    /// The clock of the last [`State::prune`] that walked every customer.
+    pruned_at: Option<i64>,
 }
+
+/// How often (event time) [`State::prune`] walks every customer. Tables
+/// filter by their windows themselves, so pruning only bounds memory; at
+/// every sweep boundary it was 3% of a replay.
+const PRUNE_EVERY_US: i64 = 3_600_000_000;
 
 impl State {
     /// Checks [`State::erased`] against `s` from now on.
@@ -494,8 +501,16 @@ impl State {
         }
     }
 
-    /// Drops cart adds, purchases and views too old for any table, as of `now`.
+    /// Drops cart adds, purchases and views too old for any table, as of
+    /// `now`, at most once per [`PRUNE_EVERY_US`] of clock.
     pub fn prune(&mut self, now: i64) {
+        if self
+            .pruned_at
+            .is_some_and(|at| now < at.saturating_add(PRUNE_EVERY_US))
+        {
+            return;
+        }
+        self.pruned_at = Some(now);
         for c in self.customers.values_mut() {
             prune_customer(c, now);
         }
@@ -1034,6 +1049,30 @@ mod tests {
             .downcast_ref::<TimestampMicrosecondArray>()
             .expect("ts");
         assert_eq!(bought.value(0), 10 * H + 172_000_000);
+    }
+
+    #[test]
+    fn prune_walks_the_customers_at_most_hourly() {
+        let mut s = State::default();
+        let mut v = ev("v1", "c1", "product_view", H);
+        v.commerce.product_id = Some("p".into());
+        s.apply_event(&v);
+        let views = |s: &State| s.customers["c1"].views.len();
+        let first = H + VIEW_RETENTION_US - 30 * 60_000_000;
+        s.prune(first);
+        assert_eq!(views(&s), 1, "still inside the view window");
+        // 45 minutes later the view has left the window, and the table
+        // already leaves it out, but the walk waits for the hour.
+        s.prune(first + 45 * 60_000_000);
+        assert_eq!(views(&s), 1);
+        assert_eq!(
+            s.views_table(None, first + 45 * 60_000_000)
+                .expect("table")
+                .num_rows(),
+            0
+        );
+        s.prune(first + PRUNE_EVERY_US);
+        assert_eq!(views(&s), 0);
     }
 
     #[test]

@@ -375,11 +375,15 @@ pub fn writer_properties(
             b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
         }
     }
+    // A row group holds no more distinct values than rows; sizing the
+    // filter for parquet's default (a million) allocated and zeroed
+    // 1.2 MB per column and file before folding it down again.
     for col in bloom_columns {
         let path = ColumnPath::from(*col);
         b = b
             .set_column_bloom_filter_enabled(path.clone(), true)
-            .set_column_bloom_filter_fpp(path, 0.01);
+            .set_column_bloom_filter_fpp(path.clone(), 0.01)
+            .set_column_bloom_filter_max_ndv(path, row_group_rows.max(1) as u64);
     }
     b.build()
 }
@@ -391,6 +395,22 @@ pub fn writer_properties(
 /// and compaction rewrites an hour's files as one.
 pub const SMALL_FILE_ROWS: usize = 4096;
 
+/// `props` for a file of `rows` rows under [`SMALL_FILE_ROWS`]: Snappy,
+/// and bloom filters sized for those rows.
+fn small_file(props: WriterProperties, schema: &Schema, rows: usize) -> WriterProperties {
+    let bloom: Vec<ColumnPath> = schema
+        .fields()
+        .iter()
+        .map(|f| ColumnPath::from(f.name().as_str()))
+        .filter(|path| props.bloom_filter_properties(path).is_some())
+        .collect();
+    let mut b = props.into_builder().set_compression(Compression::SNAPPY);
+    for path in bloom {
+        b = b.set_column_bloom_filter_max_ndv(path, rows.max(1) as u64);
+    }
+    b.build()
+}
+
 /// Encodes one batch as a complete Parquet file in memory (zstd; Snappy
 /// below [`SMALL_FILE_ROWS`]).
 pub fn encode_parquet(
@@ -399,10 +419,7 @@ pub fn encode_parquet(
     path_for_errors: &str,
 ) -> Result<Vec<u8>> {
     let props = if batch.num_rows() < SMALL_FILE_ROWS {
-        props
-            .into_builder()
-            .set_compression(Compression::SNAPPY)
-            .build()
+        small_file(props, &batch.schema(), batch.num_rows())
     } else {
         props
     };
@@ -473,5 +490,46 @@ mod tests {
         assert_eq!(codec_of(3), Compression::SNAPPY);
         assert_eq!(codec_of(SMALL_FILE_ROWS - 1), Compression::SNAPPY);
         assert!(matches!(codec_of(SMALL_FILE_ROWS), Compression::ZSTD(_)));
+    }
+
+    #[test]
+    fn bloom_filters_are_sized_for_the_rows_and_find_every_id() {
+        use parquet::file::properties::ReaderProperties;
+        use parquet::file::serialized_reader::ReadOptionsBuilder;
+        let schema = Arc::new(Schema::new(vec![utf8("customer_id", false)]));
+        let props = writer_properties(&schema, "customer_id", &["customer_id"], 65_536);
+        let path = ColumnPath::from("customer_id");
+        assert_eq!(
+            props.bloom_filter_properties(&path).map(|b| b.ndv()),
+            Some(65_536)
+        );
+        let small = small_file(props.clone(), &schema, 3);
+        assert_eq!(
+            small.bloom_filter_properties(&path).map(|b| b.ndv()),
+            Some(3)
+        );
+
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b", "c"]))],
+        )
+        .expect("batch");
+        let bytes = encode_parquet(&batch, props, "t").expect("encodes");
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let reader = SerializedFileReader::new_with_options(bytes::Bytes::from(bytes), options)
+            .expect("reads");
+        let row_group = reader.get_row_group(0).expect("row group");
+        let filter = row_group
+            .get_column_bloom_filter(0)
+            .expect("a bloom filter");
+        for id in ["a", "b", "c"] {
+            assert!(filter.check(&id), "{id} missing from the bloom filter");
+        }
     }
 }
