@@ -18,6 +18,7 @@
 //! set as a live run in small ones.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -484,7 +485,8 @@ impl Engine {
         } else {
             floor
         };
-        for (customer_id, dedupe_key, due_at, context) in rows {
+        for row in rows {
+            let due_at = row.due_at;
             let due_at_us = due_at.unwrap_or(clock);
             let in_window = if sweep {
                 due_at.is_some_and(|d| d > since && d <= clock)
@@ -495,16 +497,26 @@ impl Engine {
                 report.stale += 1;
                 continue;
             }
-            if !self
-                .fired
-                .insert(fired_key(&name, &customer_id, &dedupe_key))
-            {
+            let key = fired_key(&name, &row.customer_id, &row.dedupe_key);
+            if self.fired.contains(&key) {
                 continue;
             }
+            // The context is read only for a row that fires: a sweep
+            // returns every eligible customer at each boundary, nearly
+            // all of them fired before.
+            let context = match row.context() {
+                Ok(context) => context,
+                Err(error) => {
+                    tracing::warn!(rule = %name, %error, "rule failed; the other rules keep firing");
+                    report.failures.push(RuleFailure { rule: name, error });
+                    return;
+                }
+            };
+            self.fired.insert(key);
             report.firings.push(Firing {
                 rule: name.clone(),
-                customer_id,
-                dedupe_key,
+                customer_id: row.customer_id,
+                dedupe_key: row.dedupe_key,
                 due_at_us,
                 clock_us: match first {
                     _ if !self.opts.event_clock => clock,
@@ -540,7 +552,7 @@ impl Engine {
             .evaluate(i, None, clock, applied, tables, &base)
             .await?
             .into_iter()
-            .filter(|r| variant_of(&r.0).is_none())
+            .filter(|r| variant_of(&r.customer_id).is_none())
             .collect();
         for (j, v) in self.rules[i].rule.variants.clone().into_iter().enumerate() {
             let mut params = base.clone();
@@ -549,7 +561,7 @@ impl Engine {
                 self.evaluate(i, Some(j), clock, applied, tables, &params)
                     .await?
                     .into_iter()
-                    .filter(|r| variant_of(&r.0).as_deref() == Some(v.name.as_str())),
+                    .filter(|r| variant_of(&r.customer_id).as_deref() == Some(v.name.as_str())),
             );
         }
         Ok(rows)
@@ -585,8 +597,8 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         let mut rows = Vec::new();
-        for b in &batches {
-            rows.extend(rows_of(b)?);
+        for b in batches {
+            rows.extend(rows_of(Arc::new(b))?);
         }
         Ok(rows)
     }
@@ -610,8 +622,39 @@ fn boundary_at_or_after(t: i64, every: i64) -> i64 {
     }
 }
 
-/// (customer_id, dedupe_key, due_at, context JSON).
-type Row = (String, String, Option<i64>, String);
+/// One result row of a rule: who, which instance of the trigger, when;
+/// its other columns, the firing's context, stay in `batch` until
+/// [`Row::context`] reads them.
+struct Row {
+    customer_id: String,
+    dedupe_key: String,
+    due_at: Option<i64>,
+    batch: Arc<RecordBatch>,
+    index: usize,
+}
+
+impl Row {
+    /// The row's other columns as a JSON object.
+    fn context(&self) -> Result<String, String> {
+        let one = self.batch.slice(self.index, 1);
+        let mut ctx = serde_json::Map::new();
+        for (field, col) in one.schema().fields().iter().zip(one.columns()) {
+            if is_firing_column(field.name()) {
+                continue;
+            }
+            let v = json_values(col.as_ref())?
+                .pop()
+                .ok_or_else(|| format!("`{}` has no value in row {}", field.name(), self.index))?;
+            ctx.insert(field.name().clone(), v);
+        }
+        Ok(Value::Object(ctx).to_string())
+    }
+}
+
+/// The columns every rule returns; the others are the firing's context.
+fn is_firing_column(name: &str) -> bool {
+    matches!(name, "customer_id" | "dedupe_key" | "due_at")
+}
 
 /// The state tables of one evaluation scope, built on first use.
 struct Tables {
@@ -674,9 +717,9 @@ fn strings(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, String> {
         .collect())
 }
 
-fn rows_of(b: &RecordBatch) -> Result<Vec<Row>, String> {
-    let customers = strings(b, "customer_id")?;
-    let keys = strings(b, "dedupe_key")?;
+fn rows_of(b: Arc<RecordBatch>) -> Result<Vec<Row>, String> {
+    let customers = strings(&b, "customer_id")?;
+    let keys = strings(&b, "dedupe_key")?;
     let due = match b.column_by_name("due_at") {
         Some(col) => {
             let col = cast(
@@ -692,31 +735,27 @@ fn rows_of(b: &RecordBatch) -> Result<Vec<Row>, String> {
         }
         None => vec![None; b.num_rows()],
     };
-    let schema = b.schema();
-    let extra: Vec<usize> = (0..schema.fields().len())
-        .filter(|i| {
-            !matches!(
-                schema.field(*i).name().as_str(),
-                "customer_id" | "dedupe_key" | "due_at"
-            )
-        })
-        .collect();
-    let mut contexts: Vec<serde_json::Map<String, Value>> =
-        vec![serde_json::Map::new(); b.num_rows()];
-    for i in extra {
-        let name = schema.field(i).name();
-        for (row, v) in json_values(b.column(i))?.into_iter().enumerate() {
-            contexts[row].insert(name.clone(), v);
+    // A context column of a type JSON cannot hold fails the evaluation
+    // whether or not a row fires.
+    for (field, col) in b.schema().fields().iter().zip(b.columns()) {
+        if !is_firing_column(field.name()) {
+            json_values(col.slice(0, 0).as_ref())?;
         }
     }
     let mut out = Vec::with_capacity(b.num_rows());
-    for (row, ctx) in contexts.into_iter().enumerate() {
+    for (index, (customer, key)) in customers.into_iter().zip(keys).enumerate() {
         // A row without a customer or key cannot fire: there is no one to
         // message and nothing to deduplicate on.
-        let (Some(c), Some(k)) = (customers[row].clone(), keys[row].clone()) else {
+        let (Some(customer_id), Some(dedupe_key)) = (customer, key) else {
             continue;
         };
-        out.push((c, k, due[row], Value::Object(ctx).to_string()));
+        out.push(Row {
+            customer_id,
+            dedupe_key,
+            due_at: due[index],
+            batch: b.clone(),
+            index,
+        });
     }
     Ok(out)
 }
@@ -821,6 +860,44 @@ mod tests {
             properties: Json::empty_object(),
             context: Json::empty_object(),
         })
+    }
+
+    #[test]
+    fn a_rows_context_is_its_own_other_columns() {
+        use datafusion::arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("dedupe_key", DataType::Utf8, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new("total", DataType::Float64, true),
+            Field::new("vip", DataType::Boolean, true),
+            Field::new("sku", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("c1"), None, Some("c3")])),
+                Arc::new(StringArray::from(vec!["k1", "k2", "k3"])),
+                Arc::new(Int32Array::from(vec![Some(1), Some(2), None])),
+                Arc::new(Float64Array::from(vec![1.5, 2.5, 3.5])),
+                Arc::new(BooleanArray::from(vec![true, false, false])),
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ],
+        )
+        .expect("batch");
+        let rows = rows_of(Arc::new(b)).expect("rows");
+        let who: Vec<_> = rows.iter().map(|r| r.customer_id.as_str()).collect();
+        assert_eq!(who, ["c1", "c3"], "a row without a customer cannot fire");
+        let ctx = |r: &Row| serde_json::from_str::<Value>(&r.context().expect("context"));
+        assert_eq!(
+            ctx(&rows[1]).expect("json"),
+            serde_json::json!({"n": null, "total": 3.5, "vip": false, "sku": "c"})
+        );
+        assert_eq!(
+            ctx(&rows[0]).expect("json"),
+            serde_json::json!({"n": 1, "total": 1.5, "vip": true, "sku": "a"})
+        );
     }
 
     #[tokio::test]
