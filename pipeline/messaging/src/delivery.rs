@@ -31,6 +31,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjectPath;
 use serde_json::{Map, Value};
@@ -38,12 +39,12 @@ use tokio::sync::mpsc;
 
 use kairos_policy::Channel;
 use kairos_policy::stage::{Decision, SendRow};
-use kairos_policy::tables::{SENDS, send_rows};
-use kairos_rules::runner::BatchStage;
+use kairos_policy::tables::Decided;
+use kairos_rules::runner::{BatchStage, Outputs};
 use kairos_rules::state::State;
 use kairos_rules::{Rule, TickReport};
 use kairos_storage::tables::read_parquet;
-use kairos_storage::{DataRoot, StorageError};
+use kairos_storage::{DataRoot, StorageError, columns};
 
 use crate::callbacks::StatusUpdate;
 use crate::channel::{Adapter, Failure, Outgoing};
@@ -120,7 +121,7 @@ impl DeliveryRow {
 }
 
 /// Rows of `deliveries/`.
-pub fn deliveries_batch(rows: &[DeliveryRow]) -> RecordBatch {
+pub fn deliveries_batch(rows: &[DeliveryRow]) -> Result<RecordBatch, ArrowError> {
     let s = |f: &dyn Fn(&DeliveryRow) -> Option<&str>| -> ArrayRef {
         Arc::new(rows.iter().map(f).collect::<StringArray>())
     };
@@ -150,7 +151,24 @@ pub fn deliveries_batch(rows: &[DeliveryRow]) -> RecordBatch {
         ),
     ];
     RecordBatch::try_new(DELIVERIES_SCHEMA.clone(), cols)
-        .unwrap_or_else(|_| RecordBatch::new_empty(DELIVERIES_SCHEMA.clone()))
+}
+
+/// A firing's context, as the engine wrote it: a JSON object.
+fn firing_context(text: &str) -> Result<Map<String, Value>, StorageError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(corrupt_firing(format!(
+            "a context is not an object: {other}"
+        ))),
+        Err(e) => Err(corrupt_firing(format!("a context is not JSON: {e}"))),
+    }
+}
+
+fn corrupt_firing(reason: String) -> StorageError {
+    StorageError::Schema {
+        table: kairos_rules::firings::FIRINGS.into(),
+        reason,
+    }
 }
 
 /// When a send's outcome is unknown after a crash.
@@ -307,18 +325,19 @@ impl Messaging {
         self.queue.len()
     }
 
-    fn accept(&mut self, row: SendRow) {
+    fn accept(&mut self, row: &SendRow) {
         match row.decision {
             Decision::Send if !self.finished.contains(&row.send_id) => {
                 let at = row.send_at.unwrap_or(row.decided_at);
                 if let Some(old) = self.queued.insert(row.send_id.clone(), at) {
                     self.queue.remove(&(old, row.send_id.clone()));
                 }
-                self.queue.insert((at, row.send_id.clone()), Job { row });
+                self.queue
+                    .insert((at, row.send_id.clone()), Job { row: row.clone() });
             }
             Decision::Cancelled => {
                 if let Some(at) = self.queued.remove(&row.send_id) {
-                    self.queue.remove(&(at, row.send_id));
+                    self.queue.remove(&(at, row.send_id.clone()));
                 }
             }
             _ => {}
@@ -430,7 +449,7 @@ impl Messaging {
     pub fn restore(&mut self, r: Recovered) {
         self.finished = r.finished;
         self.contexts = r.contexts;
-        for row in r.sends {
+        for row in &r.sends {
             self.accept(row);
         }
     }
@@ -446,22 +465,22 @@ impl BatchStage for Messaging {
         report: &TickReport,
         state: &State,
         clock_us: i64,
-        earlier: &[(&'static str, RecordBatch)],
-    ) -> Vec<(&'static str, RecordBatch)> {
+        outputs: &mut Outputs,
+    ) -> Result<(), StorageError> {
         for f in &report.firings {
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.context) {
-                self.contexts.insert(
-                    (f.rule.clone(), f.customer_id.clone(), f.dedupe_key.clone()),
-                    m,
-                );
-            }
+            self.contexts.insert(
+                (f.rule.clone(), f.customer_id.clone(), f.dedupe_key.clone()),
+                firing_context(&f.context)?,
+            );
         }
-        for (table, rows) in earlier {
-            if *table == SENDS {
-                for row in send_rows(rows) {
-                    self.accept(row);
-                }
-            }
+        let Decided(decided) = outputs.get::<Decided>().ok_or_else(|| {
+            StorageError::Unsupported(
+                "messaging runs after the policy stage, which decided nothing for this batch"
+                    .into(),
+            )
+        })?;
+        for row in decided {
+            self.accept(row);
         }
         let mut failed = Vec::new();
         while let Some(entry) = self.queue.first_entry() {
@@ -503,11 +522,10 @@ impl BatchStage for Messaging {
                 });
             }
         }
-        if failed.is_empty() {
-            Vec::new()
-        } else {
-            vec![(DELIVERIES, deliveries_batch(&failed))]
+        if !failed.is_empty() {
+            outputs.write(DELIVERIES, deliveries_batch(&failed)?);
         }
+        Ok(())
     }
 }
 
@@ -530,10 +548,8 @@ pub struct Recovered {
     pub unreachable: Vec<StatusUpdate>,
 }
 
-fn strings(b: &RecordBatch, name: &str) -> Option<StringArray> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .cloned()
+fn strings<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StorageError> {
+    columns::strings(b, DELIVERIES, name)
 }
 
 /// Rebuilds the delivery state from the lake; `skip` is the batch being
@@ -547,9 +563,7 @@ pub async fn recover(
     let mut with_unreachable = Vec::new();
     for path in kairos_rules::firings::batch_files(root, DELIVERIES, skip).await? {
         for b in read_parquet(root, &path, Some(&["send_id", "status"])).await? {
-            let (Some(id), Some(st)) = (strings(&b, "send_id"), strings(&b, "status")) else {
-                continue;
-            };
+            let (id, st) = (strings(&b, "send_id")?, strings(&b, "status")?);
             for i in 0..b.num_rows() {
                 if st.value(i) != "retry" {
                     r.finished.insert(id.value(i).to_string());
@@ -565,30 +579,27 @@ pub async fn recover(
     for path in with_unreachable {
         for b in read_parquet(root, &path, None).await? {
             let col = |n| strings(&b, n);
-            let (Some(id), Some(st), Some(cust), Some(ch), Some(prov), Some(err)) = (
-                col("send_id"),
-                col("status"),
-                col("customer_id"),
-                col("channel"),
-                col("provider"),
-                col("error"),
-            ) else {
-                continue;
-            };
-            let at = b
-                .column_by_name("at")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+            let (id, st, cust, ch, prov, err) = (
+                col("send_id")?,
+                col("status")?,
+                col("customer_id")?,
+                col("channel")?,
+                col("provider")?,
+                col("error")?,
+            );
+            let at = columns::timestamps_us(&b, DELIVERIES, "at")?;
             for i in (0..b.num_rows()).filter(|&i| st.value(i) == "unreachable") {
-                let Some(channel) = Channel::parse(ch.value(i)) else {
-                    continue;
-                };
+                let channel = Channel::parse(ch.value(i)).ok_or_else(|| StorageError::Schema {
+                    table: DELIVERIES.into(),
+                    reason: format!("unknown channel {:?}", ch.value(i)),
+                })?;
                 r.unreachable.push(StatusUpdate::unreachable(
                     cust.value(i),
                     channel,
                     id.value(i),
                     prov.value(i),
                     (!err.is_null(i)).then(|| err.value(i).to_string()),
-                    at.map(|a| a.value(i)),
+                    Some(at.value(i)),
                 ));
             }
         }
@@ -603,7 +614,17 @@ pub async fn recover(
         let Some(bytes) = root.read(&m.location).await? else {
             continue;
         };
-        let ids: Vec<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+        // An intent that does not read cannot say which sends were in
+        // flight: stop rather than treat none as in doubt (at-most-once
+        // channels would send again) or delete it.
+        let ids: Vec<String> =
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                path: m.location.to_string(),
+                reason: format!(
+                    "a delivery intent is not a JSON list of send ids ({e}); \
+                     check which sends it names, then delete it"
+                ),
+            })?;
         for id in ids {
             if r.finished.contains(&id) {
                 continue;
@@ -646,7 +667,7 @@ pub async fn recover(
         kairos_rules::firings::write_table(
             root,
             DELIVERIES,
-            &deliveries_batch(&dropped_rows),
+            &deliveries_batch(&dropped_rows)?,
             &format!("recovered-{now}"),
             now,
         )
@@ -671,24 +692,21 @@ pub async fn recover(
             )
             .await?
             {
-                let (Some(rule), Some(c), Some(k), Some(ctx)) = (
-                    strings(&b, "rule"),
-                    strings(&b, "customer_id"),
-                    strings(&b, "dedupe_key"),
-                    strings(&b, "context"),
-                ) else {
-                    continue;
-                };
+                let col = |n| columns::strings(&b, kairos_rules::firings::FIRINGS, n);
+                let (rule, c, k, ctx) = (
+                    col("rule")?,
+                    col("customer_id")?,
+                    col("dedupe_key")?,
+                    col("context")?,
+                );
                 for i in 0..b.num_rows() {
                     let key = (
                         rule.value(i).to_string(),
                         c.value(i).to_string(),
                         k.value(i).to_string(),
                     );
-                    if wanted.contains(&key)
-                        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(ctx.value(i))
-                    {
-                        r.contexts.insert(key, m);
+                    if wanted.contains(&key) {
+                        r.contexts.insert(key, firing_context(ctx.value(i))?);
                     }
                 }
             }
@@ -790,7 +808,10 @@ impl Worker {
         // 1. The intent: these sends are about to start.
         let intent = ObjectPath::from(format!("{INTENTS_DIR}/{id}.json"));
         let ids: Vec<&str> = chunk.iter().map(|m| m.send_id.as_str()).collect();
-        let body = serde_json::to_vec(&ids).unwrap_or_default();
+        let body = serde_json::to_vec(&ids).map_err(|e| StorageError::Corrupt {
+            path: intent.to_string(),
+            reason: format!("the delivery intent does not serialise: {e}"),
+        })?;
         self.root
             .store
             .put(&intent, Bytes::from(body).into())
@@ -830,7 +851,7 @@ impl Worker {
         kairos_rules::firings::write_table(
             &self.root,
             DELIVERIES,
-            &deliveries_batch(&rows),
+            &deliveries_batch(&rows)?,
             &id,
             now,
         )
@@ -1096,5 +1117,25 @@ mod tests {
         assert_eq!(r.unreachable, vec![u.clone()]);
         assert!(r.finished.contains("r:0:c:k"));
         assert_eq!(r.unreachable[0].calls(), u.calls());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_delivery_intent_stops_recovery_and_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let intent = dir.path().join(INTENTS_DIR).join("email-00000001.json");
+        std::fs::create_dir_all(intent.parent().expect("dir")).expect("mkdir");
+        // Torn by a crash mid-write: which sends were in flight is unknown.
+        std::fs::write(&intent, b"[\"r:0:c:k\", \"r:0").expect("write");
+        let settings = Settings::default();
+        let err = match recover(&root, None, &settings).await {
+            Ok(_) => panic!("an unreadable intent was taken as no sends in doubt"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("email-00000001.json") && err.contains("not a JSON list of send ids"),
+            "{err}"
+        );
+        assert!(intent.exists(), "the evidence is kept");
     }
 }

@@ -12,16 +12,21 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
 
 use kairos_experiments::{Arm, Assignment};
-use kairos_rules::runner::BatchStage;
+use kairos_rules::runner::{BatchStage, Outputs};
 use kairos_rules::state::State;
 use kairos_rules::{Rule, TickReport};
 use kairos_storage::tables::read_parquet;
-use kairos_storage::{DataRoot, StorageError};
+use kairos_storage::{DataRoot, StorageError, columns};
 
 use crate::consent::Channel;
 use crate::stage::{Decision, Fired, RuleMeta, SendRow, Stage, StepMeta};
+
+/// The decisions of one batch, as the policy stage passes them on to
+/// messaging (the same rows it writes to `sends/`).
+pub struct Decided(pub Vec<SendRow>);
 
 /// `sends/`: one row per decision.
 pub const SENDS: &str = "sends";
@@ -78,7 +83,7 @@ fn times(v: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 }
 
 /// Rows of `sends/`, sorted by customer.
-pub fn sends_batch(rows: &[SendRow]) -> RecordBatch {
+pub fn sends_batch(rows: &[SendRow]) -> Result<RecordBatch, ArrowError> {
     let mut r: Vec<&SendRow> = rows.iter().collect();
     r.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
     let cols = vec![
@@ -96,11 +101,10 @@ pub fn sends_batch(rows: &[SendRow]) -> RecordBatch {
         times(r.iter().map(|x| Some(x.decided_at))),
     ];
     RecordBatch::try_new(SENDS_SCHEMA.clone(), cols)
-        .unwrap_or_else(|_| RecordBatch::new_empty(SENDS_SCHEMA.clone()))
 }
 
 /// Rows of `assignments/` for the decisions that made a new assignment.
-pub fn assignments_batch(rows: &[SendRow]) -> RecordBatch {
+pub fn assignments_batch(rows: &[SendRow]) -> Result<RecordBatch, ArrowError> {
     let mut r: Vec<&SendRow> = rows.iter().filter(|x| x.new_assignment).collect();
     r.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
     let cols = vec![
@@ -112,24 +116,32 @@ pub fn assignments_batch(rows: &[SendRow]) -> RecordBatch {
         strings(r.iter().map(|x| Some(x.dedupe_key.as_str()))),
     ];
     RecordBatch::try_new(ASSIGNMENTS_SCHEMA.clone(), cols)
-        .unwrap_or_else(|_| RecordBatch::new_empty(ASSIGNMENTS_SCHEMA.clone()))
 }
 
-fn arm(s: &str) -> Arm {
-    match s {
-        "holdout" => Arm::Holdout,
-        "scheduled" => Arm::Scheduled,
-        _ => Arm::Triggered,
+fn unknown(table: &str, column: &str, value: &str) -> StorageError {
+    StorageError::Schema {
+        table: table.into(),
+        reason: format!("unknown {column} {value:?}"),
     }
 }
 
-fn decision(s: &str) -> Decision {
-    match s {
-        "send" => Decision::Send,
-        "ghost" => Decision::Ghost,
-        "cancelled" => Decision::Cancelled,
-        _ => Decision::Suppressed,
-    }
+fn arm(table: &str, s: &str) -> Result<Arm, StorageError> {
+    [Arm::Holdout, Arm::Scheduled, Arm::Triggered]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| unknown(table, "arm", s))
+}
+
+fn decision(s: &str) -> Result<Decision, StorageError> {
+    [
+        Decision::Send,
+        Decision::Ghost,
+        Decision::Suppressed,
+        Decision::Cancelled,
+    ]
+    .into_iter()
+    .find(|d| d.as_str() == s)
+    .ok_or_else(|| unknown(SENDS, "decision", s))
 }
 
 /// Rebuilds `stage` from `sends/` and `assignments/`, leaving out the files
@@ -141,22 +153,19 @@ pub async fn restore(
 ) -> Result<(), StorageError> {
     for path in kairos_rules::firings::batch_files(root, ASSIGNMENTS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
-            let s = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-            };
-            let (Some(e), Some(v), Some(c), Some(a)) =
-                (s("experiment"), s("variant"), s("customer_id"), s("arm"))
-            else {
-                continue;
-            };
+            let s = |n: &str| columns::strings(&b, ASSIGNMENTS, n);
+            let (e, v, c, a) = (
+                s("experiment")?,
+                s("variant")?,
+                s("customer_id")?,
+                s("arm")?,
+            );
             for i in 0..b.num_rows() {
                 stage.remember_assignment(
                     e.value(i),
                     c.value(i),
                     Assignment {
-                        arm: arm(a.value(i)),
+                        arm: arm(ASSIGNMENTS, a.value(i))?,
                         variant: v.is_valid(i).then(|| v.value(i).to_string()),
                         bucket: 0,
                     },
@@ -174,7 +183,7 @@ pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendR
     let mut rows = Vec::new();
     for path in kairos_rules::firings::batch_files(root, SENDS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
-            rows.extend(send_rows(&b));
+            rows.extend(send_rows(&b)?);
         }
     }
     rows.sort_by_key(|r| r.decided_at);
@@ -182,69 +191,47 @@ pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendR
 }
 
 /// The rows of one `sends/` record batch (as written, or as read back).
-pub fn send_rows(b: &RecordBatch) -> Vec<SendRow> {
-    let s = |n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .cloned()
-    };
-    let t = |n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .cloned()
-    };
-    let step = b
-        .column_by_name("step")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .cloned();
-    let (
-        Some(id),
-        Some(rule),
-        Some(step),
-        Some(cust),
-        Some(key),
-        Some(a),
-        Some(v),
-        Some(ch),
-        Some(d),
-        Some(reason),
-        Some(at),
-        Some(decided),
-    ) = (
-        s("send_id"),
-        s("rule"),
-        step,
-        s("customer_id"),
-        s("dedupe_key"),
-        s("arm"),
-        s("variant"),
-        s("channel"),
-        s("decision"),
-        s("reason"),
-        t("send_at"),
-        t("decided_at"),
-    )
-    else {
-        return Vec::new();
-    };
+pub fn send_rows(b: &RecordBatch) -> Result<Vec<SendRow>, StorageError> {
+    let s = |n: &str| columns::strings(b, SENDS, n);
+    let t = |n: &str| columns::timestamps_us(b, SENDS, n);
+    let (id, rule, cust, key, a, v, ch, d, reason) = (
+        s("send_id")?,
+        s("rule")?,
+        s("customer_id")?,
+        s("dedupe_key")?,
+        s("arm")?,
+        s("variant")?,
+        s("channel")?,
+        s("decision")?,
+        s("reason")?,
+    );
+    let step = columns::int64s(b, SENDS, "step")?;
+    let (at, decided) = (t("send_at")?, t("decided_at")?);
     (0..b.num_rows())
         .map(|i| {
             let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
-            SendRow {
+            let channel = match opt(ch) {
+                Some(name) => {
+                    Some(Channel::parse(&name).ok_or_else(|| unknown(SENDS, "channel", &name))?)
+                }
+                None => None,
+            };
+            Ok(SendRow {
                 send_id: id.value(i).to_string(),
                 rule: rule.value(i).to_string(),
-                step: u32::try_from(step.value(i)).unwrap_or(0),
+                step: u32::try_from(step.value(i))
+                    .map_err(|_| unknown(SENDS, "step", &step.value(i).to_string()))?,
                 customer_id: cust.value(i).to_string(),
                 dedupe_key: key.value(i).to_string(),
-                arm: arm(a.value(i)),
-                variant: opt(&v),
-                channel: opt(&ch).as_deref().and_then(Channel::parse),
-                decision: decision(d.value(i)),
-                reason: opt(&reason),
+                arm: arm(SENDS, a.value(i))?,
+                variant: opt(v),
+                channel,
+                decision: decision(d.value(i))?,
+                reason: opt(reason),
                 send_at: at.is_valid(i).then(|| at.value(i)),
                 decided_at: decided.value(i),
                 new_assignment: false,
-            }
+            })
         })
         .collect()
 }
@@ -297,8 +284,8 @@ impl BatchStage for Stage {
         report: &TickReport,
         state: &State,
         clock_us: i64,
-        _earlier: &[(&'static str, RecordBatch)],
-    ) -> Vec<(&'static str, RecordBatch)> {
+        outputs: &mut Outputs,
+    ) -> Result<(), StorageError> {
         // Each firing is decided at its own clock (a sweep's boundary, which
         // a long replay batch passes long before its end), after the events
         // up to it and before the later ones: a purchase just after the
@@ -334,9 +321,71 @@ impl BatchStage for Stage {
         }
         // Sequence steps come due by the batch's clock.
         rows.extend(self.decide(&[], clock_us, state));
-        vec![
-            (SENDS, sends_batch(&rows)),
-            (ASSIGNMENTS, assignments_batch(&rows)),
-        ]
+        outputs.write(SENDS, sends_batch(&rows)?);
+        outputs.write(ASSIGNMENTS, assignments_batch(&rows)?);
+        outputs.pass_on(Decided(rows));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> SendRow {
+        SendRow {
+            send_id: "r:0:c:k".into(),
+            rule: "r".into(),
+            step: 1,
+            customer_id: "c".into(),
+            dedupe_key: "k".into(),
+            arm: Arm::Holdout,
+            variant: Some("v".into()),
+            channel: Some(Channel::Sms),
+            decision: Decision::Ghost,
+            reason: None,
+            send_at: Some(5),
+            decided_at: 4,
+            new_assignment: false,
+        }
+    }
+
+    /// `sends/` rows with column `name` replaced by `value` in every row.
+    fn with(name: &str, value: &str) -> RecordBatch {
+        let b = sends_batch(&[row()]).expect("batch");
+        let i = b.schema().index_of(name).expect("column");
+        let mut cols = b.columns().to_vec();
+        cols[i] = Arc::new(StringArray::from(vec![value]));
+        RecordBatch::try_new(b.schema(), cols).expect("same schema")
+    }
+
+    #[test]
+    fn sends_read_back_as_written() {
+        let b = sends_batch(&[row()]).expect("batch");
+        assert_eq!(send_rows(&b).expect("rows"), vec![row()]);
+    }
+
+    #[test]
+    fn a_sends_file_not_as_written_is_an_error_not_fewer_sends() {
+        let err = |b: &RecordBatch| send_rows(b).expect_err("refused").to_string();
+        // An unknown arm was read as "triggered": a holdout customer messaged.
+        assert!(err(&with("arm", "control")).contains("unknown arm \"control\""));
+        // An unknown decision was read as "suppressed": a send forgotten.
+        assert!(err(&with("decision", "sent")).contains("unknown decision"));
+        assert!(err(&with("channel", "fax")).contains("unknown channel \"fax\""));
+        let b = sends_batch(&[row()]).expect("batch");
+        let missing = b.project(&[0, 1, 2]).expect("projection");
+        let text = err(&missing);
+        assert!(
+            text.contains("`sends`") && text.contains("no `customer_id` column"),
+            "{text}"
+        );
+        let mut negative = row();
+        negative.step = 0;
+        let b = sends_batch(&[negative]).expect("batch");
+        let mut cols = b.columns().to_vec();
+        cols[2] = Arc::new(Int64Array::from(vec![-1]));
+        let b = RecordBatch::try_new(b.schema(), cols).expect("same schema");
+        assert!(err(&b).contains("unknown step \"-1\""));
     }
 }

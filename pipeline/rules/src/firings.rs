@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
@@ -42,7 +43,11 @@ pub fn batch_id(n: u64) -> String {
 }
 
 /// Firings as a record batch, sorted by customer.
-pub fn firings_batch(firings: &[Firing], batch: &str, fired_at_us: i64) -> RecordBatch {
+pub fn firings_batch(
+    firings: &[Firing],
+    batch: &str,
+    fired_at_us: i64,
+) -> Result<RecordBatch, ArrowError> {
     let mut refs: Vec<&Firing> = firings.iter().collect();
     refs.sort_by(|a, b| (&a.customer_id, &a.rule).cmp(&(&b.customer_id, &b.rule)));
     let s = |f: &dyn Fn(&Firing) -> &str| -> ArrayRef {
@@ -65,7 +70,6 @@ pub fn firings_batch(firings: &[Firing], batch: &str, fired_at_us: i64) -> Recor
         s(&|x| &x.context),
     ];
     RecordBatch::try_new(FIRINGS_SCHEMA.clone(), cols)
-        .unwrap_or_else(|_| RecordBatch::new_empty(FIRINGS_SCHEMA.clone()))
 }
 
 /// Where batch `batch`'s firings go.
@@ -83,7 +87,7 @@ pub async fn write(
     batch: &str,
     clock_us: i64,
 ) -> Result<ObjectPath, StorageError> {
-    let data = firings_batch(firings, batch, kairos_core::time::now_us());
+    let data = firings_batch(firings, batch, kairos_core::time::now_us())?;
     write_table(root, FIRINGS, &data, batch, clock_us).await
 }
 

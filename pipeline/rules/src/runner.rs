@@ -16,11 +16,12 @@
 //! The publisher never takes an unconsumed frame, so the inputs of a batch
 //! to redo are always still in staging.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
-    Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    Array, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -77,12 +78,40 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<StagedItem>, serde_json::Err
         .collect()
 }
 
+/// What the stages of one batch pass on: rows for their tables, written
+/// under the batch's id before the batch is done (so exactly-once like the
+/// firings), and typed values for the stages after them (the policy
+/// stage's decisions for messaging), so no stage re-reads another's rows
+/// from their Arrow form.
+#[derive(Default)]
+pub struct Outputs {
+    tables: Vec<(&'static str, RecordBatch)>,
+    values: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+}
+
+impl Outputs {
+    /// Rows for `table`, written with the batch.
+    pub fn write(&mut self, table: &'static str, rows: RecordBatch) {
+        self.tables.push((table, rows));
+    }
+
+    /// Hands `value` to the later stages of this batch (one per type).
+    pub fn pass_on<T: Any + Send + Sync>(&mut self, value: T) {
+        self.values.insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// What an earlier stage of this batch passed on as a `T`.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.values.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
 /// A later stage run inside each durable batch (the policy chain, then
-/// messaging). It sees the batch's events and firings and returns rows for
-/// its own tables; they are written under the batch's id before the batch
-/// is done, so they are exactly-once like the firings. A stage rebuilds its
-/// memory from its tables before the runner starts, leaving out the files
-/// of [`Recovered::redo_batch`].
+/// messaging). It sees the batch's events and firings, and what the
+/// stages before it passed on, and adds its rows and values to
+/// [`Outputs`]. An error stops the batch before it is done: a restart
+/// redoes it. A stage rebuilds its memory from its tables before the
+/// runner starts, leaving out the files of [`Recovered::redo_batch`].
 pub trait BatchStage: Send + Sync {
     /// The earliest clock at which the stage has work without any new
     /// input (a sequence step come due, a queued send's time), so an idle
@@ -92,16 +121,15 @@ pub trait BatchStage: Send + Sync {
         None
     }
 
-    /// Decides what the batch means for this stage, given the tables the
-    /// stages before it wrote for this batch (data flows one way); returns
-    /// (table, rows).
+    /// Decides what the batch means for this stage, given what the stages
+    /// before it passed on (data flows one way).
     fn process(
         &mut self,
         report: &TickReport,
         state: &State,
         clock_us: i64,
-        earlier: &[(&'static str, datafusion::arrow::array::RecordBatch)],
-    ) -> Vec<(&'static str, datafusion::arrow::array::RecordBatch)>;
+        outputs: &mut Outputs,
+    ) -> Result<(), StorageError>;
 }
 
 /// Runs batches durably over one data root.
@@ -318,12 +346,11 @@ impl Runner {
         if !report.firings.is_empty() {
             firings::write(&self.root, &report.firings, &batch, planned.clock_us).await?;
         }
-        let mut outputs = Vec::new();
+        let mut outputs = Outputs::default();
         for stage in &mut self.stages {
-            let out = stage.process(&report, &self.engine.state, planned.clock_us, &outputs);
-            outputs.extend(out);
+            stage.process(&report, &self.engine.state, planned.clock_us, &mut outputs)?;
         }
-        for (table, rows) in outputs {
+        for (table, rows) in outputs.tables {
             if rows.num_rows() > 0 {
                 firings::write_table(&self.root, table, &rows, &batch, planned.clock_us).await?;
             }
@@ -338,7 +365,10 @@ impl Runner {
 
     async fn put(&self, c: &Checkpoint) -> Result<(), StorageError> {
         let path = ObjectPath::from(CHECKPOINT);
-        let body = serde_json::to_vec_pretty(c).unwrap_or_default();
+        let body = serde_json::to_vec_pretty(c).map_err(|e| StorageError::Corrupt {
+            path: CHECKPOINT.into(),
+            reason: format!("the checkpoint does not serialise: {e}"),
+        })?;
         self.root
             .store
             .put(&path, Bytes::from(body).into())
@@ -352,10 +382,13 @@ impl Runner {
 }
 
 fn publish_gate(gate: &ConsumedGate, to: &BTreeMap<String, Position>) {
-    if let Ok(mut g) = gate.lock() {
-        for (w, p) in to {
-            g.insert(WriterId(w.clone()), *p);
-        }
+    // A panic elsewhere while holding the gate left whole entries (each is
+    // one insert); not advancing it would stall publishing for good.
+    let mut g = gate
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (w, p) in to {
+        g.insert(WriterId(w.clone()), *p);
     }
 }
 
@@ -655,6 +688,7 @@ mod tests {
     use super::*;
     use kairos_core::event::{Commerce, EventRecord, Json};
     use kairos_storage::StagingLog;
+    use std::sync::Arc;
 
     const H: i64 = 3_600_000_000;
     const T0: i64 = 1_788_220_800_000_000; // 2026-09-01T00:00:00Z
@@ -832,5 +866,81 @@ mod tests {
             .map(|f| f.customer_id.as_str())
             .collect();
         assert_eq!(fired, vec!["c4"], "the retry of c1's signup fires nothing");
+    }
+
+    /// Passes on how many firings it saw; fails when told to.
+    struct Counter {
+        fail: bool,
+    }
+
+    struct Counted(usize);
+
+    impl BatchStage for Counter {
+        fn process(
+            &mut self,
+            report: &TickReport,
+            _state: &State,
+            _clock_us: i64,
+            outputs: &mut Outputs,
+        ) -> Result<(), StorageError> {
+            if self.fail {
+                return Err(StorageError::Unsupported("the stage broke".into()));
+            }
+            outputs.pass_on(Counted(report.firings.len()));
+            Ok(())
+        }
+    }
+
+    /// Checks the earlier stage's value reached it.
+    struct Reader {
+        seen: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl BatchStage for Reader {
+        fn process(
+            &mut self,
+            _report: &TickReport,
+            _state: &State,
+            _clock_us: i64,
+            outputs: &mut Outputs,
+        ) -> Result<(), StorageError> {
+            let Counted(n) = outputs
+                .get::<Counted>()
+                .ok_or_else(|| StorageError::Unsupported("nothing passed on".into()))?;
+            self.seen.lock().expect("lock").push(*n);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stages_pass_values_on_and_a_failing_one_leaves_the_batch_to_redo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let mut log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut runner = recover(&root).await.runner;
+        runner.add_stage(Box::new(Counter { fail: false }));
+        runner.add_stage(Box::new(Reader { seen: seen.clone() }));
+        let to = stage(&mut log, &[signup("e1", "c1", T0)]).await;
+        runner
+            .run(vec![signup("e1", "c1", T0)], &to, T0 + H)
+            .await
+            .expect("batch 1");
+        assert_eq!(*seen.lock().expect("lock"), vec![1]);
+        drop(runner);
+
+        let mut runner = recover(&root).await.runner;
+        runner.add_stage(Box::new(Counter { fail: true }));
+        let to = stage(&mut log, &[signup("e2", "c2", T0 + H)]).await;
+        let err = runner
+            .run(vec![signup("e2", "c2", T0 + H)], &to, T0 + 2 * H)
+            .await
+            .expect_err("the stage failed");
+        assert!(err.to_string().contains("the stage broke"), "{err}");
+        drop(runner);
+        let rec = recover(&root).await;
+        let (items, clock) = rec.redo.expect("the batch is redone, not done");
+        assert_eq!((items.len(), clock), (1, T0 + 2 * H));
     }
 }

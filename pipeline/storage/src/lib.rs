@@ -14,6 +14,7 @@
 //! such as `events/**/*.parquet` sees only published, complete files.
 //! `compact` merges a closed hour's files into one, swapped in atomically.
 
+pub mod columns;
 pub mod compact;
 pub mod dedupe;
 pub mod privacy;
@@ -73,6 +74,17 @@ pub enum StorageError {
     Corrupt {
         /// The segment.
         path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Rows read back from a table lack a column the reader needs, or hold
+    /// a value it does not know.
+    #[error(
+        "`{table}` rows are not as this version writes them: {reason}; were they written by another version of Kairos or by hand? Move the file aside and restart"
+    )]
+    Schema {
+        /// The table.
+        table: String,
         /// What was wrong.
         reason: String,
     },
