@@ -373,7 +373,10 @@ async fn notice(
                     .iter()
                     .find(|(k, _)| k == "MessageSid")
                     .map(|(_, v)| v.clone());
-                updates.extend(c.stop(ch, "twilio", &phone, sid).await);
+                match c.stop(ch, "twilio", &phone, sid).await {
+                    Ok(update) => updates.extend(update),
+                    Err(unavailable) => return unavailable,
+                }
             }
             let done = recorded(&c, &updates).await;
             if done.status() != StatusCode::OK {
@@ -419,7 +422,10 @@ async fn notice(
             }
             let mut updates = n.statuses;
             for phone in n.stops {
-                updates.extend(c.stop(ch, "whatsapp_cloud", &phone, None).await);
+                match c.stop(ch, "whatsapp_cloud", &phone, None).await {
+                    Ok(update) => updates.extend(update),
+                    Err(unavailable) => return unavailable,
+                }
             }
             recorded(&c, &updates).await
         }
@@ -465,23 +471,36 @@ async fn handshake(
 
 impl Callbacks {
     /// The opt-out of the customer whose profile has `phone`; none (and a
-    /// warning) when no profile has it.
+    /// warning) when no profile has it; a 503 for the provider to retry
+    /// when the profiles cannot be read now (a 200 would lose the opt-out).
     async fn stop(
         &self,
         channel: Channel,
         provider: &str,
         phone: &str,
         message_id: Option<String>,
-    ) -> Option<StatusUpdate> {
-        let customer = self.phones.lock().await.find(&self.root, phone).await;
+    ) -> Result<Option<StatusUpdate>, Response> {
+        let customer = self
+            .phones
+            .lock()
+            .await
+            .find(&self.root, phone)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "loading profiles to resolve a STOP reply failed");
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the profiles to find this number now ({e}); retry"),
+                )
+            })?;
         let Some(customer_id) = customer else {
             tracing::warn!(
                 provider,
                 "a STOP reply from a number no profile has; nothing to opt out"
             );
-            return None;
+            return Ok(None);
         };
-        Some(StatusUpdate {
+        Ok(Some(StatusUpdate {
             customer_id,
             channel,
             send_id: None,
@@ -493,7 +512,7 @@ impl Callbacks {
             error: None,
             withdraws: Some(format!("{}_stop", channel.as_str())),
             at: None,
-        })
+        }))
     }
 }
 
@@ -511,33 +530,31 @@ struct PhoneBook {
 }
 
 impl PhoneBook {
-    async fn find(&mut self, root: &DataRoot, phone: &str) -> Option<String> {
+    async fn find(
+        &mut self,
+        root: &DataRoot,
+        phone: &str,
+    ) -> Result<Option<String>, kairos_storage::StorageError> {
         let key = digits(phone);
         if key.is_empty() {
-            return None;
+            return Ok(None);
         }
         if let Some(c) = self.by_digits.get(&key) {
-            return Some(c.clone());
+            return Ok(Some(c.clone()));
         }
         if self.built.is_some_and(|t| t.elapsed() < PHONE_BOOK_TTL) {
-            return None;
+            return Ok(None);
         }
-        match kairos_storage::profiles::ProfileState::load(root, &[]).await {
-            Ok(profiles) => {
-                self.by_digits = profiles
-                    .customers()
-                    .filter_map(|c| {
-                        let p = profiles.get(c)?.get("phone")?.as_str()?;
-                        Some((digits(p), c.to_string()))
-                    })
-                    .filter(|(d, _)| !d.is_empty())
-                    .collect();
-                self.built = Some(Instant::now());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "loading profiles to resolve a phone number failed")
-            }
-        }
-        self.by_digits.get(&key).cloned()
+        let profiles = kairos_storage::profiles::ProfileState::load(root, &[]).await?;
+        self.by_digits = profiles
+            .customers()
+            .filter_map(|c| {
+                let p = profiles.get(c)?.get("phone")?.as_str()?;
+                Some((digits(p), c.to_string()))
+            })
+            .filter(|(d, _)| !d.is_empty())
+            .collect();
+        self.built = Some(Instant::now());
+        Ok(self.by_digits.get(&key).cloned())
     }
 }

@@ -88,10 +88,20 @@ async fn plan(root: &DataRoot, until: i64) -> anyhow::Result<Vec<CompactTable>> 
         .await?
         .is_empty();
     let stored = if publishing { i64::MIN } else { until };
-    let checkpoint: Option<kairos_rules::runner::Checkpoint> = root
+    // Without a readable checkpoint the batch a restart may redo is
+    // unknown, and merging its hour would leave the redo's rows twice.
+    let checkpoint: Option<kairos_rules::runner::Checkpoint> = match root
         .read(&ObjectPath::from(kairos_rules::runner::CHECKPOINT))
         .await?
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} does not read; compaction waits until the server has written it again",
+                kairos_rules::runner::CHECKPOINT
+            )
+        })?),
+        None => None,
+    };
     let rules = checkpoint.map_or(until, |c| until.min(hour_bucket(c.clock_us) * HOUR_US));
     let oldest_intent = root
         .list(&ObjectPath::from(kairos_messaging::delivery::INTENTS_DIR))
@@ -143,4 +153,23 @@ async fn plan(root: &DataRoot, until: i64) -> anyhow::Result<Vec<CompactTable>> 
             deliveries,
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreadable_rules_checkpoint_stops_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let path = dir.path().join(kairos_rules::runner::CHECKPOINT);
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, b"{\"batch\": 3, \"do").expect("write");
+        let err = match plan(&root, now_us()).await {
+            Ok(_) => panic!("planned as if there were no checkpoint"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("does not read"), "{err}");
+    }
 }

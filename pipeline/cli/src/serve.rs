@@ -504,7 +504,10 @@ async fn shutdown_signal(rules_failed: oneshot::Receiver<()>) {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C for a graceful shutdown");
+                std::future::pending::<()>().await
+            }
         }
     };
     #[cfg(not(unix))]

@@ -674,7 +674,11 @@ pub async fn recover(
         .await?;
     }
     for m in &intents {
-        let _ = root.store.delete(&m.location).await;
+        if let Err(e) = root.store.delete(&m.location).await {
+            // Harmless to the sends (a later start finds them finished),
+            // but compaction of deliveries/ waits behind a stale intent.
+            tracing::warn!(intent = %m.location, error = %e, "a recovered delivery intent could not be deleted");
+        }
     }
     let wanted: HashSet<(String, String, String)> = sends
         .iter()
@@ -772,7 +776,9 @@ impl Dispatcher {
     pub async fn finish(self) {
         drop(self.senders);
         for h in self.handles {
-            let _ = h.await;
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "a delivery worker ended abnormally; its queued sends are redone from their intents at the next start");
+            }
         }
     }
 }
@@ -856,7 +862,9 @@ impl Worker {
             now,
         )
         .await?;
-        let _ = self.root.store.delete(&intent).await;
+        if let Err(e) = self.root.store.delete(&intent).await {
+            tracing::warn!(intent = %intent, error = %e, "a finished delivery intent could not be deleted; the next start resolves it");
+        }
         // 4. Consent changes, once their rows are durable.
         for r in rows.iter().filter(|r| r.status == "unreachable") {
             let update = StatusUpdate::unreachable(

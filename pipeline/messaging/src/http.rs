@@ -70,11 +70,11 @@ async fn call(req: reqwest::RequestBuilder, unreachable: Unreachable) -> Result<
 
 /// A client with a request timeout (a slow provider becomes a retryable
 /// failure, never a stuck worker).
-pub fn client(timeout: Duration) -> reqwest::Client {
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot build the HTTP client (TLS set-up?): {e}"))
 }
 
 /// POSTs the rendered message and its context as JSON to a URL, signed:
@@ -123,7 +123,9 @@ impl Adapter for Webhook {
             "reference": m.reference,
             "status_url": m.status_url,
         }))
-        .unwrap_or_default();
+        .map_err(|e| Failure::Permanent {
+            reason: format!("the webhook body does not serialise: {e}"),
+        })?;
         let ts = chrono::Utc::now().timestamp();
         call(
             self.client
@@ -423,7 +425,7 @@ mod tests {
             account_sid: "AC1".into(),
             auth_token: "tok".into(),
             from: "+15550199".into(),
-            client: client(Duration::from_secs(5)),
+            client: client(Duration::from_secs(5)).expect("client"),
         };
         let r = sms
             .send(&message(
@@ -458,7 +460,7 @@ mod tests {
             api_version: "v21.0".into(),
             phone_number_id: "555".into(),
             access_token: "wa-token".into(),
-            client: client(Duration::from_secs(5)),
+            client: client(Duration::from_secs(5)).expect("client"),
         };
         let r = wa
             .send(&message(
@@ -474,7 +476,7 @@ mod tests {
             base_url: base,
             project_id: "shop".into(),
             auth: Bearer::Static("fcm-token".into()),
-            client: client(Duration::from_secs(5)),
+            client: client(Duration::from_secs(5)).expect("client"),
         };
         let r = fcm
             .send(&message(
@@ -516,7 +518,7 @@ mod tests {
         let hook = Webhook {
             url: format!("{base}/hooks/kairos"),
             secret: b"s3cret".to_vec(),
-            client: client(Duration::from_secs(5)),
+            client: client(Duration::from_secs(5)).expect("client"),
         };
         let m = message(Channel::Webhook, "", &[], "hello\n");
         let e = hook.send(&m).await.expect_err("500");
@@ -566,7 +568,7 @@ mod tests {
         let hook = Webhook {
             url: format!("http://{addr}/x"),
             secret: Vec::new(),
-            client: client(Duration::from_millis(200)),
+            client: client(Duration::from_millis(200)).expect("client"),
         };
         let e = hook
             .send(&message(Channel::Webhook, "", &[], "x"))
@@ -598,7 +600,7 @@ mod tests {
                 account,
                 crate::oauth::FCM_SCOPE,
             )),
-            client: client(Duration::from_secs(5)),
+            client: client(Duration::from_secs(5)).expect("client"),
         };
         for _ in 0..2 {
             fcm.send(&message(

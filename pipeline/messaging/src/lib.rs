@@ -95,7 +95,7 @@ pub fn adapter(
     } else {
         c.timeout_ms
     });
-    let client = http::client(timeout);
+    let client = http::client(timeout).map_err(|e| format!("messaging.channels.{name}: {e}"))?;
     let a: Arc<dyn Adapter> = match (channel, c.provider.as_str()) {
         (Channel::Email, "smtp") => {
             let tls = match c.tls.as_str() {
@@ -209,8 +209,16 @@ pub async fn check_rules(
 ) -> Vec<template::TemplateError> {
     use kairos_rules::rule::Channel as RuleChannel;
     let computed = computed_trait_names();
-    let Ok(ctx) = kairos_rules::check::planning_session() else {
-        return Vec::new();
+    let ctx = match kairos_rules::check::planning_session() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // Without a planner no template can be checked: say so, never
+            // "no errors".
+            return vec![template::TemplateError {
+                file: templates.dir().to_path_buf(),
+                message: format!("cannot start the SQL planner to check the templates: {e}"),
+            }];
+        }
     };
     let mut errors = Vec::new();
     for rule in rules {

@@ -128,7 +128,9 @@ impl Adapter for Outbox {
                     "body": m.rendered.body,
                     "unsubscribe_url": m.unsubscribe_url,
                 });
-                let mut v = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                let mut v = serde_json::to_vec_pretty(&doc).map_err(|e| Failure::Permanent {
+                    reason: format!("the message does not serialise: {e}"),
+                })?;
                 v.push(b'\n');
                 ("json", v)
             }

@@ -96,6 +96,11 @@ fn key(name: &str, channel: &str, part: &str) -> String {
 }
 
 impl Templates {
+    /// The folder the templates were loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Loads every `<name>.<channel>` file in `dir`; errors name the file.
     pub fn load(dir: &Path) -> Result<Templates, Vec<TemplateError>> {
         let mut env = Environment::new();

@@ -105,6 +105,26 @@ impl NoChannel {
     }
 }
 
+/// A yes or a no as sources write it: `true`/`false`, 1/0, or the
+/// strings "true"/"false", "yes"/"no", "1"/"0" (any case), as CSV imports
+/// and form posts send them; anything else is neither.
+fn yes_no(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => Some(true),
+            "false" | "no" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl Consent {
     /// From merged profile traits.
     pub fn from_traits(traits: &Map<String, Value>) -> Consent {
@@ -127,10 +147,19 @@ impl Consent {
                 Channel::Whatsapp,
                 Channel::Push,
             ] {
-                c.said[ch.index()] = consent.get(ch.as_str()).and_then(Value::as_bool);
+                // A value that is neither yes nor no is no: an opt-out
+                // written as "false" or 0 must never read as "never said".
+                c.said[ch.index()] = consent
+                    .get(ch.as_str())
+                    .filter(|v| !v.is_null())
+                    .map(|v| yes_no(v).unwrap_or(false));
             }
         }
-        c.all_off = traits.get("unsubscribed").and_then(Value::as_bool) == Some(true);
+        // And an `unsubscribed` that is neither yes nor no unsubscribes.
+        c.all_off = traits
+            .get("unsubscribed")
+            .filter(|v| !v.is_null())
+            .is_some_and(|v| yes_no(v) != Some(false));
         c
     }
 
@@ -228,6 +257,44 @@ mod tests {
             c.choose(None, Some(Channel::Email), false),
             Ok(Channel::Sms)
         );
+    }
+
+    #[test]
+    fn consent_written_as_text_or_numbers_counts_and_anything_else_is_no() {
+        let email = |v: Value| {
+            consent(json!({"email": "a@x.example", "consent": {"email": v}})).choose(
+                Some(Channel::Email),
+                None,
+                false,
+            )
+        };
+        let no = Err(NoChannel::NoConsent(Channel::Email));
+        for v in [
+            json!("false"),
+            json!(0),
+            json!("No"),
+            json!("maybe"),
+            json!([]),
+        ] {
+            assert_eq!(email(v.clone()), no, "{v}");
+        }
+        for v in [
+            json!(true),
+            json!("yes"),
+            json!(1),
+            json!("TRUE"),
+            json!(null),
+        ] {
+            assert_eq!(email(v.clone()), Ok(Channel::Email), "{v}");
+        }
+        let unsubscribed = |v: Value| {
+            consent(json!({"email": "a@x.example", "unsubscribed": v}))
+                .choose(Some(Channel::Email), None, false)
+                .is_err()
+        };
+        assert!(unsubscribed(json!("true")) && unsubscribed(json!("unknown")));
+        assert!(!unsubscribed(json!("false")) && !unsubscribed(json!(0)));
+        assert!(!unsubscribed(json!(null)));
     }
 
     #[test]

@@ -688,7 +688,12 @@ impl Stage {
         if let Some(tz) = self.zones.get(z) {
             return *tz;
         }
-        let tz = z.parse().unwrap_or(self.default_zone);
+        // Once per name (it is cached): the customer's local times fall
+        // back to the default zone.
+        let tz = z.parse().unwrap_or_else(|_| {
+            tracing::warn!(timezone = z, default = %self.default_zone, "a profile's time zone is not an IANA name; using the default zone for its quiet hours and schedules");
+            self.default_zone
+        });
         self.zones.insert(z.to_string(), tz);
         tz
     }

@@ -211,7 +211,10 @@ impl Runner {
                 continue;
             };
             let mut end = 0u64;
-            let (frames, _torn) = kairos_storage::staging::decode_frames(&bytes);
+            let (frames, torn) = kairos_storage::staging::decode_frames(&bytes);
+            if torn > 0 {
+                tracing::warn!(segment = %seg.path, bytes = torn, "ignored a torn tail of a staged segment");
+            }
             for frame in frames {
                 end += (FRAME_HEADER + frame.len()) as u64;
                 let at = Position { seq: seg.seq, end };
@@ -398,12 +401,22 @@ async fn publishing_ids(root: &DataRoot) -> Result<Vec<String>, StorageError> {
     let mut out = Vec::new();
     let dir = ObjectPath::from(kairos_storage::publish::PUBLISHING_DIR);
     for m in root.list(&dir).await? {
-        if let Some(bytes) = root.read(&m.location).await?
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some(id) = v.get("publish_id").and_then(|v| v.as_str())
-        {
-            out.push(id.to_string());
-        }
+        // Finished intents are deleted between list and read.
+        let Some(bytes) = root.read(&m.location).await? else {
+            continue;
+        };
+        // An intent that does not read cannot say which files to skip:
+        // folding them and their still-staged segments counts events twice.
+        let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| Some(v.get("publish_id")?.as_str()?.to_string()))
+            .ok_or_else(|| StorageError::Corrupt {
+                path: m.location.to_string(),
+                reason: "a publish intent without a readable publish_id; the publisher \
+                         reports the same at its next run"
+                    .into(),
+            })?;
+        out.push(id);
     }
     Ok(out)
 }
@@ -433,16 +446,13 @@ async fn read_identities(
         )
         .await?
         {
-            let s = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-            };
-            let (Some(a), Some(u), Some(e), Some(src)) =
-                (s("anonymous_id"), s("user_id"), s("event_id"), s("source"))
-            else {
-                continue;
-            };
+            let s = |n: &str| kairos_storage::columns::strings(&b, tables::IDENTITIES, n);
+            let (a, u, e, src) = (
+                s("anonymous_id")?,
+                s("user_id")?,
+                s("event_id")?,
+                s("source")?,
+            );
             for i in 0..b.num_rows() {
                 out.push(IdentityLink {
                     event_id: e.value(i).to_string(),
@@ -568,24 +578,14 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
     let metas = root.list(&ObjectPath::from(tables::PROFILES)).await?;
     for path in published_files(metas, &skip) {
         for b in read_parquet(root, &path, None).await? {
-            let s = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-            };
-            let at = b
-                .column_by_name("updated_at")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-                .cloned();
-            let (Some(id), Some(ev), Some(src), Some(traits), Some(at)) = (
-                s("customer_id"),
-                s("event_id"),
-                s("source"),
-                s("traits"),
-                at,
-            ) else {
-                continue;
-            };
+            let s = |n: &str| kairos_storage::columns::strings(&b, tables::PROFILES, n);
+            let (id, ev, src, traits) = (
+                s("customer_id")?,
+                s("event_id")?,
+                s("source")?,
+                s("traits")?,
+            );
+            let at = kairos_storage::columns::timestamps_us(&b, tables::PROFILES, "updated_at")?;
             for i in 0..b.num_rows() {
                 out.push(StagedItem::Profile(ProfileUpdate {
                     event_id: ev.value(i).to_string(),
@@ -593,7 +593,12 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
                     customer_id: id.value(i).to_string(),
                     timestamp_us: at.value(i),
                     received_at_us: at.value(i),
-                    traits: serde_json::from_str(traits.value(i)).unwrap_or_default(),
+                    traits: serde_json::from_str(traits.value(i)).map_err(|e| {
+                        StorageError::Corrupt {
+                            path: path.to_string(),
+                            reason: format!("the traits of {} are not JSON: {e}", id.value(i)),
+                        }
+                    })?,
                     first_only: Default::default(),
                 }));
             }
@@ -648,7 +653,10 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
             let (price, revenue) = (f("price")?, f("revenue")?);
             let os = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
             let json = |a: &StringArray, i: usize| {
-                Json::parse(a.value(i).to_string()).unwrap_or_else(|_| Json::empty_object())
+                Json::parse(a.value(i).to_string()).map_err(|e| StorageError::Corrupt {
+                    path: path.to_string(),
+                    reason: format!("an event's JSON column does not parse: {e}"),
+                })
             };
             for i in 0..b.num_rows() {
                 out.push(StagedItem::Event(EventRecord {
@@ -673,8 +681,8 @@ pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageErr
                         order_id: os(order, i),
                     },
                     timezone: os(tz, i),
-                    properties: json(props, i),
-                    context: json(ctx, i),
+                    properties: json(props, i)?,
+                    context: json(ctx, i)?,
                 }));
             }
         }
@@ -910,6 +918,35 @@ mod tests {
             self.seen.lock().expect("lock").push(*n);
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_publish_intent_stops_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let path = dir
+            .path()
+            .join(kairos_storage::publish::PUBLISHING_DIR)
+            .join("w1-000001.json");
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, b"{\"publish_id\": \"w1-0").expect("write");
+        let err = match Runner::recover(
+            root.clone(),
+            vec![welcome()],
+            &BTreeMap::new(),
+            EngineOptions::default(),
+            ConsumedGate::default(),
+            None,
+        )
+        .await
+        {
+            Ok(_) => panic!("recovered as if nothing were being published"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("w1-000001.json") && err.contains("publish_id"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

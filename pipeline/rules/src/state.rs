@@ -96,9 +96,10 @@ pub static PRODUCT_VIEWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// without `event_id` and `source`).
 pub static RULE_PROFILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let full = tables::PROFILES_SCHEMA.clone();
+    // The indices come from the same schema, so the projection holds.
     Arc::new(
         full.project(&profile_projection())
-            .unwrap_or_else(|_| (*full).clone()),
+            .expect("a projection of the schema's own columns"),
     )
 });
 

@@ -25,6 +25,7 @@ use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
+use crate::columns;
 use crate::root::DataRoot;
 use crate::tables::{encode_parquet, read_parquet, writer_properties};
 use crate::{Result, StorageError};
@@ -176,10 +177,10 @@ pub async fn linked_ids(root: &DataRoot, ids: &BTreeSet<String>) -> Result<BTree
             continue;
         }
         for b in read_parquet(root, &meta.location, Some(&["anonymous_id", "user_id"])).await? {
-            let (Some(anon), Some(user)) = (strings(&b, "anonymous_id"), strings(&b, "user_id"))
-            else {
-                continue;
-            };
+            // A file whose links do not read would leave the person's
+            // anonymous ids un-erased: stop.
+            let anon = columns::strings(&b, crate::tables::IDENTITIES, "anonymous_id")?;
+            let user = columns::strings(&b, crate::tables::IDENTITIES, "user_id")?;
             for i in 0..b.num_rows() {
                 if anon.is_valid(i) && user.is_valid(i) {
                     links.push((anon.value(i).to_string(), user.value(i).to_string()));
@@ -219,11 +220,9 @@ pub async fn contact_values(root: &DataRoot, ids: &BTreeSet<String>) -> Result<B
         )
         .await?
         {
-            let Some(who) = strings(&b, "customer_id") else {
-                continue;
-            };
+            let who = columns::strings(&b, crate::tables::PROFILES, "customer_id")?;
             for col in ["email", "phone"] {
-                let Some(v) = strings(&b, col) else { continue };
+                let v = columns::strings(&b, crate::tables::PROFILES, col)?;
                 for i in 0..b.num_rows() {
                     if who.is_valid(i) && ids.contains(who.value(i)) && v.is_valid(i) {
                         let value = v.value(i).trim();
@@ -236,12 +235,6 @@ pub async fn contact_values(root: &DataRoot, ids: &BTreeSet<String>) -> Result<B
         }
     }
     Ok(out)
-}
-
-fn strings<'a>(b: &'a RecordBatch, column: &str) -> Option<&'a StringArray> {
-    b.column_by_name(column)?
-        .as_any()
-        .downcast_ref::<StringArray>()
 }
 
 /// One table erasure rewrites.
@@ -288,7 +281,10 @@ pub async fn erase_rows(
             let ids_only = read_parquet(root, &meta.location, Some(table.id_columns)).await?;
             if !ids_only
                 .iter()
-                .any(|b| keep_mask(b, table, ids).false_count() > 0)
+                .map(|b| keep_mask(b, table, ids))
+                .collect::<Result<Vec<_>>>()?
+                .iter()
+                .any(|mask| mask.false_count() > 0)
             {
                 continue;
             }
@@ -299,7 +295,7 @@ pub async fn erase_rows(
             let mut kept = Vec::with_capacity(batches.len());
             let mut removed = 0;
             for b in &batches {
-                let mask = keep_mask(b, table, ids);
+                let mask = keep_mask(b, table, ids)?;
                 removed += mask.false_count();
                 kept.push(filter_record_batch(b, &mask)?);
             }
@@ -322,14 +318,16 @@ pub async fn erase_rows(
     Ok(())
 }
 
-/// True for the rows of `b` that name none of `ids` in an id column.
-fn keep_mask(b: &RecordBatch, table: &EraseTable, ids: &BTreeSet<String>) -> BooleanArray {
+/// True for the rows of `b` that name none of `ids` in an id column. An
+/// id column missing or of another type is an error: no row would match,
+/// and the erasure would report success having removed nothing.
+fn keep_mask(b: &RecordBatch, table: &EraseTable, ids: &BTreeSet<String>) -> Result<BooleanArray> {
     let columns: Vec<&StringArray> = table
         .id_columns
         .iter()
-        .filter_map(|c| strings(b, c))
-        .collect();
-    (0..b.num_rows())
+        .map(|c| columns::strings(b, table.name, c))
+        .collect::<Result<_>>()?;
+    Ok((0..b.num_rows())
         .map(|i| {
             Some(
                 !columns
@@ -337,7 +335,7 @@ fn keep_mask(b: &RecordBatch, table: &EraseTable, ids: &BTreeSet<String>) -> Boo
                     .any(|c| c.is_valid(i) && ids.contains(c.value(i))),
             )
         })
-        .collect()
+        .collect())
 }
 
 /// Deletes every object under `prefix` whose bytes mention one of
@@ -457,12 +455,11 @@ pub async fn enforce_retention(
             let mut kept = Vec::new();
             if let Some((column, values)) = rule.keep {
                 for b in &batches {
-                    let mask: BooleanArray = match strings(b, column) {
-                        Some(c) => (0..b.num_rows())
-                            .map(|i| Some(c.is_valid(i) && values.contains(&c.value(i))))
-                            .collect(),
-                        None => BooleanArray::from(vec![false; b.num_rows()]),
-                    };
+                    // Without the column every row would go.
+                    let c = columns::strings(b, rule.table.name, column)?;
+                    let mask: BooleanArray = (0..b.num_rows())
+                        .map(|i| Some(c.is_valid(i) && values.contains(&c.value(i))))
+                        .collect();
                     kept.push(filter_record_batch(b, &mask)?);
                 }
             }
@@ -535,6 +532,40 @@ pub async fn expire_dated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_without_the_id_column_fails_the_erasure_instead_of_keeping_everyone() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(&dir.path().display().to_string()).expect("root");
+        let schema = Arc::new(Schema::new(vec![Field::new("who", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["c1"]))],
+        )
+        .expect("batch");
+        let bytes =
+            encode_parquet(&b, writer_properties(&schema, "", &[], 1024), "t").expect("encode");
+        root.store
+            .put(
+                &ObjectPath::from("t/date=2026-01-01/hour=00/a.parquet"),
+                Bytes::from(bytes).into(),
+            )
+            .await
+            .expect("put");
+        let table = EraseTable {
+            name: "t",
+            id_columns: &["customer_id"],
+            sort_column: "customer_id",
+            bloom_columns: &[],
+        };
+        let mut stats = EraseStats::default();
+        let ids = BTreeSet::from(["c1".to_string()]);
+        let err = erase_rows(&root, &[table], &ids, 1024, &mut stats)
+            .await
+            .expect_err("nothing could be matched");
+        assert!(err.to_string().contains("no `customer_id` column"), "{err}");
+    }
 
     #[tokio::test]
     async fn the_list_keeps_hashes_only_and_survives_a_reload() -> Result<()> {

@@ -63,7 +63,17 @@ impl ProfileState {
                     let ts = at.value(i);
                     let newer = state.latest.get(ids.value(i)).is_none_or(|(t, _)| ts >= *t);
                     if newer && traits.is_valid(i) {
-                        let map = serde_json::from_str(traits.value(i)).unwrap_or_default();
+                        // A profile read as `{}` would lose its consent
+                        // opt-outs and addresses.
+                        let map = serde_json::from_str(traits.value(i)).map_err(|e| {
+                            StorageError::Corrupt {
+                                path: path.clone(),
+                                reason: format!(
+                                    "the traits of {} are not a JSON object: {e}",
+                                    ids.value(i)
+                                ),
+                            }
+                        })?;
                         state.latest.insert(ids.value(i).to_string(), (ts, map));
                     }
                 }

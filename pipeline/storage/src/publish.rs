@@ -228,11 +228,12 @@ impl Publisher {
                 }
                 !is_live
             };
+            // A poisoned gate still holds whole entries (see the runner).
             let consumed = self.gate.as_ref().is_none_or(|g| {
                 g.lock()
-                    .ok()
-                    .and_then(|g| g.get(&s.writer).map(|p| p.covers(s.seq, s.size)))
-                    .unwrap_or(false)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&s.writer)
+                    .is_some_and(|p| p.covers(s.seq, s.size))
             });
             if !consumed {
                 blocked.insert(s.writer.clone());
@@ -285,7 +286,10 @@ impl Publisher {
             own_bytes,
         };
         let path = intent_path(&intent.publish_id);
-        let body = serde_json::to_vec(&intent).unwrap_or_default();
+        let body = serde_json::to_vec(&intent).map_err(|e| StorageError::Corrupt {
+            path: path.to_string(),
+            reason: format!("the publish intent does not serialise: {e}"),
+        })?;
         self.root
             .store
             .put(&path, Bytes::from(body).into())
@@ -337,6 +341,11 @@ impl Publisher {
                 return self.finish(intent).await;
             };
             let (frames, torn) = decode_frames(&bytes);
+            if torn > 0 {
+                // A crash mid-append leaves an unacknowledged tail; more
+                // than one frame's worth would be corruption.
+                tracing::warn!(segment = %seg, bytes = torn, "ignored a torn tail of a staged segment");
+            }
             stats.torn_bytes += torn;
             for frame in frames {
                 for line in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

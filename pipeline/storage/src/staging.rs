@@ -239,26 +239,49 @@ async fn create_segment_file(dir: PathBuf, rel: String) -> Result<Arc<File>> {
 /// On an object store there is no lock; callers use segment age instead.
 pub fn writer_is_live(root: &DataRoot, writer: &WriterId) -> Option<bool> {
     let dir = root.local_dir.as_ref()?;
-    let path = dir.join(STAGING_DIR).join(&writer.0).join(LOCK_FILE);
-    let Ok(file) = File::open(&path) else {
-        return Some(false);
-    };
-    Some(matches!(
-        file.try_lock(),
-        Err(std::fs::TryLockError::WouldBlock)
+    Some(lock_held(
+        &dir.join(STAGING_DIR).join(&writer.0).join(LOCK_FILE),
     ))
 }
 
-/// Whether any process holds a writer lock under the local root `dir`: a
-/// server (or import) is running on it.
-pub fn any_writer_live(dir: &std::path::Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir.join(STAGING_DIR)) else {
-        return false;
+/// Whether a process holds the lock file at `path`. Only a missing file
+/// means no: any other error counts as held, because taking a live
+/// writer's segments would publish them twice.
+fn lock_held(path: &std::path::Path) -> bool {
+    let held = |e: &dyn std::fmt::Display| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot check a writer lock; taking the writer as live");
+        true
     };
-    entries.flatten().any(|e| {
-        File::open(e.path().join(LOCK_FILE))
-            .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
-    })
+    match File::open(path) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(e)) => held(&e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => held(&e),
+    }
+}
+
+/// Whether any process holds a writer lock under the local root `dir`: a
+/// server (or import) is running on it. A staging folder that cannot be
+/// read counts as running (see [`lock_held`]).
+pub fn any_writer_live(dir: &std::path::Path) -> bool {
+    let staging = dir.join(STAGING_DIR);
+    match std::fs::read_dir(&staging) {
+        Ok(entries) => entries.into_iter().any(|e| match e {
+            Ok(e) => lock_held(&e.path().join(LOCK_FILE)),
+            Err(e) => {
+                tracing::warn!(path = %staging.display(), error = %e, "cannot list the staging folder; taking a writer as live");
+                true
+            }
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(path = %staging.display(), error = %e, "cannot list the staging folder; taking a writer as live");
+            true
+        }
+    }
 }
 
 /// Removes a dead local writer's folder once its segments are published.
