@@ -168,7 +168,9 @@ impl IngestState {
 /// The `/v1/*` routes. CORS is answered for `browser_origins` only (none
 /// by default), naming the allowed request headers: the Fetch standard's
 /// `*` does not cover `Authorization`.
-pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Router {
+/// An origin that is not a valid header value is an error (dropping it
+/// would leave that site's SDK failing CORS with nothing in the logs).
+pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Result<Router, String> {
     let routes = Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/b", post(batch))
@@ -177,12 +179,16 @@ pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Router {
         .with_state(state);
     let origins: Vec<HeaderValue> = browser_origins
         .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
-        .collect();
+        .map(|o| {
+            HeaderValue::from_str(o.trim_end_matches('/')).map_err(|e| {
+                format!("ingest.browser_origins: {o:?} is not an origin like \"https://shop.example\": {e}")
+            })
+        })
+        .collect::<Result<_, _>>()?;
     if origins.is_empty() {
-        return routes;
+        return Ok(routes);
     }
-    routes.layer(
+    Ok(routes.layer(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::POST])
@@ -193,7 +199,7 @@ pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Router {
                 HeaderName::from_static("x-requested-with"),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
-    )
+    ))
 }
 
 /// A request-level refusal.

@@ -68,6 +68,22 @@ async fn call(req: reqwest::RequestBuilder, unreachable: Unreachable) -> Result<
     Ok(resp.json().await.unwrap_or_default())
 }
 
+/// The provider's id of an accepted message. The message was accepted
+/// either way, so a missing id is logged (its delivery reports cannot be
+/// matched to it) rather than failing the send.
+fn message_id(provider: &str, v: &Value) -> String {
+    match v.as_str() {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => {
+            tracing::warn!(
+                provider,
+                "an accepted message came back without its id; its status callbacks will not match it"
+            );
+            String::new()
+        }
+    }
+}
+
 /// A client with a request timeout (a slow provider becomes a retryable
 /// failure, never a stuck worker).
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -194,7 +210,7 @@ impl Adapter for TwilioSms {
         .await?;
         Ok(Receipt {
             provider: "twilio".into(),
-            provider_message_id: v["sid"].as_str().unwrap_or_default().to_string(),
+            provider_message_id: message_id("twilio", &v["sid"]),
         })
     }
 }
@@ -260,10 +276,7 @@ impl Adapter for WhatsappCloud {
         .await?;
         Ok(Receipt {
             provider: "whatsapp_cloud".into(),
-            provider_message_id: v["messages"][0]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            provider_message_id: message_id("whatsapp_cloud", &v["messages"][0]["id"]),
         })
     }
 }
@@ -332,7 +345,7 @@ impl Adapter for FcmPush {
         .await?;
         Ok(Receipt {
             provider: "fcm".into(),
-            provider_message_id: v["name"].as_str().unwrap_or_default().to_string(),
+            provider_message_id: message_id("fcm", &v["name"]),
         })
     }
 }

@@ -597,8 +597,18 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         let mut rows = Vec::new();
+        let mut unkeyed = 0;
         for b in batches {
+            let (n, before) = (b.num_rows(), rows.len());
             rows.extend(rows_of(Arc::new(b))?);
+            unkeyed += n - (rows.len() - before);
+        }
+        if unkeyed > 0 {
+            tracing::warn!(
+                rule = %self.rules[i].rule.name,
+                rows = unkeyed,
+                "rule rows without a customer_id or dedupe_key cannot fire; check the rule's joins"
+            );
         }
         Ok(rows)
     }
