@@ -119,7 +119,18 @@ impl Templates {
                 }]);
             }
         };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| match e {
+                Ok(e) => Some(e.path()),
+                Err(e) => {
+                    errors.push(TemplateError {
+                        file: dir.to_path_buf(),
+                        message: format!("cannot list an entry of the templates folder: {e}"),
+                    });
+                    None
+                }
+            })
+            .collect();
         paths.sort();
         for path in paths {
             let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {

@@ -786,8 +786,18 @@ pub fn load_dir(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
     let mut errors = Vec::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
+            .filter_map(|e| match e {
+                Ok(e) => Some(e.path()),
+                // A rule file that cannot be listed must not just vanish.
+                Err(e) => {
+                    errors.push(RuleError {
+                        file: dir.to_path_buf(),
+                        line: 0,
+                        message: format!("cannot list an entry of the rules folder: {e}"),
+                    });
+                    None
+                }
+            })
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))
             .collect(),
         Err(e) => {

@@ -66,10 +66,10 @@ impl Suppression {
                     match root.put_secret(&key_path, k.clone()).await {
                         Ok(()) => k,
                         // Another process made it first: use theirs.
-                        Err(_) => root.read_secret(&key_path).await?.ok_or_else(|| {
+                        Err(put) => root.read_secret(&key_path).await?.ok_or_else(|| {
                             StorageError::Corrupt {
                                 path: KEY_FILE.into(),
-                                reason: "could not be written nor read".into(),
+                                reason: format!("could not be written ({put}) nor read"),
                             }
                         })?,
                     }
