@@ -283,40 +283,16 @@ impl Rule {
     }
 }
 
-/// Parses `60s`, `15m`, `6h`, `7d`, `2w` or sums like `1h30m` into seconds.
+/// Parses a duration in whole seconds: `60s`, `15m`, `6h`, `7d`, `2w`, sums
+/// like `1h30m` or `1h 30m`, and humantime's longer units (`90min`,
+/// `2weeks`; `M` is a month of 30.44 days, `y` a year of 365.25).
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e}; write e.g. 90s, 15m, 6h, 7d, 2w or 1h30m"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: durations are whole seconds"));
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for ch in s.chars() {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        let unit = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(format!("{s:?}: unknown unit {ch:?}; use s, m, h, d or w")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?}: a number must come before {ch:?}"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(format!("{s:?}: add a unit (s, m, h, d or w)"));
-    }
-    Ok(total)
+    Ok(d.as_secs())
 }
 
 fn parse_cadence(s: &str) -> Result<Cadence, String> {
@@ -1019,7 +995,7 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
         let bad = "-- name: other_name
 -- description: x
 -- channel: pigeon
--- cooldown: 3 days
+-- cooldown: 3 fortnights
 -- split: holdout=10 triggered=80
 -- scheduled_at: 25:00
 -- colour: blue
@@ -1065,9 +1041,12 @@ FROM t WHERE y > ${missing}
         assert_eq!(parse_duration("90s"), Ok(90));
         assert_eq!(parse_duration("1h30m"), Ok(5400));
         assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("1h 30m"), Ok(5400));
+        assert_eq!(parse_duration("90min"), Ok(5400));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("h").is_err());
-        assert!(parse_duration("3y").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("1.5s").is_err(), "whole seconds");
         assert!(parse_duration("99999999999999999999w").is_err());
     }
 
