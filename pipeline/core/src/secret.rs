@@ -29,6 +29,54 @@ pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// What an `Authorization` header presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `Bearer <token>`.
+    Bearer(String),
+    /// `Basic <base64 of user:password>`; a value without `:` is all user.
+    Basic {
+        /// The user name (Segment's SDKs put the write key here).
+        user: String,
+        /// The password (browsers prompting for a report token put it here).
+        password: String,
+    },
+}
+
+impl Credentials {
+    /// Parses an `Authorization` header value; `None` for another scheme
+    /// or a Basic value that is not base64 of UTF-8.
+    ///
+    /// Written here rather than taken from the `headers` crate: that one
+    /// refuses a Basic value without `:` and keeps a Bearer token's
+    /// trailing spaces, both of which clients send.
+    pub fn parse(value: &str) -> Option<Credentials> {
+        use base64::Engine as _;
+        let (scheme, rest) = value.trim().split_once(' ')?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("Bearer") {
+            return Some(Credentials::Bearer(rest.to_string()));
+        }
+        if !scheme.eq_ignore_ascii_case("Basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        Some(match text.split_once(':') {
+            Some((user, password)) => Credentials::Basic {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
+            None => Credentials::Basic {
+                user: text,
+                password: String::new(),
+            },
+        })
+    }
+}
+
 /// A fresh random token of `bytes` random bytes, hex (URL- and header-safe).
 pub fn random_token(bytes: usize) -> String {
     use rand::Rng as _;
@@ -58,5 +106,44 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod credentials_tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_basic_parse_as_clients_send_them() {
+        assert_eq!(
+            Credentials::parse("Bearer k1 "),
+            Some(Credentials::Bearer("k1".into()))
+        );
+        // base64("key:") as Segment's SDKs send a write key.
+        assert_eq!(
+            Credentials::parse("Basic a2V5Og=="),
+            Some(Credentials::Basic {
+                user: "key".into(),
+                password: String::new()
+            })
+        );
+        // base64("any:s3cret"), base64("key") (no colon).
+        assert_eq!(
+            Credentials::parse("basic YW55OnMzY3JldA=="),
+            Some(Credentials::Basic {
+                user: "any".into(),
+                password: "s3cret".into()
+            })
+        );
+        assert_eq!(
+            Credentials::parse("Basic a2V5"),
+            Some(Credentials::Basic {
+                user: "key".into(),
+                password: String::new()
+            })
+        );
+        assert_eq!(Credentials::parse("Basic !!!"), None);
+        assert_eq!(Credentials::parse("Digest x"), None);
+        assert_eq!(Credentials::parse("Bearer"), None);
     }
 }

@@ -29,7 +29,6 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine;
 use serde::Deserialize;
 use serde::de::{Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::json;
@@ -37,7 +36,7 @@ use serde_json::value::RawValue;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use kairos_core::event::{Scope, StagedItem};
-use kairos_core::secret::Secret;
+use kairos_core::secret::{Credentials, Secret};
 use kairos_core::time::{now_us, parse_rfc3339_us};
 
 use crate::body::BodyTimeout;
@@ -601,17 +600,9 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
 /// (Segment's SDKs) or a Bearer token.
 fn header_key(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(b) = v.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        Some(
-            text.split_once(':')
-                .map_or(text.clone(), |(user, _)| user.to_string()),
-        )
-    } else {
-        v.strip_prefix("Bearer ").map(|k| k.trim().to_string())
+    match Credentials::parse(v)? {
+        Credentials::Basic { user, .. } => Some(user),
+        Credentials::Bearer(token) => Some(token),
     }
 }
 

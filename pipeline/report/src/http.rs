@@ -36,11 +36,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use kairos_core::secret::same;
+use kairos_core::secret::{Credentials, same};
 use kairos_experiments::stats::{ExperimentInput, analyze};
 use kairos_storage::DataRoot;
 
@@ -241,20 +240,10 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     else {
         return cookie(headers, TOKEN_COOKIE);
     };
-    if let Some(t) = v.strip_prefix("Bearer ") {
-        return Some(t.trim().to_string());
+    match Credentials::parse(v)? {
+        Credentials::Bearer(token) => Some(token),
+        Credentials::Basic { password, .. } => Some(password),
     }
-    let b = v.strip_prefix("Basic ")?;
-    let text = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .ok()?,
-    )
-    .ok()?;
-    Some(
-        text.split_once(':')
-            .map_or(text.clone(), |(_, p)| p.to_string()),
-    )
 }
 
 /// The value of cookie `name`, if the request carries it.
