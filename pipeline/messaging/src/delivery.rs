@@ -940,7 +940,12 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
                     break;
                 }
                 rows.push(row("retry", None, Some(reason)));
-                tokio::time::sleep(retry_after.unwrap_or_else(|| backoff(s, attempt))).await;
+                // A provider's Retry-After is honoured up to the longest
+                // backoff: a day's Retry-After would stall the channel's
+                // worker, and every message queued behind this one, a day.
+                let wait =
+                    retry_after.map_or_else(|| backoff(s, attempt), |d| d.min(s.max_backoff));
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -1022,6 +1027,37 @@ mod tests {
                 provider_message_id: format!("m{n}"),
             })
         }
+    }
+
+    /// Always busy, asking for an hour's pause.
+    struct Busy;
+
+    #[async_trait::async_trait]
+    impl Adapter for Busy {
+        fn provider(&self) -> &str {
+            "busy"
+        }
+        async fn send(&self, _m: &Outgoing) -> Result<crate::channel::Receipt, Failure> {
+            Err(Failure::Retryable {
+                reason: "429".into(),
+                retry_after: Some(Duration::from_secs(3600)),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_after_waits_no_longer_than_the_longest_backoff() {
+        let s = Settings {
+            max_attempts: 2,
+            max_backoff: Duration::from_millis(20),
+            ..Settings::default()
+        };
+        let rows =
+            tokio::time::timeout(Duration::from_secs(5), attempt_all(&Busy, &outgoing(), &s))
+                .await
+                .expect("the worker waited for the provider's hour");
+        let status: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        assert_eq!(status, ["retry", "failed"]);
     }
 
     fn outgoing() -> Outgoing {
