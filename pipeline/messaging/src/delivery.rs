@@ -496,7 +496,13 @@ impl BatchStage for Messaging {
                 self.finished.insert(row.send_id);
                 continue;
             }
-            let channel = row.channel.unwrap_or(Channel::Email);
+            // The policy stage decides every send with its channel, and
+            // `send_rows` refuses one without; never guess a channel.
+            let Some(channel) = row.channel else {
+                tracing::error!(send_id = %row.send_id, "a send without a channel; not sent");
+                self.finished.insert(row.send_id);
+                continue;
+            };
             let result = self.prepare(&row, state).and_then(|m| {
                 self.workers
                     .get(&channel)
@@ -632,7 +638,12 @@ pub async fn recover(
             let Some(row) = by_id.get(id.as_str()) else {
                 continue;
             };
-            let channel = row.channel.unwrap_or(Channel::Email);
+            let Some(channel) = row.channel else {
+                return Err(StorageError::Schema {
+                    table: kairos_policy::tables::SENDS.into(),
+                    reason: format!("the send {id} has no channel"),
+                });
+            };
             match settings
                 .in_doubt
                 .get(&channel)

@@ -216,6 +216,22 @@ pub fn send_rows(b: &RecordBatch) -> Result<Vec<SendRow>, StorageError> {
                 }
                 None => None,
             };
+            let decision = decision(d.value(i))?;
+            let send_at = at.is_valid(i).then(|| at.value(i));
+            // The stage decides a send (or a holdout's ghost) with its
+            // channel and time; one without is not as written.
+            if matches!(decision, Decision::Send | Decision::Ghost)
+                && (channel.is_none() || send_at.is_none())
+            {
+                return Err(StorageError::Schema {
+                    table: SENDS.into(),
+                    reason: format!(
+                        "the {} decision {} has no channel or send_at",
+                        decision.as_str(),
+                        id.value(i)
+                    ),
+                });
+            }
             Ok(SendRow {
                 send_id: id.value(i).to_string(),
                 rule: rule.value(i).to_string(),
@@ -226,9 +242,9 @@ pub fn send_rows(b: &RecordBatch) -> Result<Vec<SendRow>, StorageError> {
                 arm: arm(SENDS, a.value(i))?,
                 variant: opt(v),
                 channel,
-                decision: decision(d.value(i))?,
+                decision,
                 reason: opt(reason),
-                send_at: at.is_valid(i).then(|| at.value(i)),
+                send_at,
                 decided_at: decided.value(i),
                 new_assignment: false,
             })
@@ -373,6 +389,13 @@ mod tests {
         // An unknown decision was read as "suppressed": a send forgotten.
         assert!(err(&with("decision", "sent")).contains("unknown decision"));
         assert!(err(&with("channel", "fax")).contains("unknown channel \"fax\""));
+        let mut no_channel = row();
+        no_channel.channel = None;
+        let b = sends_batch(&[no_channel]).expect("batch");
+        assert!(
+            err(&b).contains("has no channel"),
+            "a ghost without its channel"
+        );
         let b = sends_batch(&[row()]).expect("batch");
         let missing = b.project(&[0, 1, 2]).expect("projection");
         let text = err(&missing);
