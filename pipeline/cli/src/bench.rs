@@ -308,8 +308,7 @@ pub async fn bench_delivery(messages: usize) -> anyhow::Result<()> {
     let hook: Arc<dyn kairos_messaging::Adapter> = Arc::new(kairos_messaging::http::Webhook {
         url: format!("http://{addr}/hook"),
         secret: b"bench".to_vec(),
-        client: kairos_messaging::http::client(std::time::Duration::from_secs(10))
-            .map_err(anyhow::Error::msg)?,
+        client: kairos_messaging::http::client(std::time::Duration::from_secs(10))?,
     });
     let dispatcher = kairos_messaging::Dispatcher::start(
         root,

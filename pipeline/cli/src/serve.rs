@@ -184,10 +184,10 @@ pub async fn serve_with(
     let app = Router::new()
         .merge(crate::unsubscribe::router(link_key, state.clone()))
         .merge(crate::callbacks::router(callbacks))
-        .merge(
-            kairos_ingest::router(state, &config.ingest.browser_origins)
-                .map_err(anyhow::Error::msg)?,
-        )
+        .merge(kairos_ingest::router(
+            state,
+            &config.ingest.browser_origins,
+        )?)
         .merge(report_router(&config, &root)?)
         .merge(metrics_router(metrics, backlog, read_token.clone()))
         .merge(crate::privacy::router(

@@ -43,28 +43,44 @@ pub enum Credentials {
     },
 }
 
+/// Why an `Authorization` header value is not credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    /// Neither `Basic` nor `Bearer`, or no value after the scheme.
+    #[error("is not `Basic <base64>` or `Bearer <token>`")]
+    Scheme,
+    /// The Basic value is not base64.
+    #[error("has a Basic value that is not base64: {0}")]
+    Base64(String),
+    /// The decoded Basic value is not UTF-8.
+    #[error("has a Basic value that is not UTF-8 text")]
+    Utf8,
+}
+
 impl Credentials {
-    /// Parses an `Authorization` header value; `None` for another scheme
-    /// or a Basic value that is not base64 of UTF-8.
+    /// Parses an `Authorization` header value.
     ///
     /// Written here rather than taken from the `headers` crate: that one
     /// refuses a Basic value without `:` and keeps a Bearer token's
     /// trailing spaces, both of which clients send.
-    pub fn parse(value: &str) -> Option<Credentials> {
+    pub fn parse(value: &str) -> Result<Credentials, CredentialsError> {
         use base64::Engine as _;
-        let (scheme, rest) = value.trim().split_once(' ')?;
+        let (scheme, rest) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(CredentialsError::Scheme)?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("Bearer") {
-            return Some(Credentials::Bearer(rest.to_string()));
+            return Ok(Credentials::Bearer(rest.to_string()));
         }
         if !scheme.eq_ignore_ascii_case("Basic") {
-            return None;
+            return Err(CredentialsError::Scheme);
         }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest)
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        Some(match text.split_once(':') {
+            .map_err(|e| CredentialsError::Base64(e.to_string()))?;
+        let text = String::from_utf8(decoded).map_err(|_| CredentialsError::Utf8)?;
+        Ok(match text.split_once(':') {
             Some((user, password)) => Credentials::Basic {
                 user: user.to_string(),
                 password: password.to_string(),
@@ -117,12 +133,12 @@ mod credentials_tests {
     fn bearer_and_basic_parse_as_clients_send_them() {
         assert_eq!(
             Credentials::parse("Bearer k1 "),
-            Some(Credentials::Bearer("k1".into()))
+            Ok(Credentials::Bearer("k1".into()))
         );
         // base64("key:") as Segment's SDKs send a write key.
         assert_eq!(
             Credentials::parse("Basic a2V5Og=="),
-            Some(Credentials::Basic {
+            Ok(Credentials::Basic {
                 user: "key".into(),
                 password: String::new()
             })
@@ -130,20 +146,26 @@ mod credentials_tests {
         // base64("any:s3cret"), base64("key") (no colon).
         assert_eq!(
             Credentials::parse("basic YW55OnMzY3JldA=="),
-            Some(Credentials::Basic {
+            Ok(Credentials::Basic {
                 user: "any".into(),
                 password: "s3cret".into()
             })
         );
         assert_eq!(
             Credentials::parse("Basic a2V5"),
-            Some(Credentials::Basic {
+            Ok(Credentials::Basic {
                 user: "key".into(),
                 password: String::new()
             })
         );
-        assert_eq!(Credentials::parse("Basic !!!"), None);
-        assert_eq!(Credentials::parse("Digest x"), None);
-        assert_eq!(Credentials::parse("Bearer"), None);
+        assert!(matches!(
+            Credentials::parse("Basic !!!"),
+            Err(CredentialsError::Base64(_))
+        ));
+        assert_eq!(
+            Credentials::parse("Digest x"),
+            Err(CredentialsError::Scheme)
+        );
+        assert_eq!(Credentials::parse("Bearer"), Err(CredentialsError::Scheme));
     }
 }

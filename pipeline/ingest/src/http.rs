@@ -167,9 +167,25 @@ impl IngestState {
 /// The `/v1/*` routes. CORS is answered for `browser_origins` only (none
 /// by default), naming the allowed request headers: the Fetch standard's
 /// `*` does not cover `Authorization`.
+/// An `ingest.browser_origins` entry that is not a valid header value.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ingest.browser_origins: {origin:?} is not an origin like \"https://shop.example\": {source}"
+)]
+pub struct InvalidOrigin {
+    /// The entry.
+    pub origin: String,
+    /// Why it is not a header value.
+    #[source]
+    pub source: axum::http::header::InvalidHeaderValue,
+}
+
 /// An origin that is not a valid header value is an error (dropping it
 /// would leave that site's SDK failing CORS with nothing in the logs).
-pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Result<Router, String> {
+pub fn router(
+    state: Arc<IngestState>,
+    browser_origins: &[String],
+) -> Result<Router, InvalidOrigin> {
     let routes = Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/b", post(batch))
@@ -179,8 +195,9 @@ pub fn router(state: Arc<IngestState>, browser_origins: &[String]) -> Result<Rou
     let origins: Vec<HeaderValue> = browser_origins
         .iter()
         .map(|o| {
-            HeaderValue::from_str(o.trim_end_matches('/')).map_err(|e| {
-                format!("ingest.browser_origins: {o:?} is not an origin like \"https://shop.example\": {e}")
+            HeaderValue::from_str(o.trim_end_matches('/')).map_err(|source| InvalidOrigin {
+                origin: o.clone(),
+                source,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -347,7 +364,7 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
     // Authenticate before reading the body. Only the one-call and batch
     // paths may carry the key inside (analytics.js), and then the body is
     // read up to BODY_KEY_MAX_BYTES only.
-    let header_key = header_key(&headers);
+    let header_key = header_key(&headers, s.access.has_keys())?;
     let known = match header_key {
         Some(k) => Some(s.access.check(Some(&k), peer)?),
         None if !s.access.has_keys() || matches!(shape, Shape::Ndjson) => {
@@ -597,12 +614,28 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
 }
 
 /// The write key of the `Authorization` header: the HTTP Basic user name
-/// (Segment's SDKs) or a Bearer token.
-fn header_key(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    match Credentials::parse(v)? {
-        Credentials::Basic { user, .. } => Some(user),
-        Credentials::Bearer(token) => Some(token),
+/// (Segment's SDKs) or a Bearer token. A header that is not credentials is
+/// refused, saying why, when keys are required; a server open without keys
+/// ignores it.
+fn header_key(headers: &HeaderMap, keys_required: bool) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let parsed = v
+        .to_str()
+        .map_err(|_| "is not ASCII text".to_string())
+        .and_then(|v| Credentials::parse(v).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(Credentials::Basic { user, .. }) => Ok(Some(user)),
+        Ok(Credentials::Bearer(token)) => Ok(Some(token)),
+        Err(why) if keys_required => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "the Authorization header {why}; send `Basic base64(<write key>:)` as Segment's SDKs do, or `Bearer <write key>`"
+            ),
+        )),
+        Err(_) => Ok(None),
     }
 }
 
@@ -689,10 +722,15 @@ mod tests {
     fn basic_and_bearer_headers_carry_the_key() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic azE6".parse().expect("header")); // "k1:"
-        assert_eq!(header_key(&h).as_deref(), Some("k1"));
+        let key = |h: &HeaderMap| header_key(h, true).expect("credentials");
+        assert_eq!(key(&h).as_deref(), Some("k1"));
         h.insert(header::AUTHORIZATION, "Bearer k1 ".parse().expect("header"));
-        assert_eq!(header_key(&h).as_deref(), Some("k1"));
-        assert_eq!(header_key(&HeaderMap::new()), None);
+        assert_eq!(key(&h).as_deref(), Some("k1"));
+        assert_eq!(key(&HeaderMap::new()), None);
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().expect("header"));
+        let err = header_key(&h, true).expect_err("not credentials");
+        assert!(err.message.contains("not base64"), "{}", err.message);
+        assert_eq!(header_key(&h, false).expect("open"), None);
     }
 
     #[test]

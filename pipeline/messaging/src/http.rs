@@ -86,11 +86,8 @@ fn message_id(provider: &str, v: &Value) -> String {
 
 /// A client with a request timeout (a slow provider becomes a retryable
 /// failure, never a stuck worker).
-pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client (TLS set-up?): {e}"))
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().timeout(timeout).build()
 }
 
 /// POSTs the rendered message and its context as JSON to a URL, signed:

@@ -95,7 +95,9 @@ pub fn adapter(
     } else {
         c.timeout_ms
     });
-    let client = http::client(timeout).map_err(|e| format!("messaging.channels.{name}: {e}"))?;
+    let client = http::client(timeout).map_err(|e| {
+        format!("messaging.channels.{name}: cannot build the HTTP client (check the system's TLS roots): {e}")
+    })?;
     let a: Arc<dyn Adapter> = match (channel, c.provider.as_str()) {
         (Channel::Email, "smtp") => {
             let tls = match c.tls.as_str() {

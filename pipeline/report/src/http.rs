@@ -240,9 +240,11 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     else {
         return cookie(headers, TOKEN_COOKIE);
     };
-    match Credentials::parse(v)? {
-        Credentials::Bearer(token) => Some(token),
-        Credentials::Basic { password, .. } => Some(password),
+    match Credentials::parse(v) {
+        Ok(Credentials::Bearer(token)) => Some(token),
+        Ok(Credentials::Basic { password, .. }) => Some(password),
+        // Answered as a missing token, whose 401 says what to send.
+        Err(_) => None,
     }
 }
 

@@ -407,16 +407,18 @@ async fn publishing_ids(root: &DataRoot) -> Result<Vec<String>, StorageError> {
         };
         // An intent that does not read cannot say which files to skip:
         // folding them and their still-staged segments counts events twice.
-        let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| Some(v.get("publish_id")?.as_str()?.to_string()))
-            .ok_or_else(|| StorageError::Corrupt {
-                path: m.location.to_string(),
-                reason: "a publish intent without a readable publish_id; the publisher \
-                         reports the same at its next run"
-                    .into(),
-            })?;
-        out.push(id);
+        #[derive(Deserialize)]
+        struct Named {
+            publish_id: String,
+        }
+        let named: Named = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+            path: m.location.to_string(),
+            reason: format!(
+                "a publish intent without a readable publish_id ({e}); it names the files \
+                 recovery must skip: inspect it (the publisher refuses it too)"
+            ),
+        })?;
+        out.push(named.publish_id);
     }
     Ok(out)
 }
@@ -739,7 +741,7 @@ mod tests {
         BTreeMap::from([(log.writer().0.clone(), at)])
     }
 
-    async fn recover(root: &DataRoot) -> Recovered {
+    async fn try_recover(root: &DataRoot) -> Result<Recovered, StorageError> {
         Runner::recover(
             root.clone(),
             vec![welcome()],
@@ -749,7 +751,10 @@ mod tests {
             None,
         )
         .await
-        .expect("recover")
+    }
+
+    async fn recover(root: &DataRoot) -> Recovered {
+        try_recover(root).await.expect("recover")
     }
 
     fn firing_rows(root: &DataRoot) -> Vec<(String, String)> {
@@ -930,16 +935,7 @@ mod tests {
             .join("w1-000001.json");
         std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
         std::fs::write(&path, b"{\"publish_id\": \"w1-0").expect("write");
-        let err = match Runner::recover(
-            root.clone(),
-            vec![welcome()],
-            &BTreeMap::new(),
-            EngineOptions::default(),
-            ConsumedGate::default(),
-            None,
-        )
-        .await
-        {
+        let err = match try_recover(&root).await {
             Ok(_) => panic!("recovered as if nothing were being published"),
             Err(e) => e.to_string(),
         };
