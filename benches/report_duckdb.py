@@ -6,13 +6,13 @@ and its sum of squares, plus what Kairos' report also computes from the same
 rows (the pre-period covariate sums and the messages sent), so both engines
 do the same work.
 
-    cargo build --release --bin kairos
-    kairos bench-report --build --recipients 10000000 --data /root/.cache/kairos-bench/report
+    cargo build --release --bin kairos-dev
+    kairos-dev bench-report --build --recipients 10000000 --data /root/.cache/kairos-bench/report
     ~/.cache/kairos/venv/bin/python benches/report_duckdb.py /root/.cache/kairos-bench/report
 
 It times the query on a fresh connection (cold: no metadata cached; the OS
 page cache may hold the files) and then WARM more runs on one connection,
-and checks every arm against the `kairos-sums.json` that `kairos
+and checks every arm against the `kairos-sums.json` that `kairos-dev
 bench-report` wrote into the same directory: the counts (recipients,
 conversions, messages) exactly, the sums (revenue, its squares, the covariate
 and its products with revenue) to 1e-9 relative (summation order differs).
@@ -68,7 +68,7 @@ def run(con, sql):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", help="the lake `kairos bench-report --build` wrote")
+    p.add_argument("data", help="the lake `kairos-dev bench-report --build` wrote")
     p.add_argument("--rule", default="cart_abandonment")
     p.add_argument("--warm", type=int, default=WARM)
     a = p.parse_args()
@@ -88,7 +88,7 @@ def main():
 
     sums = os.path.join(a.data, "kairos-sums.json")
     if not os.path.exists(sums):
-        print(f"{sums} not found: run `kairos bench-report --data {a.data}` to compare")
+        print(f"{sums} not found: run `kairos-dev bench-report --data {a.data}` to compare")
         return 0
     with open(sums) as f:
         kairos = json.load(f)

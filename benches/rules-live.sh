@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rules under live load: a release `kairos serve` (rules on, the library in
-# sql/) takes `kairos loadgen` traffic at RATE events/s; at the end the
+# sql/) takes `kairos-dev loadgen` traffic at RATE events/s; at the end the
 # event-to-firing latency and batch-time histograms are read from /metrics
 # and their p50/p99 printed (bucket upper bounds, 25% apart).
 #
@@ -9,15 +9,16 @@ set -euo pipefail
 secs=${1:-60}; rate=${2:-50000}; interval=${3:-500}
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kairos-target}"
-cargo build --release -q -p kairos
+cargo build --release -q -p kairos -p kairos-dev
 bin="$CARGO_TARGET_DIR/release/kairos"
+dev="$CARGO_TARGET_DIR/release/kairos-dev"
 work=$(mktemp -d); data="$work/data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 KAIROS__RULES__INTERVAL_MS=$interval RUST_LOG=warn "$bin" serve --data "$data" --listen "127.0.0.1:$port" >"$work/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 sleep 1
-"$bin" loadgen --url "http://127.0.0.1:$port" --connections 16 --duration "$secs" --rate "$rate" --run-id "r$$"
+"$dev" loadgen --url "http://127.0.0.1:$port" --connections 16 --duration "$secs" --rate "$rate" --run-id "r$$"
 curl -s "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
 kill -TERM $pid; wait $pid
 python3 - "$work/metrics.txt" <<'PY'

@@ -90,7 +90,7 @@ async fn issue_6_injected_lift_lies_inside_the_reported_intervals() {
     let customers = CUSTOMERS.to_string();
     let base = BASE_RATE.to_string();
     let lift = format!("triggered={TRIGGERED},scheduled={SCHEDULED}");
-    kairos(
+    crate::support::run_kairos_dev(
         &[
             "generate",
             "--seed",

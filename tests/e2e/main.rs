@@ -6,6 +6,7 @@
 //! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`, `KAIROS_TEST_CHROMIUM`).
 
 mod analysts;
+mod binaries;
 mod durability;
 mod import;
 mod ingest;

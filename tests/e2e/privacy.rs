@@ -371,10 +371,19 @@ fn a_kill_9_mid_erasure_then_a_rerun_ends_as_an_uninterrupted_one() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(took / 2);
+    // Kill once the request is durable (the erasure has begun) and a
+    // quarter of an uninterrupted run later: a fixed delay from the spawn
+    // missed the erasure on a loaded machine, where start-up takes longer.
+    let requests = killed.join("_kairos/privacy/requests");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::support::files_under(&requests).is_empty() {
+        assert!(Instant::now() < deadline, "no erasure request after 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(took / 4);
     let _ = child.kill();
     let status = child.wait().expect("wait");
-    eprintln!("killed after {:.1?}: {status}", took / 2);
+    eprintln!("killed {:.1?} into the erasure: {status}", took / 4);
     let pending = crate::support::files_under(&killed.join("_kairos/privacy/requests"));
     assert_eq!(pending.len(), 1, "the kill landed mid-erasure");
     // The rerun finishes the interrupted request, then its own.

@@ -13,10 +13,25 @@ pub fn kairos_bin() -> PathBuf {
     if let Ok(p) = std::env::var("KAIROS_BIN") {
         return PathBuf::from(p);
     }
+    built_bin("kairos")
+}
+
+/// The developer tools' binary, beside [`kairos_bin`].
+pub fn kairos_dev_bin() -> PathBuf {
+    let bin = kairos_bin().with_file_name("kairos-dev");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+fn built_bin(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/kairos");
+    let bin = target.join("debug").join(name);
     assert!(
         bin.exists(),
         "{} not found: run `cargo build --bins` first or set KAIROS_BIN",
@@ -408,8 +423,17 @@ pub fn templates_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
 /// Runs `kairos ARGS` in `dir` with the repo's templates, asserts it
 /// succeeded, and returns its stdout.
 pub fn run_kairos(args: &[&str], dir: &Path) -> String {
+    run(&kairos_bin(), args, dir)
+}
+
+/// [`run_kairos`] for `kairos-dev`.
+pub fn run_kairos_dev(args: &[&str], dir: &Path) -> String {
+    run(&kairos_dev_bin(), args, dir)
+}
+
+fn run(bin: &Path, args: &[&str], dir: &Path) -> String {
     let started = Instant::now();
-    let out = Command::new(kairos_bin())
+    let out = Command::new(bin)
         .args(args)
         .current_dir(dir)
         .env("KAIROS__MESSAGING__TEMPLATES", repo_templates())

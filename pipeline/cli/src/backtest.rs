@@ -17,9 +17,56 @@ use kairos_core::event::StagedItem;
 use kairos_rules::{Engine, Firing};
 use kairos_storage::DataRoot;
 
-use crate::live;
 use crate::progress::Progress;
 use crate::replay::timeline;
+use kairos_server::live;
+
+/// `kairos backtest` flags.
+#[derive(clap::Args)]
+pub struct BacktestArgs {
+    /// Rule files; every rule in the rules folder when none is given.
+    rules: Vec<PathBuf>,
+    /// First day (YYYY-MM-DD or RFC 3339).
+    #[arg(long)]
+    from: String,
+    /// Last day, inclusive (YYYY-MM-DD), or an RFC 3339 end instant.
+    #[arg(long)]
+    to: String,
+    /// Data root. Default from config (./kairos-data).
+    #[arg(long)]
+    data: Option<String>,
+    /// Rules folder when no file is given. Default from config (./sql).
+    #[arg(long = "rules-dir")]
+    rules_dir: Option<PathBuf>,
+    /// Event time per micro-batch.
+    #[arg(long, default_value = "30m")]
+    batch_span: String,
+}
+
+/// `kairos backtest`.
+pub async fn run(mut config: Config, args: BacktestArgs) -> anyhow::Result<()> {
+    config.storage.data = args.data.unwrap_or(config.storage.data);
+    config.rules.dir = args.rules_dir.unwrap_or(config.rules.dir);
+    let span = kairos_core::time::parse_duration(&args.batch_span)
+        .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
+    let day = 86_400_000_000i64;
+    let (from, to) = (&args.from, &args.to);
+    let from_us = kairos_rules::state::parse_time(from)
+        .ok_or_else(|| anyhow::anyhow!("--from {from:?}: use YYYY-MM-DD or RFC 3339"))?;
+    let to_us = match kairos_rules::state::parse_time(to) {
+        Some(t) if to.len() == 10 => t + day,
+        Some(t) => t,
+        None => anyhow::bail!("--to {to:?}: use YYYY-MM-DD or RFC 3339"),
+    };
+    anyhow::ensure!(to_us > from_us, "--to must be after --from");
+    let bt = Backtest {
+        rules: args.rules,
+        from_us,
+        to_us,
+        span_us: span.max(1) as i64 * 1_000_000,
+    };
+    backtest(config, bt).await
+}
 
 /// What to backtest.
 pub struct Backtest {

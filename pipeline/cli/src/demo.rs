@@ -26,7 +26,7 @@ use datafusion::prelude::SessionContext;
 use kairos_core::Config;
 use kairos_report::ReportOptions;
 
-use crate::generate::{self, GenerateOptions};
+use kairos_generate::{GenerateOptions, Lift};
 
 /// The experiment the simulated cohort answers.
 const RULE: &str = "cart_abandonment";
@@ -94,7 +94,7 @@ pub fn demo(
         "{} not found: run `kairos demo` from the repository root, or set rules.dir in the config",
         library.display()
     );
-    let span = kairos_rules::rule::parse_duration(&args.batch_span)
+    let span = kairos_core::time::parse_duration(&args.batch_span)
         .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
     anyhow::ensure!(span > 0, "--batch-span must be positive");
 
@@ -127,15 +127,21 @@ pub fn demo(
     config.server.listen = args.listen;
     // The replay is the whole history: the server only shows it.
     config.rules.enabled = false;
-    rt.block_on(crate::serve::serve_with(config, |addr, token| {
+    rt.block_on(async {
+        let server = kairos_server::Server::build(config).await?;
+        let addr = server.local_addr()?;
         // The first link carries the read token; the page keeps it as a
         // cookie, so the others need none once it was opened.
-        let with_token = token.map(|t| format!("?token={t}")).unwrap_or_default();
+        let with_token = server
+            .read_token()
+            .map(|t| format!("?token={t}"))
+            .unwrap_or_default();
         println!("\nReport pages (Ctrl-C stops the server):");
         println!("  http://{addr}/program{with_token}");
         println!("  http://{addr}/experiments/{RULE}");
         println!("  http://{addr}/experiments");
-    }))
+        server.run().await
+    })
 }
 
 /// Empties `dir` for a new run, refusing a folder the demo did not make.
@@ -182,7 +188,7 @@ fn rules_with_delay_variants(library: &Path, out: &Path) -> anyhow::Result<PathB
 
 /// Writes the simulated cohort to `out`; returns its number of calls.
 fn simulate(rule_file: &Path, customers: usize, out: &Path) -> anyhow::Result<usize> {
-    let lift = crate::simulator(rule_file, BASE_RATE, LIFT)?;
+    let lift = Lift::from_rule_file(rule_file, BASE_RATE, LIFT)?;
     let opts = GenerateOptions {
         seed: 6,
         customers,
@@ -190,10 +196,7 @@ fn simulate(rule_file: &Path, customers: usize, out: &Path) -> anyhow::Result<us
         id_prefix: "sim-",
         ..GenerateOptions::sample()
     };
-    std::fs::create_dir_all(out)?;
-    let mut profiles = std::io::BufWriter::new(std::fs::File::create(out.join("profiles.ndjson"))?);
-    let mut events = std::io::BufWriter::new(std::fs::File::create(out.join("events.ndjson"))?);
-    let s = generate::generate(&opts, &mut profiles, &mut events)?;
+    let s = kairos_generate::write_files(&opts, out)?;
     Ok(s.profiles + s.events)
 }
 

@@ -37,7 +37,26 @@ const IMPORT_SOURCE: &str = "import";
 const FRAME_BYTES: usize = 4 << 20;
 
 /// Imports `file` into the configured data root.
-pub async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Result<()> {
+/// `kairos import` flags.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// What the file holds.
+    #[arg(value_enum)]
+    kind: ImportKind,
+    /// profiles: CSV, Parquet or NDJSON identify calls; events: NDJSON Segment calls.
+    file: std::path::PathBuf,
+    /// Data root. Default from config (./kairos-data).
+    #[arg(long)]
+    data: Option<String>,
+}
+
+/// `kairos import`.
+pub async fn run(mut config: Config, args: ImportArgs) -> anyhow::Result<()> {
+    config.storage.data = args.data.unwrap_or(config.storage.data);
+    import(config, args.kind, &args.file).await
+}
+
+async fn import(config: Config, kind: ImportKind, file: &Path) -> anyhow::Result<()> {
     let items = read_items(&config, kind, file)?;
     let root = DataRoot::open(&config.storage.data)?;
     let log = Arc::new(Mutex::new(StagingLog::open(

@@ -25,8 +25,8 @@ use kairos_rules::runner::Runner;
 use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
 
 use crate::import::{ImportKind, read_items};
-use crate::live;
 use crate::progress::Progress;
+use kairos_server::live;
 
 /// Staged bytes that trigger a publish during the replay.
 const PUBLISH_EVERY_BYTES: usize = 128 << 20;
@@ -64,6 +64,35 @@ pub fn timeline(items: Vec<StagedItem>, span_us: i64) -> Vec<(i64, Vec<StagedIte
             (clock, batch)
         })
         .collect()
+}
+
+/// `kairos replay` flags.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Data root. Default from config (./kairos-data).
+    #[arg(long)]
+    data: Option<String>,
+    /// Segment calls as NDJSON (events and identify calls), or CSV /
+    /// Parquet event exports (`event`/`event_type`, `userId`/`user_id`,
+    /// `timestamp`/`event_time`; other columns become properties).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Rules folder. Default from config (./sql).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Event time per micro-batch.
+    #[arg(long, default_value = "30m")]
+    batch_span: String,
+}
+
+/// `kairos replay`.
+pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
+    config.storage.data = args.data.unwrap_or(config.storage.data);
+    config.rules.dir = args.rules.unwrap_or(config.rules.dir);
+    let span = kairos_core::time::parse_duration(&args.batch_span)
+        .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
+    anyhow::ensure!(span > 0, "--batch-span must be positive");
+    replay(config, &args.input, span as i64 * 1_000_000).await
 }
 
 /// Replays `inputs` into the configured data root.

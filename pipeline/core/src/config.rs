@@ -275,6 +275,9 @@ pub struct RulesConfig {
     pub interval_ms: u64,
     /// How far back a sweep reaches after downtime, e.g. "1h".
     pub catch_up: String,
+    /// How long a firing's (rule, customer, dedupe_key) blocks the same
+    /// firing, e.g. "400d"; older firings are forgotten.
+    pub dedupe_horizon: String,
     /// `wall` (the machine clock) or `events` (the latest event time seen:
     /// for tests and demos that post old events).
     pub clock: String,

@@ -5,9 +5,11 @@
 //! - [`secret`]: secrets that never print, compared in constant time.
 //! - [`time`]: timestamp helpers (µs since the epoch, RFC 3339).
 
+pub mod channel;
 pub mod config;
 pub mod event;
 pub mod secret;
 pub mod time;
 
+pub use channel::Channel;
 pub use config::Config;

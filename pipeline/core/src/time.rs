@@ -11,6 +11,37 @@ pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
 
+/// A duration that does not parse (see [`parse_duration`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a duration at all.
+    #[error("{input:?}: {reason}; write e.g. 90s, 15m, 6h, 7d, 2w or 1h30m")]
+    Unparsable {
+        /// What was given.
+        input: String,
+        /// Why humantime refused it.
+        reason: humantime::DurationError,
+    },
+    /// A fraction of a second: every Kairos duration is whole seconds.
+    #[error("{0:?}: durations are whole seconds")]
+    Fractional(String),
+}
+
+/// Parses a duration in whole seconds, as every setting and rule header
+/// writes them: `60s`, `15m`, `6h`, `7d`, `2w`, sums like `1h30m` or
+/// `1h 30m`, and humantime's longer units (`90min`, `2weeks`; `M` is a month
+/// of 30.44 days, `y` a year of 365.25).
+pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|reason| DurationError::Unparsable {
+        input: s.to_string(),
+        reason,
+    })?;
+    if d.subsec_nanos() != 0 {
+        return Err(DurationError::Fractional(s.to_string()));
+    }
+    Ok(d.as_secs())
+}
+
 /// Parses an RFC 3339 / ISO 8601 timestamp with an offset into µs.
 pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(s)
@@ -32,6 +63,24 @@ pub fn hour_bucket(us: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("1h 30m"), Ok(5400));
+        assert_eq!(parse_duration("90min"), Ok(5400));
+        for bad in ["5", "h", "3x", "99999999999999999999w"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(matches!(e, DurationError::Unparsable { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("write e.g. 90s"), "{e}");
+        }
+        assert_eq!(
+            parse_duration("1.5s"),
+            Err(DurationError::Fractional("1.5s".into()))
+        );
+    }
 
     #[test]
     fn parses_offsets_and_fractions() {

@@ -668,6 +668,48 @@ mod tests {
         n.item(raw, forced, 3, &env, &mut out).map(|_| out)
     }
 
+    /// The live loop takes the items ingest parsed; a restart decodes the
+    /// same items from their staged JSON. Both must be equal, or a batch
+    /// redone after a crash could decide differently than it did live.
+    #[test]
+    fn staged_items_decode_to_what_ingest_parsed() {
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-samples");
+        let n = Normalizer::new(EventTypes::new(&Default::default()), 32 * 1024, 24);
+        // After the samples' last day (2026-10-12), so none is in the future.
+        let env = Envelope {
+            source: "src",
+            received_at_us: 1_793_491_200_000_000,
+            batch_sent_at_us: None,
+        };
+        let mut checked = 0;
+        for file in [
+            "profiles.ndjson",
+            "events.ndjson",
+            "policy-scenarios.ndjson",
+        ] {
+            let text = std::fs::read_to_string(samples.join(file)).expect("sample file");
+            for (i, line) in text.lines().enumerate() {
+                let raw: &RawValue = serde_json::from_str(line).expect("valid json");
+                let mut items = Vec::new();
+                n.item(raw, None, i, &env, &mut items)
+                    .expect("sample lines are valid");
+                let mut payload = Vec::new();
+                for item in &items {
+                    serde_json::to_writer(&mut payload, item).expect("serialise");
+                    payload.push(b'\n');
+                }
+                let decoded: Vec<StagedItem> = payload
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).expect("decode"))
+                    .collect();
+                assert_eq!(decoded, items, "{line}");
+                checked += items.len();
+            }
+        }
+        assert!(checked > 4000, "{checked} items");
+    }
+
     fn event(json: &str) -> EventRecord {
         match run(json, None).expect("valid").pop() {
             Some(StagedItem::Event(e)) => e,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use kairos_core::event::StagedItem;
 use kairos_storage::{Position, StagingLog};
 
 use crate::metrics::Metrics;
@@ -22,7 +23,7 @@ pub struct CommitError(pub String);
 
 struct Pending {
     payload: Vec<u8>,
-    items: usize,
+    items: Vec<StagedItem>,
     ack: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -32,8 +33,10 @@ struct Pending {
 pub struct Committed {
     /// Where the frame ends in this process's staging log.
     pub at: Position,
-    /// The frame payload: one JSON item per line.
-    pub payload: Vec<u8>,
+    /// The frame's items, as ingest parsed them: the engine takes them
+    /// as they are instead of parsing the frame's JSON again (recovery
+    /// after a restart parses the frames from staging).
+    pub items: Vec<StagedItem>,
 }
 
 /// Handle to the committer task.
@@ -57,8 +60,13 @@ impl Committer {
         (Committer { tx }, task)
     }
 
-    /// Makes `payload` (newline-terminated JSON items) durable; returns when it is.
-    pub async fn commit(&self, payload: Vec<u8>, items: usize) -> Result<(), CommitError> {
+    /// Makes `payload` (`items` as newline-terminated JSON) durable; returns
+    /// when it is.
+    pub async fn commit(
+        &self,
+        payload: Vec<u8>,
+        items: Vec<StagedItem>,
+    ) -> Result<(), CommitError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Pending {
@@ -84,7 +92,7 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + max_delay;
         let mut buf = first.payload;
-        let mut items = first.items;
+        let mut staged = first.items;
         let mut acks = vec![first.ack];
         while buf.len() < max_bytes {
             let next = match rx.try_recv() {
@@ -99,9 +107,10 @@ async fn run(
             };
             let Some(p) = next else { break };
             buf.extend_from_slice(&p.payload);
-            items += p.items;
+            staged.extend(p.items);
             acks.push(p.ack);
         }
+        let items = staged.len();
         let started = Instant::now();
         let result = log.lock().await.append(&buf).await;
         metrics
@@ -120,7 +129,7 @@ async fn run(
                 // durable and recovery reads it from staging.
                 let _ = feed.send(Committed {
                     at: *at,
-                    payload: buf,
+                    items: staged,
                 });
             }
         }

@@ -141,8 +141,8 @@ impl IngestState {
     /// Takes one call made by Kairos itself (e.g. an unsubscribe link
     /// followed), through the same validation and durable staging as an
     /// API call, from source `source`.
-    pub async fn record(&self, call: &serde_json::Value, source: &str) -> Result<(), String> {
-        let raw = serde_json::value::to_raw_value(call).map_err(|e| e.to_string())?;
+    pub async fn record(&self, call: &serde_json::Value, source: &str) -> Result<(), RecordError> {
+        let raw = serde_json::value::to_raw_value(call)?;
         let env = Envelope {
             source,
             received_at_us: now_us(),
@@ -151,17 +151,37 @@ impl IngestState {
         let mut staged = Vec::new();
         self.normalizer
             .item(&raw, None, 0, &env, &mut staged)
-            .map_err(|e| format!("{}: {}", e.field, e.reason))?;
+            .map_err(|e| RecordError::Refused {
+                field: e.field,
+                reason: e.reason,
+            })?;
         let mut payload = Vec::new();
         for item in &staged {
-            serde_json::to_writer(&mut payload, item).map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut payload, item)?;
             payload.push(b'\n');
         }
-        self.committer
-            .commit(payload, staged.len())
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.committer.commit(payload, staged).await?)
     }
+}
+
+/// Why a call Kairos made itself ([`IngestState::record`]) was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The call or its staged form did not serialise (a bug: the call is
+    /// built in code).
+    #[error("serialising the call: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// Validation refused it, as it would an API call.
+    #[error("refused: {field}: {reason}")]
+    Refused {
+        /// The offending field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Staging failed; retrying is safe.
+    #[error(transparent)]
+    Commit(#[from] crate::commit::CommitError),
 }
 
 /// The `/v1/*` routes. CORS is answered for `browser_origins` only (none
@@ -522,16 +542,13 @@ async fn accept(s: &IngestState, shape: Shape, req: Request) -> Result<Response,
         })?;
         payload.push(b'\n');
     }
-    s.committer
-        .commit(payload, staged.len())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "staging_failed",
-                e.to_string(),
-            )
-        })?;
+    s.committer.commit(payload, staged).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "staging_failed",
+            e.to_string(),
+        )
+    })?;
     let mut body = json!({"success": true, "accepted": good});
     if !errors.is_empty() {
         body["errors"] = json!(errors);

@@ -420,21 +420,38 @@ pub fn whatsapp_notice(key: &[u8], body: &Value) -> WhatsappNotice {
     out
 }
 
+/// Why a callback in Kairos' own shape was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// No `reference`.
+    #[error("field `reference`: missing; send the reference the message carried")]
+    NoReference,
+    /// A `reference` this server did not sign.
+    #[error(
+        "field `reference`: not a reference this server signed (send back the one the message carried; servers sharing a data root need the same messaging.link_key)"
+    )]
+    UnsignedReference,
+    /// No `status`.
+    #[error(
+        "field `status`: missing (delivered, bounced, complained, opted_out, unregistered, failed, ...)"
+    )]
+    NoStatus,
+}
+
 /// A callback in Kairos' own shape, for any provider that can be pointed
 /// at a URL (an ESP's bounce webhook through a relay, the webhook channel's
 /// receiver): `{"reference", "status", "permanent"?, "reason"?,
 /// "provider"?, "provider_message_id"?}`. A permanent `bounced`, a
 /// `complained` or an `opted_out` withdraws consent; `unregistered` does
 /// too (a dead push token).
-pub fn generic_status(key: &[u8], body: &Value) -> Result<StatusUpdate, String> {
+pub fn generic_status(key: &[u8], body: &Value) -> Result<StatusUpdate, CallbackError> {
     let token = body["reference"]
         .as_str()
-        .ok_or("field `reference`: missing; send the reference the message carried")?;
-    let r = verify_reference(key, token)
-        .ok_or("field `reference`: not a reference this server signed (send back the one the message carried; servers sharing a data root need the same messaging.link_key)")?;
+        .ok_or(CallbackError::NoReference)?;
+    let r = verify_reference(key, token).ok_or(CallbackError::UnsignedReference)?;
     let status = body["status"]
         .as_str()
-        .ok_or("field `status`: missing (delivered, bounced, complained, opted_out, unregistered, failed, ...)")?
+        .ok_or(CallbackError::NoStatus)?
         .to_ascii_lowercase();
     let permanent = body["permanent"].as_bool().unwrap_or(false);
     let withdraws = match status.as_str() {
@@ -657,16 +674,18 @@ mod tests {
         assert_eq!(hard.withdraws.as_deref(), Some("hard_bounce"));
         assert_eq!(hard.calls()[1]["event"], "Email Unsubscribed");
         assert_eq!(hard.calls()[1]["userId"], "c1");
-        assert!(
-            upd(json!({"status": "delivered"}))
-                .unwrap_err()
-                .contains("reference")
+        assert_eq!(
+            upd(json!({"status": "delivered"})).unwrap_err(),
+            CallbackError::NoReference
         );
-        assert!(
+        assert_eq!(
             upd(json!({"reference": reference(b"x", "c1", Channel::Email, "s1"), "status": "delivered"}))
-                .unwrap_err()
-                .contains("not a reference")
+                .unwrap_err(),
+            CallbackError::UnsignedReference
         );
-        assert!(upd(json!({"reference": r})).unwrap_err().contains("status"));
+        assert_eq!(
+            upd(json!({"reference": r})).unwrap_err(),
+            CallbackError::NoStatus
+        );
     }
 }

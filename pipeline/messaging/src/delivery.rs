@@ -774,12 +774,12 @@ impl Dispatcher {
 
     /// Hands a rendered message straight to its channel's worker (what the
     /// stage does for due sends; benchmarks use it directly).
-    pub fn submit(&self, m: Outgoing) -> Result<(), String> {
+    pub fn submit(&self, m: Outgoing) -> Result<(), SubmitError> {
         self.senders
             .get(&m.channel)
-            .ok_or_else(|| format!("no worker for {}", m.channel.as_str()))?
+            .ok_or(SubmitError::NoWorker(m.channel))?
             .send(m)
-            .map_err(|_| "the delivery workers have stopped".to_string())
+            .map_err(|_| SubmitError::Stopped)
     }
 
     /// Stops taking messages and waits until every queued one is delivered
@@ -792,6 +792,17 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Why [`Dispatcher::submit`] did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The channel has no provider configured.
+    #[error("no delivery worker for {}: configure messaging.channels.{}", .0.as_str(), .0.as_str())]
+    NoWorker(Channel),
+    /// The workers have stopped (the server is shutting down).
+    #[error("the delivery workers have stopped")]
+    Stopped,
 }
 
 struct Worker {

@@ -602,7 +602,6 @@ mod tests {
             serde_json::from_str(include_str!("testdata/fcm-service-account.json")).expect("json");
         file["token_uri"] = Value::from(format!("{base}/token"));
         let account = crate::oauth::ServiceAccount::from_json(&file.to_string()).expect("account");
-        let public = account.public_key();
         let fcm = FcmPush {
             base_url: base.clone(),
             project_id: "shop".into(),
@@ -648,26 +647,20 @@ mod tests {
             )
         );
         let jwt = &form[1].1;
-        let (signed, sig) = jwt.rsplit_once('.').expect("three parts");
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            &public,
-        )
-        .verify(signed.as_bytes(), &b64.decode(sig).expect("b64"))
-        .expect("RS256 signature verifies");
-        let claims: Value = serde_json::from_slice(
-            &b64.decode(signed.split('.').nth(1).expect("claims"))
-                .expect("b64"),
-        )
-        .expect("json");
+        let public = jsonwebtoken::DecodingKey::from_rsa_pem(include_bytes!(
+            "testdata/fcm-service-account.pub.pem"
+        ))
+        .expect("public key");
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&[format!("{base}/token")]);
+        let claims = jsonwebtoken::decode::<Value>(jwt, &public, &validation)
+            .expect("RS256 signature verifies")
+            .claims;
         assert_eq!(
             claims["iss"],
             "kairos-test@kairos-test.iam.gserviceaccount.com"
         );
         assert_eq!(claims["scope"], crate::oauth::FCM_SCOPE);
-        assert_eq!(claims["aud"], format!("{base}/token"));
         assert_eq!(
             claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
             3600
@@ -684,8 +677,18 @@ mod tests {
                 .err()
                 .expect("error")
         };
-        assert!(err(json!({"client_email": "a@b"})).contains("private_key"));
-        assert!(err(json!({"client_email": "a@b", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"}))
-            .contains("PKCS#8"));
+        let missing = err(json!({"client_email": "a@b"}));
+        assert!(
+            matches!(missing, crate::oauth::AccountError::File(_))
+                && missing.to_string().contains("private_key"),
+            "{missing}"
+        );
+        let bad_key = err(
+            json!({"client_email": "a@b", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"}),
+        );
+        assert!(
+            matches!(bad_key, crate::oauth::AccountError::Key(_)),
+            "{bad_key}"
+        );
     }
 }

@@ -209,7 +209,7 @@ pub async fn check_rules(
     rules: &[kairos_rules::Rule],
     templates: &Templates,
 ) -> Vec<template::TemplateError> {
-    use kairos_rules::rule::Channel as RuleChannel;
+    use kairos_rules::rule::ChannelChoice;
     let computed = computed_trait_names();
     let ctx = match kairos_rules::check::planning_session() {
         Ok(ctx) => ctx,
@@ -228,22 +228,7 @@ pub async fn check_rules(
             continue; // reported by the rules check
         };
         let columns: std::collections::BTreeSet<String> = columns.into_iter().collect();
-        let channels = |c: RuleChannel| -> Vec<(&'static str, bool)> {
-            match c {
-                RuleChannel::Email => vec![("email", true)],
-                RuleChannel::Sms => vec![("sms", true)],
-                RuleChannel::Whatsapp => vec![("whatsapp", true)],
-                RuleChannel::Push => vec![("push", true)],
-                RuleChannel::Webhook => vec![("webhook", true)],
-                RuleChannel::Preferred => vec![
-                    ("email", true),
-                    ("sms", true),
-                    ("whatsapp", true),
-                    ("push", true),
-                ],
-            }
-        };
-        let mut names: Vec<(String, RuleChannel)> = vec![(rule.template.clone(), rule.channel)];
+        let mut names: Vec<(String, ChannelChoice)> = vec![(rule.template.clone(), rule.channel)];
         names.extend(
             rule.variants
                 .iter()
@@ -251,10 +236,8 @@ pub async fn check_rules(
         );
         names.extend(rule.steps.iter().map(|s| (s.template.clone(), s.channel)));
         for (name, channel) in names {
-            for (ch, required) in channels(channel) {
-                if required || templates.has(&name, ch) {
-                    errors.extend(templates.check(&name, ch, &columns, &computed));
-                }
+            for ch in channel.candidates() {
+                errors.extend(templates.check(&name, ch.as_str(), &columns, &computed));
             }
         }
     }

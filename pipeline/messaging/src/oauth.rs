@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::channel::Failure;
@@ -15,78 +15,82 @@ use crate::channel::Failure;
 /// The scope FCM HTTP v1 needs.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
+/// Where tokens come from when the file names no `token_uri`.
+const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// A service-account file Kairos cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Not JSON, or a field missing (serde names it).
+    #[error("{0}")]
+    File(#[from] serde_json::Error),
+    /// `private_key` is not an RSA key in PEM.
+    #[error(
+        "field `private_key`: not a PEM RSA key ({0}); use the file Firebase's console downloads"
+    )]
+    Key(jsonwebtoken::errors::Error),
+}
+
+/// The fields of the file Kairos reads; the others are ignored.
+#[derive(Deserialize)]
+struct AccountFile {
+    client_email: String,
+    private_key: String,
+    #[serde(default)]
+    token_uri: Option<String>,
+}
+
 /// A service account: who it is, its signing key, where tokens come from.
 pub struct ServiceAccount {
     /// `client_email`.
     pub client_email: String,
     /// `token_uri` (Google's, or a local one in tests).
     pub token_uri: String,
-    key: ring::signature::RsaKeyPair,
+    key: jsonwebtoken::EncodingKey,
+}
+
+/// The claims of the JWT bearer grant (RFC 7523 section 3).
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
 }
 
 impl ServiceAccount {
     /// Reads the service-account JSON (`client_email`, `private_key` as a
-    /// PKCS#8 PEM, `token_uri`). Errors name the field.
-    pub fn from_json(text: &str) -> Result<ServiceAccount, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let field = |name: &str| {
-            v[name]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| format!("field `{name}` is missing"))
-        };
-        let pem = field("private_key")?;
-        let b64: String = pem
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("field `private_key`: not a PEM key: {e}"))?;
-        let key = ring::signature::RsaKeyPair::from_pkcs8(&der)
-            .map_err(|e| format!("field `private_key`: not a PKCS#8 RSA key: {e}"))?;
+    /// PEM, optional `token_uri`).
+    pub fn from_json(text: &str) -> Result<ServiceAccount, AccountError> {
+        let file: AccountFile = serde_json::from_str(text)?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(file.private_key.as_bytes())
+            .map_err(AccountError::Key)?;
         Ok(ServiceAccount {
-            client_email: field("client_email")?,
-            token_uri: field("token_uri")
-                .unwrap_or_else(|_| "https://oauth2.googleapis.com/token".into()),
+            client_email: file.client_email,
+            token_uri: file
+                .token_uri
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| GOOGLE_TOKEN_URI.into()),
             key,
         })
     }
 
-    /// The signed JWT asking for `scope`, issued at `now` (Unix seconds),
-    /// valid one hour.
-    pub fn assertion(&self, scope: &str, now: i64) -> Result<String, String> {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header = b64.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
-        let claims = b64.encode(
-            json!({
-                "iss": self.client_email,
-                "scope": scope,
-                "aud": self.token_uri,
-                "iat": now,
-                "exp": now + 3600,
-            })
-            .to_string(),
-        );
-        let signing_input = format!("{header}.{claims}");
-        let mut sig = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                signing_input.as_bytes(),
-                &mut sig,
-            )
-            .map_err(|_| "signing the token request failed".to_string())?;
-        Ok(format!("{signing_input}.{}", b64.encode(sig)))
-    }
-
-    /// The public key (DER `RSAPublicKey`), for checking assertions.
-    pub fn public_key(&self) -> Vec<u8> {
-        use ring::signature::KeyPair as _;
-        self.key.public_key().as_ref().to_vec()
+    /// The RS256-signed JWT asking for `scope`, issued at `now` (Unix
+    /// seconds), valid one hour.
+    pub fn assertion(&self, scope: &str, now: i64) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            iss: &self.client_email,
+            scope,
+            aud: &self.token_uri,
+            iat: now,
+            exp: now + 3600,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &self.key,
+        )
     }
 }
 
@@ -119,7 +123,9 @@ impl TokenSource {
         let assertion = self
             .account
             .assertion(&self.scope, chrono::Utc::now().timestamp())
-            .map_err(|reason| Failure::Permanent { reason })?;
+            .map_err(|e| Failure::Permanent {
+                reason: format!("signing the token request failed: {e}"),
+            })?;
         let resp = client
             .post(&self.account.token_uri)
             .form(&[
@@ -133,7 +139,22 @@ impl TokenSource {
                 retry_after: None,
             })?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or_default();
+        // An answer that is not JSON (a proxy's error page) is kept as its
+        // status alone: the reason below still names it.
+        let body: Value = match resp.json().await {
+            Ok(v) => v,
+            Err(e) if status.is_success() => {
+                return Err(Failure::Retryable {
+                    reason: format!(
+                        "token endpoint {} answered {} without a JSON body: {e}",
+                        self.account.token_uri,
+                        status.as_u16()
+                    ),
+                    retry_after: None,
+                });
+            }
+            Err(_) => Value::Null,
+        };
         if !status.is_success() {
             let reason = format!(
                 "token endpoint {} answered {}: {} (check the service account file and that it may use FCM)",
@@ -161,6 +182,8 @@ impl TokenSource {
             })?
             .to_string();
         // Renew a minute early, so no send carries a token about to lapse.
+        // `expires_in` is only RECOMMENDED (RFC 6749 5.1); Google's tokens
+        // live an hour, so that is the life of one without it.
         let life = body["expires_in"]
             .as_u64()
             .unwrap_or(3600)

@@ -26,12 +26,28 @@ pub struct Outbox {
 
 impl Outbox {
     /// An outbox in `root`, email sent as `from`.
-    pub fn new(root: DataRoot, from: &str) -> Result<Outbox, String> {
-        let from = from
-            .parse()
-            .map_err(|e| format!("messaging.from = {from:?} is not a mailbox: {e}"))?;
-        Ok(Outbox { root, from })
+    pub fn new(root: DataRoot, from: &str) -> Result<Outbox, InvalidFrom> {
+        let mailbox = from.parse().map_err(|source| InvalidFrom {
+            from: from.to_string(),
+            source,
+        })?;
+        Ok(Outbox {
+            root,
+            from: mailbox,
+        })
     }
+}
+
+/// `messaging.from` is not a mailbox.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "messaging.from = {from:?} is not a mailbox (write `Shop <shop@example.com>` or `shop@example.com`): {source}"
+)]
+pub struct InvalidFrom {
+    /// What was configured.
+    pub from: String,
+    /// Why lettre refused it.
+    pub source: lettre::address::AddressError,
 }
 
 /// A file name for a send id: readable, unique, safe in any store.

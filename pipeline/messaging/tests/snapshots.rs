@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 use kairos_messaging::Templates;
-use kairos_rules::rule::Channel as RuleChannel;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -24,15 +23,8 @@ fn snapshot_dir() -> PathBuf {
 
 /// (template, channel, rule, step, variant) of every message a rule sends.
 fn messages(rule: &kairos_rules::Rule) -> Vec<(String, &'static str, u32, Option<String>)> {
-    let channels = |c: RuleChannel| -> Vec<&'static str> {
-        match c {
-            RuleChannel::Email => vec!["email"],
-            RuleChannel::Sms => vec!["sms"],
-            RuleChannel::Whatsapp => vec!["whatsapp"],
-            RuleChannel::Push => vec!["push"],
-            RuleChannel::Webhook => vec!["webhook"],
-            RuleChannel::Preferred => vec!["email", "sms", "whatsapp", "push"],
-        }
+    let channels = |c: kairos_rules::rule::ChannelChoice| -> Vec<&'static str> {
+        c.candidates().into_iter().map(|c| c.as_str()).collect()
     };
     let mut out = Vec::new();
     for ch in channels(rule.channel) {

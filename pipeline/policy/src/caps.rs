@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::SettingError;
 use crate::consent::Channel;
 
 use serde::{Deserialize, Serialize};
@@ -400,13 +401,9 @@ mod tests {
 /// Parses a cap as written in config: `MAX [CHANNEL | tag:TAG] per WINDOW`,
 /// where WINDOW is `day`, `week` or a duration (`24h`, `7d`, `1h30m`;
 /// rolling). E.g. `2 per 24h`, `1 sms per day`, `3 tag:promo per 7d`.
-pub fn parse_cap(s: &str) -> Result<Cap, String> {
+pub fn parse_cap(s: &str) -> Result<Cap, SettingError> {
     let words: Vec<&str> = s.split_whitespace().collect();
-    let bad = || {
-        format!(
-            "{s:?}: write `MAX [CHANNEL | tag:TAG] per WINDOW`, e.g. `2 per 24h`, `1 sms per day`"
-        )
-    };
+    let bad = || SettingError::CapShape(s.to_string());
     let (max, rest) = words.split_first().ok_or_else(bad)?;
     let max: u32 = max.parse().map_err(|_| bad())?;
     let (scope, rest) = match rest {
@@ -417,9 +414,10 @@ pub fn parse_cap(s: &str) -> Result<Cap, String> {
                 None => match Channel::parse(w) {
                     Some(c) => CapScope::Channel(c),
                     None => {
-                        return Err(format!(
-                            "{s:?}: {w:?} is not a channel (email, sms, whatsapp, push, webhook) or tag:NAME"
-                        ));
+                        return Err(SettingError::CapScope {
+                            cap: s.to_string(),
+                            word: w.to_string(),
+                        });
                     }
                 },
             };
@@ -434,16 +432,14 @@ pub fn parse_cap(s: &str) -> Result<Cap, String> {
         _ => return Err(bad()),
     };
     if max == 0 {
-        return Err(format!(
-            "{s:?}: a cap of 0 blocks every message; remove the rule's channel instead"
-        ));
+        return Err(SettingError::CapZero(s.to_string()));
     }
     Ok(Cap { max, scope, window })
 }
 
 /// A duration in the rules' syntax (`24h`, `7d`, `1h30m`), in µs.
 fn parse_duration_us(s: &str) -> Option<i64> {
-    kairos_rules::rule::parse_duration(s)
+    kairos_core::time::parse_duration(s)
         .ok()
         .filter(|secs| *secs > 0)
         .and_then(|secs| i64::try_from(secs).ok()?.checked_mul(1_000_000))
@@ -493,6 +489,16 @@ mod parse_tests {
         ] {
             assert!(parse_cap(bad).is_err(), "{bad:?} should fail");
         }
-        assert!(parse_cap("2 fax per day").expect_err("bad").contains("fax"));
+        assert_eq!(
+            parse_cap("2 fax per day"),
+            Err(SettingError::CapScope {
+                cap: "2 fax per day".into(),
+                word: "fax".into()
+            })
+        );
+        assert_eq!(
+            parse_cap("0 per day"),
+            Err(SettingError::CapZero("0 per day".into()))
+        );
     }
 }

@@ -11,63 +11,9 @@
 //! tried first, then the others in order; when none is usable the message
 //! is suppressed with the reason.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A delivery channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// Email.
-    Email,
-    /// SMS.
-    Sms,
-    /// WhatsApp.
-    Whatsapp,
-    /// Mobile push.
-    Push,
-    /// Signed HTTP POST to an integration (no personal address needed).
-    Webhook,
-}
-
-/// Fallback order for `channel = preferred`.
-pub const FALLBACK: [Channel; 4] = [
-    Channel::Email,
-    Channel::Push,
-    Channel::Sms,
-    Channel::Whatsapp,
-];
-
-impl Channel {
-    /// `email`, `sms`, `whatsapp`, `push`, `webhook`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-            Channel::Whatsapp => "whatsapp",
-            Channel::Push => "push",
-            Channel::Webhook => "webhook",
-        }
-    }
-
-    /// Every channel.
-    pub const ALL: [Channel; 5] = [
-        Channel::Email,
-        Channel::Sms,
-        Channel::Whatsapp,
-        Channel::Push,
-        Channel::Webhook,
-    ];
-
-    /// Parses a channel name.
-    pub fn parse(s: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use kairos_core::Channel;
 
 /// Consent where the customer never said: email and push yes, SMS and WhatsApp no.
 pub const DEFAULT_CONSENT: [bool; 5] = [true, false, false, true, true];
@@ -135,11 +81,11 @@ impl Consent {
                 .and_then(Value::as_str)
                 .is_some_and(|s| !s.is_empty())
         };
-        c.address[Channel::Email.index()] = has("email");
-        c.address[Channel::Sms.index()] = has("phone");
-        c.address[Channel::Whatsapp.index()] = has("phone");
-        c.address[Channel::Push.index()] = has("push_token");
-        c.address[Channel::Webhook.index()] = true;
+        c.address[Channel::Email as usize] = has("email");
+        c.address[Channel::Sms as usize] = has("phone");
+        c.address[Channel::Whatsapp as usize] = has("phone");
+        c.address[Channel::Push as usize] = has("push_token");
+        c.address[Channel::Webhook as usize] = true;
         if let Some(Value::Object(consent)) = traits.get("consent") {
             for ch in [
                 Channel::Email,
@@ -149,7 +95,7 @@ impl Consent {
             ] {
                 // A value that is neither yes nor no is no: an opt-out
                 // written as "false" or 0 must never read as "never said".
-                c.said[ch.index()] = consent
+                c.said[ch as usize] = consent
                     .get(ch.as_str())
                     .filter(|v| !v.is_null())
                     .map(|v| yes_no(v).unwrap_or(false));
@@ -180,10 +126,10 @@ impl Consent {
     /// Applies an opt-out event by canonical type; false when it is not one.
     pub fn apply_event(&mut self, event_type: &str) -> bool {
         match event_type {
-            "email_unsubscribe" => self.said[Channel::Email.index()] = Some(false),
-            "sms_opt_out" => self.said[Channel::Sms.index()] = Some(false),
-            "whatsapp_opt_out" => self.said[Channel::Whatsapp.index()] = Some(false),
-            "push_opt_out" => self.said[Channel::Push.index()] = Some(false),
+            "email_unsubscribe" => self.said[Channel::Email as usize] = Some(false),
+            "sms_opt_out" => self.said[Channel::Sms as usize] = Some(false),
+            "whatsapp_opt_out" => self.said[Channel::Whatsapp as usize] = Some(false),
+            "push_opt_out" => self.said[Channel::Push as usize] = Some(false),
             "unsubscribe" => self.all_off = true,
             _ => return false,
         }
@@ -191,7 +137,7 @@ impl Consent {
     }
 
     fn usable(&self, ch: Channel, transactional: bool) -> Result<(), NoChannel> {
-        if !self.address[ch.index()] {
+        if !self.address[ch as usize] {
             return Err(NoChannel::NoAddress(ch));
         }
         if transactional {
@@ -200,7 +146,7 @@ impl Consent {
         if self.all_off {
             return Err(NoChannel::Unsubscribed);
         }
-        let ok = self.said[ch.index()].unwrap_or(DEFAULT_CONSENT[ch.index()]);
+        let ok = self.said[ch as usize].unwrap_or(DEFAULT_CONSENT[ch as usize]);
         if ok {
             Ok(())
         } else {
@@ -210,7 +156,7 @@ impl Consent {
 
     /// The channel a message goes on: `wanted`, or for `None` (the rule
     /// says `preferred`) the customer's `preferred` channel, then
-    /// [`FALLBACK`].
+    /// [`Channel::PREFERRED`].
     pub fn choose(
         &self,
         wanted: Option<Channel>,
@@ -221,7 +167,7 @@ impl Consent {
             return self.usable(ch, transactional).map(|()| ch);
         }
         let mut first_error = None;
-        for ch in preferred.into_iter().chain(FALLBACK) {
+        for ch in preferred.into_iter().chain(Channel::PREFERRED) {
             match self.usable(ch, transactional) {
                 Ok(()) => return Ok(ch),
                 Err(e) => {

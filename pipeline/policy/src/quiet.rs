@@ -6,6 +6,8 @@
 use chrono::{DateTime, Days, LocalResult, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+use crate::SettingError;
+
 /// A daily quiet window in local time; it may wrap past midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuietHours {
@@ -16,11 +18,19 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
+    /// `"21:00-08:00"`, as `policy.quiet_hours` writes it.
+    pub fn parse_range(range: &str) -> Result<QuietHours, SettingError> {
+        let (start, end) = range
+            .split_once('-')
+            .ok_or_else(|| SettingError::QuietShape(range.to_string()))?;
+        QuietHours::parse(start.trim(), end.trim())
+    }
+
     /// `"21:00"`, `"08:00"`.
-    pub fn parse(start: &str, end: &str) -> Result<QuietHours, String> {
+    pub fn parse(start: &str, end: &str) -> Result<QuietHours, SettingError> {
         let t = |s: &str| {
             NaiveTime::parse_from_str(s, "%H:%M")
-                .map_err(|_| format!("{s:?} is not a time of day (HH:MM)"))
+                .map_err(|_| SettingError::QuietTime(s.to_string()))
         };
         Ok(QuietHours {
             start: t(start)?,
@@ -141,7 +151,17 @@ mod tests {
 
     #[test]
     fn bad_times_are_named() {
-        let e = QuietHours::parse("9pm", "08:00").expect_err("bad");
-        assert!(e.contains("9pm"), "{e}");
+        assert_eq!(
+            QuietHours::parse_range("9pm-08:00"),
+            Err(SettingError::QuietTime("9pm".into()))
+        );
+        assert_eq!(
+            QuietHours::parse_range("21:00"),
+            Err(SettingError::QuietShape("21:00".into()))
+        );
+        assert_eq!(
+            QuietHours::parse_range(" 21:00 - 08:00 "),
+            QuietHours::parse("21:00", "08:00")
+        );
     }
 }

@@ -254,18 +254,10 @@ pub fn send_rows(b: &RecordBatch) -> Result<Vec<SendRow>, StorageError> {
 
 /// [`RuleMeta`] of a rule file.
 pub fn rule_meta(rule: &Rule) -> RuleMeta {
-    use kairos_rules::rule::{Channel as RuleChannel, WhenBlocked};
-    let channel = |c: RuleChannel| match c {
-        RuleChannel::Email => Some(Channel::Email),
-        RuleChannel::Sms => Some(Channel::Sms),
-        RuleChannel::Whatsapp => Some(Channel::Whatsapp),
-        RuleChannel::Push => Some(Channel::Push),
-        RuleChannel::Webhook => Some(Channel::Webhook),
-        RuleChannel::Preferred => None,
-    };
+    use kairos_rules::rule::WhenBlocked;
     RuleMeta {
         name: rule.name.as_str().into(),
-        channel: channel(rule.channel),
+        channel: rule.channel.fixed(),
         priority: rule.priority,
         cooldown_us: rule.cooldown_secs as i64 * 1_000_000,
         cancel_on: rule.cancel_on.clone(),
@@ -283,7 +275,7 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
                 after_us: i64::try_from(s.after_secs)
                     .unwrap_or(i64::MAX / 1_000_000)
                     .saturating_mul(1_000_000),
-                channel: channel(s.channel),
+                channel: s.channel.fixed(),
                 stop_on: s.stop_on.clone(),
             })
             .collect(),

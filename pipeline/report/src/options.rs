@@ -153,7 +153,7 @@ impl ReportOptions {
         // Bounded so every window in µs, added to any timestamp, stays far
         // inside i64: an absurd `window=` is a 400, never wrapped numbers.
         let duration = |v: &str| {
-            let s = kairos_rules::rule::parse_duration(v)
+            let s = kairos_core::time::parse_duration(v)
                 .map_err(|e| bad(param, format!("{e} (give a duration like 7d, 36h or 1w)")))?;
             if s > MAX_WINDOW_SECS {
                 return Err(bad(

@@ -64,13 +64,26 @@ pub struct EngineOptions {
     /// carries the evaluation's clock: a deadline passed during downtime is
     /// decided now, under today's quiet hours and caps.
     pub event_clock: bool,
+    /// How long (µs of rule clock) a firing's (rule, customer, dedupe key)
+    /// is remembered: it never fires again within this, and is forgotten
+    /// after, so memory and restart time do not grow with all of history.
+    pub dedupe_horizon_us: i64,
 }
+
+/// The default [`EngineOptions::dedupe_horizon_us`]: 400 days, over a
+/// year, so a key naming a year or a yearly date never repeats inside it.
+pub const DEDUPE_HORIZON_US: i64 = 400 * 86_400_000_000;
+
+/// How often (rule clock) the remembered firings are walked for ones past
+/// the horizon.
+const FORGET_EVERY_US: i64 = 3_600_000_000;
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             catch_up_us: 3_600_000_000,
             event_clock: false,
+            dedupe_horizon_us: DEDUPE_HORIZON_US,
         }
     }
 }
@@ -145,7 +158,10 @@ pub struct Engine {
     rules: Vec<Compiled>,
     /// Customer state.
     pub state: State,
-    fired: HashSet<u128>,
+    /// Each remembered firing's key and the rule clock it fired at.
+    fired: HashMap<u128, i64>,
+    /// The clock of the last walk for firings past the horizon.
+    forgot_at: Option<i64>,
     clocks: BTreeMap<String, i64>,
     opts: EngineOptions,
     plans: Plans,
@@ -196,7 +212,8 @@ impl Engine {
         Ok(Engine {
             rules,
             state,
-            fired: HashSet::default(),
+            fired: HashMap::default(),
+            forgot_at: None,
             clocks: BTreeMap::new(),
             opts,
             plans: Plans::new()?,
@@ -219,9 +236,28 @@ impl Engine {
         self.clocks = clocks;
     }
 
-    /// Records a past firing so it never fires again.
-    pub fn mark_fired(&mut self, rule: &str, customer: &str, key: &str) {
-        self.fired.insert(fired_key(rule, customer, key));
+    /// Records a past firing (at rule clock `clock_us`) so it never fires
+    /// again within the dedupe horizon.
+    pub fn mark_fired(&mut self, rule: &str, customer: &str, key: &str, clock_us: i64) {
+        let at = self
+            .fired
+            .entry(fired_key(rule, customer, key))
+            .or_insert(clock_us);
+        *at = (*at).max(clock_us);
+    }
+
+    /// Forgets the firings older than the dedupe horizon at `now`, at most
+    /// once per [`FORGET_EVERY_US`] of clock.
+    fn forget_old_firings(&mut self, now: i64) {
+        if self
+            .forgot_at
+            .is_some_and(|at| now < at.saturating_add(FORGET_EVERY_US))
+        {
+            return;
+        }
+        self.forgot_at = Some(now);
+        let oldest = now.saturating_sub(self.opts.dedupe_horizon_us);
+        self.fired.retain(|_, at| *at >= oldest);
     }
 
     /// Firings remembered.
@@ -288,6 +324,7 @@ impl Engine {
     /// [`Engine::sweep_points`]), then the event-driven rules.
     pub async fn tick(&mut self, mut items: Vec<StagedItem>, now: i64) -> TickReport {
         items.sort_by_key(StagedItem::timestamp_us);
+        self.forget_old_firings(now);
         let mut report = TickReport {
             items: items.len(),
             ..TickReport::default()
@@ -498,7 +535,7 @@ impl Engine {
                 continue;
             }
             let key = fired_key(&name, &row.customer_id, &row.dedupe_key);
-            if self.fired.contains(&key) {
+            if self.fired.contains_key(&key) {
                 continue;
             }
             // The context is read only for a row that fires: a sweep
@@ -512,7 +549,7 @@ impl Engine {
                     return;
                 }
             };
-            self.fired.insert(key);
+            self.fired.insert(key, clock);
             report.firings.push(Firing {
                 rule: name.clone(),
                 customer_id: row.customer_id,
@@ -908,6 +945,55 @@ mod tests {
             ctx(&rows[0]).expect("json"),
             serde_json::json!({"n": 1, "total": 1.5, "vip": true, "sku": "a"})
         );
+    }
+
+    #[tokio::test]
+    async fn a_firing_is_remembered_for_the_dedupe_horizon_then_forgotten() {
+        let rule = crate::rule::parse(
+            std::path::Path::new("sql/once.sql"),
+            "-- name: once\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'k' AS dedupe_key FROM batch_events\n",
+        )
+        .expect("valid");
+        let day = 86_400_000_000i64;
+        let mut engine = Engine::new(
+            vec![rule],
+            &BTreeMap::new(),
+            State::default(),
+            EngineOptions {
+                catch_up_us: i64::MAX / 4,
+                dedupe_horizon_us: 10 * day,
+                ..EngineOptions::default()
+            },
+        )
+        .expect("engine");
+        // The same customer and key, each time in a new event.
+        let at = |n: usize, t: i64| {
+            let StagedItem::Event(mut e) = event(1) else {
+                unreachable!("event() makes events")
+            };
+            e.event_id = format!("e{n}");
+            e.timestamp_us = t;
+            StagedItem::Event(e)
+        };
+        let t0 = 2_000_000;
+        assert_eq!(engine.tick(vec![at(1, t0)], t0).await.firings.len(), 1);
+        let inside = t0 + 9 * day;
+        assert!(
+            engine
+                .tick(vec![at(2, inside)], inside)
+                .await
+                .firings
+                .is_empty(),
+            "inside the horizon the key fired already"
+        );
+        assert_eq!(engine.fired_len(), 1);
+        let after = t0 + 11 * day;
+        assert_eq!(
+            engine.tick(vec![at(3, after)], after).await.firings.len(),
+            1,
+            "past the horizon the old firing is forgotten"
+        );
+        assert_eq!(engine.fired_len(), 1, "only the new firing is remembered");
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ use datafusion::arrow::error::ArrowError;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
+use kairos_core::time::HOUR_US;
+use kairos_storage::columns;
 use kairos_storage::tables::{self, partition_dir, read_parquet};
 use kairos_storage::{DataRoot, StorageError};
 
@@ -138,34 +140,58 @@ pub async fn batch_files(
         .collect())
 }
 
-/// Every past firing as (rule, customer, key), skipping the file of batch `skip`.
+/// The past firings at rule clock `since_us` or later, as (rule, customer,
+/// key, clock), skipping the file of batch `skip`. Hour partitions that
+/// ended before `since_us` are not read.
 pub async fn load(
     root: &DataRoot,
     skip: Option<&str>,
-) -> Result<Vec<(String, String, String)>, StorageError> {
+    since_us: i64,
+) -> Result<Vec<(String, String, String, i64)>, StorageError> {
     let mut out = Vec::new();
     for path in batch_files(root, FIRINGS, skip).await? {
-        for b in read_parquet(root, &path, Some(&["rule", "customer_id", "dedupe_key"])).await? {
-            let col = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-                    .ok_or_else(|| StorageError::Corrupt {
-                        path: path.to_string(),
-                        reason: format!("no string column {n}"),
-                    })
-            };
-            let (r, c, k) = (col("rule")?, col("customer_id")?, col("dedupe_key")?);
+        if partition_hour_us(&path).is_some_and(|start| start + HOUR_US <= since_us) {
+            continue;
+        }
+        let names = ["rule", "customer_id", "dedupe_key", "clock"];
+        for b in read_parquet(root, &path, Some(&names)).await? {
+            let table = path.to_string();
+            let (r, c, k) = (
+                columns::strings(&b, &table, "rule")?,
+                columns::strings(&b, &table, "customer_id")?,
+                columns::strings(&b, &table, "dedupe_key")?,
+            );
+            let clock = columns::timestamps_us(&b, &table, "clock")?;
             for i in 0..b.num_rows() {
+                if clock.value(i) < since_us {
+                    continue;
+                }
                 out.push((
                     r.value(i).to_string(),
                     c.value(i).to_string(),
                     k.value(i).to_string(),
+                    clock.value(i),
                 ));
             }
         }
     }
     Ok(out)
+}
+
+/// The start (µs) of the `date=YYYY-MM-DD/hour=HH` partition `path` is in.
+fn partition_hour_us(path: &ObjectPath) -> Option<i64> {
+    let mut date = None;
+    let mut hour = None;
+    for part in path.parts() {
+        let part = part.as_ref();
+        if let Some(d) = part.strip_prefix("date=") {
+            date = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+        } else if let Some(h) = part.strip_prefix("hour=") {
+            hour = h.parse::<u32>().ok();
+        }
+    }
+    let start = date?.and_hms_opt(hour?, 0, 0)?.and_utc();
+    Some(start.timestamp_micros())
 }
 
 /// Batch ids that have a firings file.
@@ -181,4 +207,70 @@ pub async fn batches(root: &DataRoot) -> Result<HashSet<String>, StorageError> {
                 .map(str::to_string)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn firing(customer: &str, clock_us: i64) -> Firing {
+        Firing {
+            rule: "r".into(),
+            customer_id: customer.into(),
+            dedupe_key: "k".into(),
+            due_at_us: clock_us,
+            clock_us,
+            context: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn load_reads_only_firings_since_the_horizon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let day = 86_400_000_000i64;
+        let (old, new) = (5 * day, 20 * day);
+        // A batch's file sits in its batch clock's hour; its rows' clocks
+        // are at or before it.
+        write(&root, &[firing("a", old)], &batch_id(1), old)
+            .await
+            .expect("write");
+        write(
+            &root,
+            &[firing("b", new - HOUR_US), firing("c", new)],
+            &batch_id(2),
+            new,
+        )
+        .await
+        .expect("write");
+        let who = |v: Vec<(String, String, String, i64)>| -> Vec<String> {
+            let mut w: Vec<String> = v.into_iter().map(|f| f.1).collect();
+            w.sort();
+            w
+        };
+        assert_eq!(
+            who(load(&root, None, i64::MIN).await.expect("load")),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            who(load(&root, None, 10 * day).await.expect("load")),
+            ["b", "c"]
+        );
+        assert_eq!(
+            who(load(&root, None, new).await.expect("load")),
+            ["c"],
+            "a row before `since` in a newer file is dropped too"
+        );
+        assert_eq!(
+            who(load(&root, Some(&batch_id(2)), i64::MIN)
+                .await
+                .expect("load")),
+            ["a"],
+            "the batch being redone is skipped"
+        );
+        assert_eq!(
+            partition_hour_us(&firings_path(&batch_id(3), new + 1_000)),
+            Some(new)
+        );
+    }
 }

@@ -29,6 +29,7 @@
 //! In the SQL, `${NAME}` becomes the parameter as a SQL literal (durations
 //! as `INTERVAL '…' SECOND`); `${now}` is reserved for the rule clock.
 
+use kairos_core::Channel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -46,19 +47,29 @@ pub struct RuleError {
 
 /// Where a rule's message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// SMTP email.
-    Email,
-    /// SMS.
-    Sms,
-    /// WhatsApp template message.
-    Whatsapp,
-    /// Mobile push.
-    Push,
-    /// Signed HTTP POST.
-    Webhook,
+pub enum ChannelChoice {
+    /// Always this channel.
+    Fixed(Channel),
     /// The customer's preferred consented channel.
     Preferred,
+}
+
+impl ChannelChoice {
+    /// The channel, when the rule names one.
+    pub fn fixed(self) -> Option<Channel> {
+        match self {
+            ChannelChoice::Fixed(c) => Some(c),
+            ChannelChoice::Preferred => None,
+        }
+    }
+
+    /// Every channel a message may go out on.
+    pub fn candidates(self) -> Vec<Channel> {
+        match self {
+            ChannelChoice::Fixed(c) => vec![c],
+            ChannelChoice::Preferred => Channel::PREFERRED.to_vec(),
+        }
+    }
 }
 
 /// How often a rule is evaluated.
@@ -166,7 +177,7 @@ pub struct Step {
     /// Seconds after the sequence started (the firing's decision).
     pub after_secs: u64,
     /// Channel (default: the rule's).
-    pub channel: Channel,
+    pub channel: ChannelChoice,
     /// Template (default: `<rule template>_step<N>`).
     pub template: String,
     /// Events that skip this step alone; the rule's `cancel_on` events end
@@ -184,7 +195,7 @@ pub struct Rule {
     /// What it does.
     pub description: String,
     /// Where its messages go.
-    pub channel: Channel,
+    pub channel: ChannelChoice,
     /// Template name.
     pub template: String,
     /// Higher wins when several rules fire for one customer.
@@ -283,16 +294,10 @@ impl Rule {
     }
 }
 
-/// Parses a duration in whole seconds: `60s`, `15m`, `6h`, `7d`, `2w`, sums
-/// like `1h30m` or `1h 30m`, and humantime's longer units (`90min`,
-/// `2weeks`; `M` is a month of 30.44 days, `y` a year of 365.25).
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?}: {e}; write e.g. 90s, 15m, 6h, 7d, 2w or 1h30m"))?;
-    if d.subsec_nanos() != 0 {
-        return Err(format!("{s:?}: durations are whole seconds"));
-    }
-    Ok(d.as_secs())
+/// The header's durations are the settings' ([`kairos_core::time::parse_duration`]),
+/// their error as text for the `file:line:` message.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    kairos_core::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_cadence(s: &str) -> Result<Cadence, String> {
@@ -307,20 +312,13 @@ fn parse_cadence(s: &str) -> Result<Cadence, String> {
     }
 }
 
-fn parse_channel(s: &str) -> Result<Channel, String> {
-    Ok(match s {
-        "email" => Channel::Email,
-        "sms" => Channel::Sms,
-        "whatsapp" => Channel::Whatsapp,
-        "push" => Channel::Push,
-        "webhook" => Channel::Webhook,
-        "preferred" => Channel::Preferred,
-        other => {
-            return Err(format!(
-                "unknown channel {other:?}; use email, sms, whatsapp, push, webhook or preferred"
-            ));
-        }
-    })
+fn parse_channel(s: &str) -> Result<ChannelChoice, String> {
+    match s {
+        "preferred" => Ok(ChannelChoice::Preferred),
+        other => Channel::parse(other).map(ChannelChoice::Fixed).ok_or_else(|| {
+            format!("unknown channel {other:?}; use email, sms, whatsapp, push, webhook or preferred")
+        }),
+    }
 }
 
 fn parse_split(s: &str) -> Result<Split, String> {
@@ -422,7 +420,7 @@ fn parse_variant(
 }
 
 /// `after=3d channel=sms template=welcome_sms stop_on=purchase`.
-fn parse_step(number: &str, value: &str, rule_channel: Channel) -> Result<Step, String> {
+fn parse_step(number: &str, value: &str, rule_channel: ChannelChoice) -> Result<Step, String> {
     let number = number
         .parse::<u32>()
         .ok()
@@ -646,7 +644,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     }
     let rule_channel = channel
         .and_then(|(_, v)| parse_channel(v).ok())
-        .unwrap_or(Channel::Email);
+        .unwrap_or(ChannelChoice::Fixed(Channel::Email));
     let rule_template = template.clone().unwrap_or_else(|| stem.clone());
     let mut steps: Vec<Step> = Vec::new();
     for (line, number, value) in &step_lines {
@@ -899,12 +897,16 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
                 r.steps[0].channel,
                 r.steps[0].template.as_str()
             ),
-            (86_400, Channel::Sms, "cart_abandonment_step1")
+            (
+                86_400,
+                ChannelChoice::Fixed(Channel::Sms),
+                "cart_abandonment_step1"
+            )
         );
         assert_eq!(r.steps[0].stop_on, vec!["sms_reply"]);
         assert_eq!(
             (r.steps[1].channel, r.steps[1].template.as_str()),
-            (Channel::Email, "last_call")
+            (ChannelChoice::Fixed(Channel::Email), "last_call")
         );
 
         let text = CART.replacen(
@@ -941,7 +943,7 @@ WHERE added_at < ${now} - ${delay} AND items >= ${min_items} AND ${ label } IS N
     fn parses_every_header_key() {
         let r = parse(&path("cart_abandonment"), CART).expect("valid");
         assert_eq!(r.name, "cart_abandonment");
-        assert_eq!(r.channel, Channel::Email);
+        assert_eq!(r.channel, ChannelChoice::Fixed(Channel::Email));
         assert_eq!(
             r.template, "cart_abandonment",
             "template defaults to the rule name"
@@ -1034,20 +1036,6 @@ FROM t WHERE y > ${missing}
                 && msgs.iter().any(|m| m.contains("-- channel")),
             "{msgs:?}"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(90));
-        assert_eq!(parse_duration("1h30m"), Ok(5400));
-        assert_eq!(parse_duration("2w"), Ok(1_209_600));
-        assert_eq!(parse_duration("1h 30m"), Ok(5400));
-        assert_eq!(parse_duration("90min"), Ok(5400));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("3x").is_err());
-        assert!(parse_duration("1.5s").is_err(), "whole seconds");
-        assert!(parse_duration("99999999999999999999w").is_err());
     }
 
     #[test]

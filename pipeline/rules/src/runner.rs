@@ -184,14 +184,25 @@ impl Runner {
             state.apply_identity(&link);
         }
         let rebuilt_events = fold_events(&root, &skip, &mut state).await?;
+        let engine_horizon = opts.dedupe_horizon_us;
         let mut engine = Engine::new(rules, overrides, state, opts).map_err(|e| {
             StorageError::Unsupported(format!("starting the rule engine's session: {e}"))
         })?;
 
         let redo_batch =
             (!checkpoint.done && checkpoint.batch > 0).then(|| firings::batch_id(checkpoint.batch));
-        for (r, c, k) in firings::load(&root, redo_batch.as_deref()).await? {
-            engine.mark_fired(&r, &c, &k);
+        // Only the firings inside the dedupe horizon of the last clock are
+        // remembered (older ones could no longer block a firing).
+        let since = checkpoint
+            .clocks_before
+            .values()
+            .chain(checkpoint.clocks_after.values())
+            .copied()
+            .chain([checkpoint.clock_us])
+            .max()
+            .map_or(i64::MIN, |last| last.saturating_sub(engine_horizon));
+        for (r, c, k, at) in firings::load(&root, redo_batch.as_deref(), since).await? {
+            engine.mark_fired(&r, &c, &k, at);
         }
         let (consumed, redo_to) = if checkpoint.done || checkpoint.batch == 0 {
             (&checkpoint.to, None)

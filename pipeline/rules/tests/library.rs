@@ -83,6 +83,7 @@ impl Db {
                     catch_up_us: i64::MAX / 4,
                     // A tick's clock is what the fixtures assert.
                     event_clock: false,
+                    ..EngineOptions::default()
                 },
             )
             .expect("engine")

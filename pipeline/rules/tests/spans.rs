@@ -92,6 +92,7 @@ async fn replay(items: &[StagedItem], span_us: i64) -> Fired {
         EngineOptions {
             catch_up_us: NO_CATCH_UP_LIMIT,
             event_clock: true,
+            ..EngineOptions::default()
         },
     )
     .expect("engine");

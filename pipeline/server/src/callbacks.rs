@@ -143,7 +143,10 @@ pub fn forward(
     })
 }
 
-async fn record(ingest: &IngestState, u: &StatusUpdate) -> Result<(), String> {
+async fn record(
+    ingest: &IngestState,
+    u: &StatusUpdate,
+) -> Result<(), kairos_ingest::http::RecordError> {
     for call in u.calls() {
         ingest.record(&call, "kairos-callbacks").await?;
     }
@@ -343,7 +346,7 @@ async fn status(
         }
         match callbacks::generic_status(&c.key, &v) {
             Ok(u) => u,
-            Err(e) => return answer(StatusCode::BAD_REQUEST, e),
+            Err(e) => return answer(StatusCode::BAD_REQUEST, e.to_string()),
         }
     };
     recorded(&c, &[update]).await
@@ -436,7 +439,7 @@ async fn notice(
             };
             match callbacks::generic_status(&c.key, &v) {
                 Ok(u) => recorded(&c, &[u]).await,
-                Err(e) => answer(StatusCode::BAD_REQUEST, e),
+                Err(e) => answer(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
     }

@@ -68,7 +68,7 @@ pub async fn bench(
     batch: usize,
     runs: usize,
 ) -> anyhow::Result<()> {
-    let rules = crate::live::load_rules(&config).await?;
+    let rules = kairos_server::live::load_rules(&config).await?;
     let customers = (history / 50).max(1);
     let mut rng = SmallRng::seed_from_u64(7);
 
@@ -205,7 +205,7 @@ pub async fn bench_policy(
 ) -> anyhow::Result<()> {
     use kairos_policy::caps::SentMessage;
     use kairos_policy::chain::PastMessage;
-    let rules = crate::live::load_rules(&config).await?;
+    let rules = kairos_server::live::load_rules(&config).await?;
     let metas: Vec<_> = rules.iter().map(kairos_policy::tables::rule_meta).collect();
     let names: Vec<String> = metas.iter().map(|m| m.name.to_string()).collect();
     let root = kairos_storage::DataRoot::open(
@@ -214,7 +214,7 @@ pub async fn bench_policy(
             .to_str()
             .unwrap_or("/tmp"),
     )?;
-    let mut stage = crate::live::policy_stage(&config, metas, &root, None).await?;
+    let mut stage = kairos_server::live::policy_stage(&config, metas, &root, None).await?;
     let mut rng = SmallRng::seed_from_u64(11);
     let started = Instant::now();
     // Three messages per customer over the last week.
@@ -319,21 +319,19 @@ pub async fn bench_delivery(messages: usize) -> anyhow::Result<()> {
     for i in 0..messages {
         let mut rendered = kairos_messaging::template::Rendered::default();
         rendered.body = format!("Hello customer {i}, your cart is waiting.\n");
-        dispatcher
-            .submit(kairos_messaging::Outgoing {
-                send_id: format!("cart_abandonment:0:c{i}:k"),
-                rule: "cart_abandonment".into(),
-                step: 0,
-                customer_id: format!("c{i}"),
-                channel: Channel::Webhook,
-                to: String::new(),
-                rendered,
-                unsubscribe_url: None,
-                reference: "ref".into(),
-                status_url: "http://127.0.0.1:8080/callbacks/ref".into(),
-                send_at: CLOCK,
-            })
-            .map_err(anyhow::Error::msg)?;
+        dispatcher.submit(kairos_messaging::Outgoing {
+            send_id: format!("cart_abandonment:0:c{i}:k"),
+            rule: "cart_abandonment".into(),
+            step: 0,
+            customer_id: format!("c{i}"),
+            channel: Channel::Webhook,
+            to: String::new(),
+            rendered,
+            unsubscribe_url: None,
+            reference: "ref".into(),
+            status_url: "http://127.0.0.1:8080/callbacks/ref".into(),
+            send_at: CLOCK,
+        })?;
     }
     dispatcher.finish().await;
     let took = started.elapsed().as_secs_f64();

@@ -16,7 +16,7 @@ use kairos_core::Config;
 use kairos_core::event::StagedItem;
 use kairos_ingest::metrics::RuleLabel;
 use kairos_ingest::{Committed, Metrics};
-use kairos_rules::runner::{Runner, decode_payload};
+use kairos_rules::runner::Runner;
 use kairos_rules::{EngineOptions, TickReport};
 use kairos_storage::{ConsumedGate, DataRoot, Position, WriterId};
 
@@ -59,11 +59,21 @@ pub async fn load_rules(config: &Config) -> anyhow::Result<Vec<kairos_rules::Rul
 
 /// Engine options from `[rules]`.
 pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
-    let secs = kairos_rules::rule::parse_duration(&config.rules.catch_up)
+    let secs = kairos_core::time::parse_duration(&config.rules.catch_up)
         .map_err(|e| anyhow::anyhow!("rules.catch_up: {e}"))?;
+    let horizon = kairos_core::time::parse_duration(&config.rules.dedupe_horizon)
+        .context("rules.dedupe_horizon")?;
+    anyhow::ensure!(
+        horizon > 0,
+        "rules.dedupe_horizon must be longer than 0: every firing would be forgotten at once"
+    );
     Ok(EngineOptions {
         catch_up_us: secs as i64 * 1_000_000,
         event_clock: Clock::parse(&config.rules.clock)? == Clock::Events,
+        dedupe_horizon_us: i64::try_from(horizon)
+            .ok()
+            .and_then(|s| s.checked_mul(1_000_000))
+            .context("rules.dedupe_horizon is too long")?,
     })
 }
 
@@ -191,7 +201,7 @@ pub async fn messaging_stage(
         settings.in_doubt.insert(channel(name, "in_doubt")?, mode);
     }
     let outbox: std::sync::Arc<dyn kairos_messaging::Adapter> = std::sync::Arc::new(
-        kairos_messaging::outbox::Outbox::new(root.clone(), &m.from).map_err(anyhow::Error::msg)?,
+        kairos_messaging::outbox::Outbox::new(root.clone(), &m.from)?,
     );
     for name in m.channels.keys() {
         channel(name, "channels")?;
@@ -237,19 +247,11 @@ pub async fn policy_stage(
     let caps = p
         .caps
         .iter()
-        .map(|c| kairos_policy::caps::parse_cap(c).map_err(|e| anyhow::anyhow!("policy.caps: {e}")))
+        .map(|c| kairos_policy::caps::parse_cap(c).context("policy.caps"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let quiet = match p.quiet_hours.trim() {
         "" => None,
-        q => {
-            let (a, b) = q.split_once('-').ok_or_else(|| {
-                anyhow::anyhow!("policy.quiet_hours = {q:?}: write HH:MM-HH:MM, e.g. 21:00-08:00")
-            })?;
-            Some(
-                kairos_policy::QuietHours::parse(a.trim(), b.trim())
-                    .map_err(|e| anyhow::anyhow!("policy.quiet_hours: {e}"))?,
-            )
-        }
+        q => Some(kairos_policy::QuietHours::parse_range(q).context("policy.quiet_hours")?),
     };
     let zone: chrono_tz::Tz = p.default_timezone.parse().map_err(|_| {
         anyhow::anyhow!(
@@ -257,7 +259,7 @@ pub async fn policy_stage(
             p.default_timezone
         )
     })?;
-    let priority_window_us = kairos_rules::rule::parse_duration(&p.priority_window)
+    let priority_window_us = kairos_core::time::parse_duration(&p.priority_window)
         .map_err(|e| anyhow::anyhow!("policy.priority_window: {e}"))
         .map(|secs| secs.saturating_mul(1_000_000).min(i64::MAX as u64) as i64)?;
     let pct = config.experiments.global_control_percent;
@@ -407,7 +409,7 @@ pub async fn run(mut live: Live) -> anyhow::Result<()> {
         loop {
             match live.feed.try_recv() {
                 Ok(c) => {
-                    items.extend(decode_payload(&c.payload).context("decoding a staged frame")?);
+                    items.extend(c.items);
                     to = Some(c.at);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,

@@ -108,7 +108,7 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Op
         if value.trim().is_empty() {
             return Ok(None);
         }
-        match kairos_rules::rule::parse_duration(value) {
+        match kairos_core::time::parse_duration(value) {
             Ok(0) => anyhow::bail!("retention.{name}: must be longer than 0 (empty keeps forever)"),
             Ok(s) if s > 100 * 366 * 86_400 => {
                 anyhow::bail!(
@@ -191,20 +191,38 @@ pub fn erase_tables() -> Vec<EraseTable> {
     ]
 }
 
-/// Checks ids given for erasure.
-pub fn validate_ids(ids: &[String]) -> Result<(), String> {
+/// Why a list of ids cannot be erased.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidIds {
+    /// None given.
+    #[error("no ids given")]
+    Empty,
+    /// More than [`MAX_IDS`].
+    #[error("{0} ids; at most {MAX_IDS} per request")]
+    TooMany(usize),
+    /// Empty or longer than ingest accepts.
+    #[error("id {0:?}: must be 1 to 1024 bytes")]
+    Length(String),
+    /// A control character (never in an id ingest accepted).
+    #[error("id {0:?}: contains a control character")]
+    Control(String),
+}
+
+/// Ids an erasure may name: 1 to [`MAX_IDS`] of them, each as ingest
+/// would accept it.
+fn validate_ids(ids: &[String]) -> Result<(), InvalidIds> {
     if ids.is_empty() {
-        return Err("no ids given".into());
+        return Err(InvalidIds::Empty);
     }
     if ids.len() > MAX_IDS {
-        return Err(format!("{} ids; at most {MAX_IDS} per request", ids.len()));
+        return Err(InvalidIds::TooMany(ids.len()));
     }
     for id in ids {
         if id.is_empty() || id.len() > kairos_ingest::calls::MAX_ID_BYTES {
-            return Err(format!("id {id:?}: must be 1 to 1024 bytes"));
+            return Err(InvalidIds::Length(id.clone()));
         }
         if id.chars().any(char::is_control) {
-            return Err(format!("id {id:?}: contains a control character"));
+            return Err(InvalidIds::Control(id.clone()));
         }
     }
     Ok(())
@@ -245,7 +263,7 @@ impl Privacy {
     /// Records an erasure of `ids`: suppressed at once, erased by
     /// [`Privacy::run_pending`]. Returns the request id.
     pub async fn submit(&self, ids: Vec<String>) -> anyhow::Result<String> {
-        validate_ids(&ids).map_err(|e| anyhow::anyhow!(e))?;
+        validate_ids(&ids)?;
         let set: BTreeSet<String> = ids.iter().cloned().collect();
         self.suppression.add(&self.root, &set).await?;
         let now = chrono::Utc::now();
@@ -394,74 +412,6 @@ fn request_path(id: &str) -> ObjectPath {
 
 fn audit_path(id: &str) -> ObjectPath {
     ObjectPath::from(format!("{AUDIT_DIR}/{id}.json"))
-}
-
-/// `kairos forget` flags.
-#[derive(clap::Args)]
-pub struct ForgetArgs {
-    /// Customer ids (userId or anonymousId) to erase; their linked
-    /// anonymous ids go with them.
-    #[arg(required = true)]
-    pub ids: Vec<String>,
-    /// Data root. Default from config (./kairos-data).
-    #[arg(long)]
-    pub data: Option<String>,
-}
-
-/// `kairos forget`: erase now (the server must be stopped; while it runs,
-/// use `POST /api/privacy/erase`).
-pub async fn forget(config: Config, args: ForgetArgs) -> anyhow::Result<()> {
-    let privacy = offline(&config, args.data.as_deref(), "forget").await?;
-    validate_ids(&args.ids).map_err(|e| anyhow::anyhow!(e))?;
-    let id = privacy.submit(args.ids).await?;
-    println!("erasure {id}: suppressed; erasing");
-    let started = std::time::Instant::now();
-    for (id, progress) in privacy.run_pending().await? {
-        match progress {
-            Progress::Finished(a) => {
-                let rows: usize = a.removed.tables.values().map(|(_, r)| r).sum();
-                let files: usize = a.removed.tables.values().map(|(f, _)| f).sum();
-                println!(
-                    "erasure {id}: finished in {:.1?}: {} id(s) ({} linked), {rows} row(s) in {files} file(s), {} outbox file(s), {} derived file(s); audit in {AUDIT_DIR}/{id}.json",
-                    started.elapsed(),
-                    a.ids_asked + a.ids_linked,
-                    a.ids_linked,
-                    a.removed.outbox_files,
-                    a.removed.derived_files,
-                );
-            }
-            Progress::Waiting(why) => println!(
-                "erasure {id}: {why}; start `kairos serve`, which finishes it (the ids are suppressed already)"
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// `kairos unsuppress`: lets calls naming these ids in again (their
-/// erased data stays erased).
-pub async fn unsuppress(config: Config, args: ForgetArgs) -> anyhow::Result<()> {
-    let privacy = offline(&config, args.data.as_deref(), "unsuppress").await?;
-    let n = privacy.suppression.remove(&privacy.root, &args.ids).await?;
-    println!(
-        "{n} of {} id(s) were suppressed and no longer are; {} remain",
-        args.ids.len(),
-        privacy.suppression.len()
-    );
-    Ok(())
-}
-
-async fn offline(config: &Config, data: Option<&str>, what: &str) -> anyhow::Result<Privacy> {
-    let data = data.unwrap_or(&config.storage.data);
-    let root = DataRoot::open(data).with_context(|| format!("opening data root {data}"))?;
-    if let Some(dir) = &root.local_dir
-        && kairos_storage::staging::any_writer_live(dir)
-    {
-        anyhow::bail!(
-            "a server is running on {data}: `kairos {what}` would race it; use its POST /api/privacy/erase, or stop it first"
-        );
-    }
-    Privacy::open(&root, config).await
 }
 
 /// `POST /api/privacy/erase` and `GET /api/privacy/erase/{id}`, behind the
