@@ -6,7 +6,7 @@ and its sum of squares, plus what Kairos' report also computes from the same
 rows (the pre-period covariate sums and the messages sent), so both engines
 do the same work.
 
-    cargo build --release --bin kairos-dev
+    cargo build --release -p kairos-dev
     kairos-dev bench-report --build --recipients 10000000 --data /root/.cache/kairos-bench/report
     ~/.cache/kairos/venv/bin/python benches/report_duckdb.py /root/.cache/kairos-bench/report
 

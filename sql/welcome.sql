@@ -10,8 +10,11 @@
 -- step 1: after=3d channel=sms template=welcome_first_order
 -- step 2: after=7d template=welcome_best_sellers
 
--- The key is constant: one welcome per customer, ever, however many
--- signup events arrive (client retries, a second device).
+-- The key is constant: one welcome per customer however many signup
+-- events arrive (client retries, a second device). The engine forgets a
+-- firing after rules.dedupe_horizon (400 days); a signup after that fires
+-- again, and delivery, which never sends one send id twice, still sends
+-- no second welcome.
 SELECT e.customer_id,
        'welcome' AS dedupe_key,
        min(e.timestamp) AS due_at,

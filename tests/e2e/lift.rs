@@ -4,7 +4,7 @@
 //! split configured differently from the one the customers were assigned
 //! with is flagged.
 //!
-//! The data comes from `kairos generate --lift` (the response simulator:
+//! The data comes from `kairos-dev generate --lift` (the response simulator:
 //! every customer abandons one cart and converts at base × (1 + the lift of
 //! the arm Kairos' own assignment function gives them). The intervals are
 //! narrow enough that a simulator injecting no lift, or twice the lift,

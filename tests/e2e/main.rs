@@ -1,7 +1,7 @@
 //! End-to-end tests: each starts the real `kairos` binary on a loopback port
 //! it picks and drives it over HTTP, then reads the published Parquet.
 //!
-//! Needs the binary built (`cargo build --bins`; `.ci/run` does it) and, for
+//! Needs the binary built (`cargo build --workspace --bins`; `.ci/run` does it) and, for
 //! the S3, reader and page tests, what `.ci/setup-test-env` installs
 //! (`KAIROS_TEST_S3S_FS`, `KAIROS_TEST_PYTHON`, `KAIROS_TEST_CHROMIUM`).
 

@@ -21,7 +21,7 @@ pub fn kairos_dev_bin() -> PathBuf {
     let bin = kairos_bin().with_file_name("kairos-dev");
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build --bins` first",
+        "{} not found: run `cargo build --workspace --bins` first",
         bin.display()
     );
     bin
@@ -34,7 +34,7 @@ fn built_bin(name: &str) -> PathBuf {
     let bin = target.join("debug").join(name);
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build --bins` first or set KAIROS_BIN",
+        "{} not found: run `cargo build --workspace --bins` first or set KAIROS_BIN",
         bin.display()
     );
     bin

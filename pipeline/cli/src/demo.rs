@@ -4,7 +4,7 @@
 //! simulated cohort for the cart-abandonment experiment are replayed
 //! through ingest, rules, arms, policy and the outbox channel in event
 //! time; then the report pages are served. The cohort comes from the
-//! response simulator (`kairos generate --lift`): its customers convert
+//! response simulator (`kairos-dev generate --lift`): its customers convert
 //! more in the triggered and scheduled arms than in the holdout, so the
 //! report shows a real, known lift (+20% and +8% conversion) instead of
 //! the noise 300 customers would give.

@@ -51,33 +51,6 @@ pub enum Format {
     Json,
 }
 
-/// Every table under the data root with its whole schema (docs/tables.md).
-pub fn tables() -> Vec<(&'static str, SchemaRef)> {
-    use kairos_storage::tables as t;
-    vec![
-        (t::EVENTS, t::EVENTS_SCHEMA.clone()),
-        (t::PROFILES, t::PROFILES_SCHEMA.clone()),
-        (t::PROFILE_CHANGES, t::PROFILE_CHANGES_SCHEMA.clone()),
-        (t::IDENTITIES, t::IDENTITIES_SCHEMA.clone()),
-        (
-            kairos_rules::firings::FIRINGS,
-            kairos_rules::firings::FIRINGS_SCHEMA.clone(),
-        ),
-        (
-            kairos_policy::tables::ASSIGNMENTS,
-            kairos_policy::tables::ASSIGNMENTS_SCHEMA.clone(),
-        ),
-        (
-            kairos_policy::tables::SENDS,
-            kairos_policy::tables::SENDS_SCHEMA.clone(),
-        ),
-        (
-            kairos_messaging::delivery::DELIVERIES,
-            kairos_messaging::delivery::DELIVERIES_SCHEMA.clone(),
-        ),
-    ]
-}
-
 /// Opens the lake for queries: every table registered by name.
 pub fn open(data: &str) -> anyhow::Result<SessionContext> {
     // DataRoot::open creates a missing directory (servers start on an empty
@@ -88,7 +61,7 @@ pub fn open(data: &str) -> anyhow::Result<SessionContext> {
         );
     }
     let root = DataRoot::open(data)?;
-    Ok(Lake::for_queries(&root, &tables())?.ctx)
+    Ok(Lake::for_queries(&root, &kairos_server::tables::schemas())?.ctx)
 }
 
 /// `kairos sql`.
@@ -157,7 +130,10 @@ pub async fn run(
 fn explain(e: datafusion::error::DataFusionError) -> anyhow::Error {
     let message = e.to_string();
     if message.contains("table") && message.contains("not found") {
-        let mut names: Vec<String> = tables().iter().map(|(n, _)| n.to_string()).collect();
+        let mut names: Vec<String> = kairos_server::tables::schemas()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
         names.sort();
         return anyhow::anyhow!("{message}; the tables are {}", names.join(", "));
     }
@@ -369,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn every_table_is_registered_with_its_columns_and_folders() {
         let (_dir, ctx) = lake();
-        for (name, schema) in tables() {
+        for (name, schema) in kairos_server::tables::schemas() {
             let out = query(
                 &ctx,
                 &format!("SELECT count(*) AS n FROM {name}"),

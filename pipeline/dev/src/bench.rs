@@ -1,4 +1,4 @@
-//! `kairos bench-rules`: what one micro-batch costs as history grows.
+//! `kairos-dev bench-rules`: what one micro-batch costs as history grows.
 //!
 //! Builds the engine's state from a synthetic history (35 days, one
 //! customer per 50 events, the event mix of a shop's clickstream), then
@@ -196,7 +196,7 @@ pub async fn bench(
     Ok(())
 }
 
-/// `kairos bench-policy`: the policy stage on one batch of firings against
+/// `kairos-dev bench-policy`: the policy stage on one batch of firings against
 /// the send history of many customers.
 pub async fn bench_policy(
     config: kairos_core::Config,
@@ -280,7 +280,7 @@ pub async fn bench_policy(
     Ok(())
 }
 
-/// `kairos bench-delivery`: `messages` signed webhook POSTs to a receiver
+/// `kairos-dev bench-delivery`: `messages` signed webhook POSTs to a receiver
 /// on loopback through the delivery workers (intent file, concurrent calls,
 /// a `deliveries/` file per chunk of 256), until every one is recorded.
 pub async fn bench_delivery(messages: usize) -> anyhow::Result<()> {

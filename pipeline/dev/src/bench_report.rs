@@ -1,4 +1,4 @@
-//! `kairos bench-report`: an experiment report over millions of recipients.
+//! `kairos-dev bench-report`: an experiment report over millions of recipients.
 //!
 //! `--build` writes a synthetic lake straight from Arrow batches (not through
 //! ingest, so 10M recipients take a minute, not an hour): one experiment,
@@ -47,7 +47,7 @@ const BASE_RATE: f64 = 0.10;
 const LIFT_SCHEDULED: f64 = 0.08;
 const LIFT_TRIGGERED: f64 = 0.20;
 
-/// `kairos bench-report` flags.
+/// `kairos-dev bench-report` flags.
 #[derive(clap::Args)]
 pub struct BenchReportArgs {
     /// Recipients (assigned customers) in the synthetic lake.

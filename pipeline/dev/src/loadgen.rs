@@ -1,4 +1,4 @@
-//! `kairos loadgen`: drives a running server the way Segment's SDKs do, for
+//! `kairos-dev loadgen`: drives a running server the way Segment's SDKs do, for
 //! the numbers in BENCHMARKS.md.
 //!
 //! Each connection loops: build a batch of events shaped like
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-/// Options of `kairos loadgen`.
+/// Options of `kairos-dev loadgen`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
     /// Server base URL.

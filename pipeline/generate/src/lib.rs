@@ -1,4 +1,4 @@
-//! Deterministic synthetic customer data for Kairos (`kairos generate`).
+//! Deterministic synthetic customer data for Kairos (`kairos-dev generate`, and the demo).
 //!
 //! [`generate`] writes two NDJSON streams in the shape of Segment's HTTP
 //! tracking API: one `identify` call per customer (the profiles), and the
@@ -1008,7 +1008,7 @@ mod tests {
 
     #[test]
     fn checked_in_sample_is_up_to_date() -> Result<()> {
-        // data-samples/ holds what `kairos generate --sample --out
+        // data-samples/ holds what `kairos-dev generate --sample --out
         // data-samples` writes; a change to the generator must regenerate it.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-samples");
         let read = |name: &str| {
@@ -1019,7 +1019,7 @@ mod tests {
         assert!(
             read("profiles.ndjson")? == out.profiles_raw
                 && read("events.ndjson")? == out.events_raw,
-            "data-samples/ is stale: run `kairos generate --sample --out data-samples`"
+            "data-samples/ is stale: run `cargo run -p kairos-dev -- generate --sample --out data-samples`"
         );
         Ok(())
     }

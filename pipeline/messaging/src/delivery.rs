@@ -797,8 +797,8 @@ impl Dispatcher {
 /// Why [`Dispatcher::submit`] did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
-    /// The channel has no provider configured.
-    #[error("no delivery worker for {}: configure messaging.channels.{}", .0.as_str(), .0.as_str())]
+    /// The dispatcher was made without this channel.
+    #[error("no delivery worker for {}", .0.as_str())]
     NoWorker(Channel),
     /// The workers have stopped (the server is shutting down).
     #[error("the delivery workers have stopped")]

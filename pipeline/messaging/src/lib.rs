@@ -59,6 +59,16 @@ pub fn computed_traits(
     Ok(out)
 }
 
+/// A `[messaging.channels.NAME]` setting no adapter can be made from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ChannelSettingError {
+    /// The setting, e.g. `messaging.channels.email.tls`.
+    pub setting: String,
+    /// What is wrong and what to write instead.
+    pub reason: String,
+}
+
 /// The adapter for `channel` from its `[messaging.channels.NAME]` settings
 /// (none: the outbox). Errors name the missing or wrong setting.
 pub fn adapter(
@@ -66,19 +76,20 @@ pub fn adapter(
     c: Option<&kairos_core::config::ChannelConfig>,
     outbox: &std::sync::Arc<dyn Adapter>,
     from: &str,
-) -> Result<std::sync::Arc<dyn Adapter>, String> {
+) -> Result<std::sync::Arc<dyn Adapter>, ChannelSettingError> {
     use kairos_policy::Channel;
     use std::sync::Arc;
     let Some(c) = c.filter(|c| !c.provider.is_empty() && c.provider != "outbox") else {
         return Ok(outbox.clone());
     };
     let name = channel.as_str();
-    let need = |v: &str, key: &str| -> Result<String, String> {
+    let bad = |key: &str, reason: String| ChannelSettingError {
+        setting: format!("messaging.channels.{name}.{key}"),
+        reason,
+    };
+    let need = |v: &str, key: &str| -> Result<String, ChannelSettingError> {
         if v.is_empty() {
-            Err(format!(
-                "messaging.channels.{name}.{key} is required for provider {:?}",
-                c.provider
-            ))
+            Err(bad(key, format!("required for provider {:?}", c.provider)))
         } else {
             Ok(v.to_string())
         }
@@ -96,7 +107,10 @@ pub fn adapter(
         c.timeout_ms
     });
     let client = http::client(timeout).map_err(|e| {
-        format!("messaging.channels.{name}: cannot build the HTTP client (check the system's TLS roots): {e}")
+        bad(
+            "provider",
+            format!("cannot build the HTTP client (check the system's TLS roots): {e}"),
+        )
     })?;
     let a: Arc<dyn Adapter> = match (channel, c.provider.as_str()) {
         (Channel::Email, "smtp") => {
@@ -105,8 +119,9 @@ pub fn adapter(
                 "tls" => smtp::Tls::Implicit,
                 "none" => smtp::Tls::None,
                 other => {
-                    return Err(format!(
-                        "messaging.channels.email.tls = {other:?}: use \"starttls\", \"tls\" or \"none\""
+                    return Err(bad(
+                        "tls",
+                        format!("{other:?}: use \"starttls\", \"tls\" or \"none\""),
                     ));
                 }
             };
@@ -118,14 +133,17 @@ pub fn adapter(
             };
             let credentials =
                 (!c.username.is_empty()).then(|| (c.username.clone(), c.password.0.clone()));
-            Arc::new(smtp::Smtp::new(
-                &need(&c.host, "host")?,
-                port,
-                tls,
-                credentials,
-                from,
-                timeout,
-            )?)
+            Arc::new(
+                smtp::Smtp::new(
+                    &need(&c.host, "host")?,
+                    port,
+                    tls,
+                    credentials,
+                    from,
+                    timeout,
+                )
+                .map_err(|reason| bad("host", reason))?,
+            )
         }
         (Channel::Webhook, "webhook") => Arc::new(http::Webhook {
             url: need(&c.url, "url")?,
@@ -160,31 +178,30 @@ pub fn adapter(
                 )?)
             } else {
                 let text = std::fs::read_to_string(&c.service_account).map_err(|e| {
-                    format!(
-                        "messaging.channels.{name}.service_account: reading {}: {e}",
-                        c.service_account
+                    bad(
+                        "service_account",
+                        format!("reading {}: {e}", c.service_account),
                     )
                 })?;
-                let account = oauth::ServiceAccount::from_json(&text).map_err(|e| {
-                    format!(
-                        "messaging.channels.{name}.service_account {}: {e}",
-                        c.service_account
-                    )
-                })?;
+                let account = oauth::ServiceAccount::from_json(&text)
+                    .map_err(|e| bad("service_account", format!("{}: {e}", c.service_account)))?;
                 http::Bearer::ServiceAccount(oauth::TokenSource::new(account, oauth::FCM_SCOPE))
             },
             client,
         }),
         (_, other) => {
-            return Err(format!(
-                "messaging.channels.{name}.provider = {other:?}: for {name} use \"outbox\"{}",
-                match channel {
-                    Channel::Webhook => " or \"webhook\"",
-                    Channel::Sms => " or \"twilio\"",
-                    Channel::Whatsapp => " or \"whatsapp_cloud\"",
-                    Channel::Push => " or \"fcm\"",
-                    Channel::Email => " or \"smtp\"",
-                }
+            return Err(bad(
+                "provider",
+                format!(
+                    "{other:?}: for {name} use \"outbox\"{}",
+                    match channel {
+                        Channel::Webhook => " or \"webhook\"",
+                        Channel::Sms => " or \"twilio\"",
+                        Channel::Whatsapp => " or \"whatsapp_cloud\"",
+                        Channel::Push => " or \"fcm\"",
+                        Channel::Email => " or \"smtp\"",
+                    }
+                ),
             ));
         }
     };

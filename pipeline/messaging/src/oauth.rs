@@ -24,6 +24,9 @@ pub enum AccountError {
     /// Not JSON, or a field missing (serde names it).
     #[error("{0}")]
     File(#[from] serde_json::Error),
+    /// `client_email` is empty: Google needs it as the token's issuer.
+    #[error("field `client_email` is empty; use the file Firebase's console downloads")]
+    NoEmail,
     /// `private_key` is not an RSA key in PEM.
     #[error(
         "field `private_key`: not a PEM RSA key ({0}); use the file Firebase's console downloads"
@@ -64,6 +67,9 @@ impl ServiceAccount {
     /// PEM, optional `token_uri`).
     pub fn from_json(text: &str) -> Result<ServiceAccount, AccountError> {
         let file: AccountFile = serde_json::from_str(text)?;
+        if file.client_email.is_empty() {
+            return Err(AccountError::NoEmail);
+        }
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(file.private_key.as_bytes())
             .map_err(AccountError::Key)?;
         Ok(ServiceAccount {

@@ -27,9 +27,9 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox in `root`, email sent as `from`.
     pub fn new(root: DataRoot, from: &str) -> Result<Outbox, InvalidFrom> {
-        let mailbox = from.parse().map_err(|source| InvalidFrom {
+        let mailbox = from.parse().map_err(|reason| InvalidFrom {
             from: from.to_string(),
-            source,
+            reason,
         })?;
         Ok(Outbox {
             root,
@@ -41,13 +41,13 @@ impl Outbox {
 /// `messaging.from` is not a mailbox.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "messaging.from = {from:?} is not a mailbox (write `Shop <shop@example.com>` or `shop@example.com`): {source}"
+    "messaging.from = {from:?} is not a mailbox (write `Shop <shop@example.com>` or `shop@example.com`): {reason}"
 )]
 pub struct InvalidFrom {
     /// What was configured.
     pub from: String,
     /// Why lettre refused it.
-    pub source: lettre::address::AddressError,
+    pub reason: lettre::address::AddressError,
 }
 
 /// A file name for a send id: readable, unique, safe in any store.

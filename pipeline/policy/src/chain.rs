@@ -133,7 +133,8 @@ pub enum Outcome {
 /// Decides one message at `now` (µs).
 pub fn decide(msg: &Message<'_>, customer: &Customer<'_>, policy: &Policy, now: i64) -> Outcome {
     let suppressed = |reason: String| Outcome::Suppressed { reason };
-    // 1. Dedupe: one message per (rule, step, customer, key), ever; then
+    // 1. Dedupe: one message per (rule, step, customer, key) in the
+    //    history kept (delivery never sends one send id twice); then
     //    re-eligibility: the rule's cooldown runs from its last first
     //    message (a sequence's own follow-ups are not re-triggers).
     let mut last = None;

@@ -19,8 +19,8 @@ pub use chain::{Customer, Message, Outcome, PastMessage, Policy, decide};
 pub use consent::{Channel, Consent, NoChannel};
 pub use quiet::QuietHours;
 
-/// A policy setting (`policy.caps`, `policy.quiet_hours`, a report's
-/// `cap=`) that does not parse.
+/// A policy setting (`policy.caps`, `policy.quiet_hours`) that does not
+/// parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
     /// Not the shape of a cap.

@@ -27,6 +27,7 @@
 //!
 //! Definitions and the JSON schemas: `docs/reports.md`.
 
+pub mod attribution;
 pub mod http;
 pub mod lake;
 pub mod metrics;

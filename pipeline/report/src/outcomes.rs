@@ -51,8 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use kairos_storage::DataRoot;
 
+use crate::attribution::{DAY_US, events_ctes, group_hash, in_windows, lit, window_sums};
 use crate::lake::{ID_HASH, Lake, parquet_table, tables};
-use crate::metrics::{DAY_US, events_ctes, group_hash, in_windows, lit, window_sums};
 use crate::{ReportError, ReportOptions};
 
 /// Where the outcomes live under the data root.

@@ -15,8 +15,9 @@ use kairos_experiments::stats::{
 use kairos_storage::DataRoot;
 
 use crate::ReportError;
+use crate::attribution::DAY_US;
 use crate::lake::Lake;
-use crate::metrics::{ArmSums, DAY_US, Source, arm_sums, daily_arm_sums, totals};
+use crate::metrics::{ArmSums, Source, arm_sums, daily_arm_sums, totals};
 use crate::options::{ReportOptions, rfc3339};
 use crate::outcomes::Outcomes;
 

@@ -12,7 +12,7 @@ use crate::plans::{CLOCK_CALL, Plans};
 
 use crate::rule::{Rule, RuleError};
 
-pub use crate::engine::rule_tables;
+pub use crate::plans::rule_tables;
 
 /// Output columns every rule must return, all strings.
 pub const REQUIRED_OUTPUT: [&str; 2] = ["customer_id", "dedupe_key"];

@@ -23,29 +23,16 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::Value;
 
 use kairos_core::event::{EventRecord, StagedItem};
 use kairos_storage::tables;
 
-use crate::plans::{self, Planned, Plans};
+use crate::plans::{self, Planned, Plans, rule_tables};
 use crate::rule::{Cadence, Param, Rule};
-use crate::state::{self, Applied, HashMap, HashSet, State};
-
-/// Tables a rule can read, with their schemas.
-pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
-    vec![
-        ("batch_events", tables::EVENTS_SCHEMA.clone()),
-        ("customers", state::CUSTOMERS_SCHEMA.clone()),
-        ("carts", state::CARTS_SCHEMA.clone()),
-        ("product_views", state::PRODUCT_VIEWS_SCHEMA.clone()),
-        ("profiles", state::RULE_PROFILES_SCHEMA.clone()),
-        ("profile_changes", tables::PROFILE_CHANGES_SCHEMA.clone()),
-        ("identities", tables::IDENTITIES_SCHEMA.clone()),
-    ]
-}
+use crate::state::{Applied, HashMap, HashSet, State};
 
 /// A `catch_up_us` that never limits (replays and backtests: history has
 /// no downtime); small enough that `clock - it` cannot overflow.
@@ -246,8 +233,11 @@ impl Engine {
         *at = (*at).max(clock_us);
     }
 
-    /// Forgets the firings older than the dedupe horizon at `now`, at most
-    /// once per [`FORGET_EVERY_US`] of clock.
+    /// Drops from memory the firings that can no longer block one: older
+    /// than the dedupe horizon before the earliest clock a rule evaluates
+    /// at from here on (each rule's last clock, or `now`). At most once per
+    /// [`FORGET_EVERY_US`] of clock; blocking itself checks the horizon
+    /// (see `evaluate`), so when this runs changes nothing but memory.
     fn forget_old_firings(&mut self, now: i64) {
         if self
             .forgot_at
@@ -256,7 +246,8 @@ impl Engine {
             return;
         }
         self.forgot_at = Some(now);
-        let oldest = now.saturating_sub(self.opts.dedupe_horizon_us);
+        let earliest = self.clocks.values().copied().fold(now, i64::min);
+        let oldest = earliest.saturating_sub(self.opts.dedupe_horizon_us);
         self.fired.retain(|_, at| *at >= oldest);
     }
 
@@ -535,7 +526,11 @@ impl Engine {
                 continue;
             }
             let key = fired_key(&name, &row.customer_id, &row.dedupe_key);
-            if self.fired.contains_key(&key) {
+            // Blocked by a firing inside the horizon of this evaluation's
+            // clock, whether or not older ones were dropped from memory
+            // yet: a redo decides as the first attempt did.
+            let horizon_start = clock.saturating_sub(self.opts.dedupe_horizon_us);
+            if self.fired.get(&key).is_some_and(|at| *at >= horizon_start) {
                 continue;
             }
             // The context is read only for a row that fires: a sweep
@@ -549,21 +544,24 @@ impl Engine {
                     return;
                 }
             };
-            self.fired.insert(key, clock);
+            let clock_us = match first {
+                _ if !self.opts.event_clock => clock,
+                // A sweep: the boundary a live run would have fired at.
+                Some(first) => boundary_at_or_after(due_at_us, every_us(&self.rules[i].rule))
+                    .clamp(first, clock),
+                // An event-driven rule: its trigger's time within the
+                // batch (a tick right after the event).
+                None => due_at_us.clamp(applied.first_at.unwrap_or(clock).min(clock), clock),
+            };
+            // Remembered at the clock firings/ records, so a restart
+            // forgets it exactly when this process would have.
+            self.fired.insert(key, clock_us);
             report.firings.push(Firing {
                 rule: name.clone(),
                 customer_id: row.customer_id,
                 dedupe_key: row.dedupe_key,
                 due_at_us,
-                clock_us: match first {
-                    _ if !self.opts.event_clock => clock,
-                    // A sweep: the boundary a live run would have fired at.
-                    Some(first) => boundary_at_or_after(due_at_us, every_us(&self.rules[i].rule))
-                        .clamp(first, clock),
-                    // An event-driven rule: its trigger's time within the
-                    // batch (a tick right after the event).
-                    None => due_at_us.clamp(applied.first_at.unwrap_or(clock).min(clock), clock),
-                },
+                clock_us,
                 context,
             });
         }

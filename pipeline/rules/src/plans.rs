@@ -46,8 +46,22 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream, collect,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
+use kairos_storage::tables;
 
-use crate::engine::rule_tables;
+use crate::state;
+
+/// Tables a rule can read, with their schemas.
+pub fn rule_tables() -> Vec<(&'static str, SchemaRef)> {
+    vec![
+        ("batch_events", tables::EVENTS_SCHEMA.clone()),
+        ("customers", state::CUSTOMERS_SCHEMA.clone()),
+        ("carts", state::CARTS_SCHEMA.clone()),
+        ("product_views", state::PRODUCT_VIEWS_SCHEMA.clone()),
+        ("profiles", state::RULE_PROFILES_SCHEMA.clone()),
+        ("profile_changes", tables::PROFILE_CHANGES_SCHEMA.clone()),
+        ("identities", tables::IDENTITIES_SCHEMA.clone()),
+    ]
+}
 
 /// What `${now}` becomes in a planned rule.
 pub const CLOCK_CALL: &str = "kairos_rule_clock()";

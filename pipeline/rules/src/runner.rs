@@ -191,16 +191,17 @@ impl Runner {
 
         let redo_batch =
             (!checkpoint.done && checkpoint.batch > 0).then(|| firings::batch_id(checkpoint.batch));
-        // Only the firings inside the dedupe horizon of the last clock are
-        // remembered (older ones could no longer block a firing).
+        // Only the firings inside the dedupe horizon of the earliest clock
+        // a rule may evaluate at next are read: older ones can no longer
+        // block a firing. Without a checkpoint, all of them.
         let since = checkpoint
             .clocks_before
             .values()
             .chain(checkpoint.clocks_after.values())
             .copied()
-            .chain([checkpoint.clock_us])
-            .max()
-            .map_or(i64::MIN, |last| last.saturating_sub(engine_horizon));
+            .chain((checkpoint.batch > 0).then_some(checkpoint.clock_us))
+            .min()
+            .map_or(i64::MIN, |earliest| earliest.saturating_sub(engine_horizon));
         for (r, c, k, at) in firings::load(&root, redo_batch.as_deref(), since).await? {
             engine.mark_fired(&r, &c, &k, at);
         }

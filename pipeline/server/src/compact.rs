@@ -16,7 +16,8 @@ use object_store::path::Path as ObjectPath;
 use kairos_core::time::{HOUR_US, hour_bucket, now_us};
 use kairos_storage::DataRoot;
 use kairos_storage::compact::{CompactStats, CompactTable};
-use kairos_storage::tables::{self as t, TableRow};
+
+use crate::tables::Writer;
 
 /// One compaction pass over every table of `root`.
 pub async fn run(
@@ -65,48 +66,16 @@ async fn plan(root: &DataRoot, until: i64) -> anyhow::Result<Vec<CompactTable>> 
         .min();
     let deliveries = oldest_intent.map_or(until, |t| until.min(hour_bucket(t) * HOUR_US));
 
-    fn stored_table<R: TableRow>(until_us: i64) -> CompactTable {
-        CompactTable {
-            name: R::TABLE,
-            schema: R::schema(),
-            sort_column: R::SORT_COLUMN,
-            bloom_columns: R::BLOOM_COLUMNS,
-            until_us,
-        }
-    }
-    let batch_table = |name, schema, until_us| CompactTable {
-        name,
-        schema,
-        sort_column: "customer_id",
-        bloom_columns: &[],
-        until_us,
-    };
-    Ok(vec![
-        stored_table::<kairos_core::event::EventRecord>(stored),
-        stored_table::<t::ProfileRow>(stored),
-        stored_table::<t::ChangeRow>(stored),
-        stored_table::<kairos_core::event::IdentityLink>(stored),
-        batch_table(
-            kairos_rules::firings::FIRINGS,
-            kairos_rules::firings::FIRINGS_SCHEMA.clone(),
-            rules,
-        ),
-        batch_table(
-            kairos_policy::tables::ASSIGNMENTS,
-            kairos_policy::tables::ASSIGNMENTS_SCHEMA.clone(),
-            rules,
-        ),
-        batch_table(
-            kairos_policy::tables::SENDS,
-            kairos_policy::tables::SENDS_SCHEMA.clone(),
-            rules,
-        ),
-        batch_table(
-            kairos_messaging::delivery::DELIVERIES,
-            kairos_messaging::delivery::DELIVERIES_SCHEMA.clone(),
-            deliveries,
-        ),
-    ])
+    Ok(crate::tables::all()
+        .iter()
+        .map(|t| {
+            t.compact(match t.writer {
+                Writer::Publisher => stored,
+                Writer::Batch => rules,
+                Writer::Delivery => deliveries,
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]

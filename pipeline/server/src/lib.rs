@@ -14,6 +14,7 @@ pub mod listen;
 pub mod live;
 pub mod privacy;
 mod server;
+pub mod tables;
 pub mod unsubscribe;
 
 pub use server::Server;

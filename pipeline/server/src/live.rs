@@ -63,9 +63,13 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
         .map_err(|e| anyhow::anyhow!("rules.catch_up: {e}"))?;
     let horizon = kairos_core::time::parse_duration(&config.rules.dedupe_horizon)
         .context("rules.dedupe_horizon")?;
+    // Rows built from stored state can repeat for as long as catch_up
+    // reaches back: a shorter horizon would let them fire twice.
     anyhow::ensure!(
-        horizon > 0,
-        "rules.dedupe_horizon must be longer than 0: every firing would be forgotten at once"
+        horizon > secs,
+        "rules.dedupe_horizon ({}) must be longer than rules.catch_up ({}), or a trigger inside catch-up could fire twice",
+        config.rules.dedupe_horizon,
+        config.rules.catch_up
     );
     Ok(EngineOptions {
         catch_up_us: secs as i64 * 1_000_000,
@@ -211,7 +215,7 @@ pub async fn messaging_stage(
         .map(|c| {
             kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
                 .map(|a| (c, a))
-                .map_err(anyhow::Error::msg)
+                .map_err(anyhow::Error::from)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let recovered = kairos_messaging::delivery::recover(root, skip, &settings)

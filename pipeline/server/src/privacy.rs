@@ -1,5 +1,6 @@
-//! Erasure requests (GDPR Art. 17): `kairos forget`, `kairos unsuppress`
-//! and `POST /api/privacy/erase` (the shape of Segment's Regulations API).
+//! Erasure requests (GDPR Art. 17), shared by `POST /api/privacy/erase`
+//! (the shape of Segment's Regulations API) and the CLI's `kairos forget`
+//! and `kairos unsuppress` (`pipeline/cli/src/forget.rs`).
 //!
 //! A request is durable before anything else happens: its ids are added
 //! to the suppression list (from then on ingest and the publisher drop
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use kairos_core::Config;
 use kairos_storage::DataRoot;
 use kairos_storage::privacy::{self as p, EraseStats, EraseTable, Suppression};
-use kairos_storage::tables::{self as t, TableRow};
+use kairos_storage::tables as t;
 
 /// Pending requests (they name the person: mode 0600).
 pub const REQUESTS_DIR: &str = "_kairos/privacy/requests";
@@ -165,30 +166,10 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<(Vec<p::Retention>, Op
 
 /// The tables erasure rewrites, and the columns naming a customer.
 pub fn erase_tables() -> Vec<EraseTable> {
-    fn stored<R: TableRow>(id_columns: &'static [&'static str]) -> EraseTable {
-        EraseTable {
-            name: R::TABLE,
-            id_columns,
-            sort_column: R::SORT_COLUMN,
-            bloom_columns: R::BLOOM_COLUMNS,
-        }
-    }
-    let batch = |name| EraseTable {
-        name,
-        id_columns: &["customer_id"],
-        sort_column: "customer_id",
-        bloom_columns: &[],
-    };
-    vec![
-        stored::<kairos_core::event::EventRecord>(&["customer_id", "user_id", "anonymous_id"]),
-        stored::<t::ProfileRow>(&["customer_id"]),
-        stored::<t::ChangeRow>(&["customer_id"]),
-        stored::<kairos_core::event::IdentityLink>(&["anonymous_id", "user_id"]),
-        batch(kairos_rules::firings::FIRINGS),
-        batch(kairos_policy::tables::ASSIGNMENTS),
-        batch(kairos_policy::tables::SENDS),
-        batch(kairos_messaging::delivery::DELIVERIES),
-    ]
+    crate::tables::all()
+        .iter()
+        .map(crate::tables::Table::erase)
+        .collect()
 }
 
 /// Why a list of ids cannot be erased.

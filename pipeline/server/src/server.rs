@@ -128,8 +128,8 @@ impl Server {
         // recorded through ingest once it is up (below).
         let (updates, unreachable) = tokio::sync::mpsc::unbounded_channel();
         let (feed, rules_task) = if config.rules.enabled {
-            // Rules are checked before the port opens: a bad rule set stops the
-            // start. The state is rebuilt in the background, so intake answers
+            // Rules are checked before the server answers (the port is
+            // bound, nothing is served): a bad rule set stops the start. The state is rebuilt in the background, so intake answers
             // at once; what arrives meanwhile waits in the feed (and staging).
             let clock = live::Clock::parse(&config.rules.clock)?;
             let rules = live::load_rules(&config).await?;
