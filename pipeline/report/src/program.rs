@@ -34,8 +34,8 @@ use kairos_experiments::stats::{
 use kairos_storage::DataRoot;
 
 use crate::ReportError;
-use crate::lake::{ID_HASH, Lake};
 use crate::attribution::{DAY_US, events_ctes, in_windows, lit, window_sums};
+use crate::lake::{ID_HASH, Lake};
 use crate::metrics::{ArmSums, Source, daily_arm_sums, totals};
 use crate::options::{Capping, ReportOptions, rfc3339};
 use crate::outcomes::Outcomes;

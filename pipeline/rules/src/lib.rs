@@ -25,6 +25,7 @@
 pub mod check;
 pub mod engine;
 pub mod firings;
+pub mod metrics;
 pub mod plans;
 pub mod rule;
 pub mod runner;

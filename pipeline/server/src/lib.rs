@@ -12,6 +12,7 @@ pub mod callbacks;
 pub mod compact;
 pub mod listen;
 pub mod live;
+pub mod metrics;
 pub mod privacy;
 mod server;
 pub mod tables;

@@ -14,11 +14,13 @@ use tokio::sync::mpsc;
 
 use kairos_core::Config;
 use kairos_core::event::StagedItem;
-use kairos_ingest::metrics::RuleLabel;
-use kairos_ingest::{Committed, Metrics};
+use kairos_ingest::Committed;
+use kairos_rules::metrics::RuleMetrics;
 use kairos_rules::runner::Runner;
 use kairos_rules::{EngineOptions, TickReport};
 use kairos_storage::{ConsumedGate, DataRoot, Position, WriterId};
+
+use crate::metrics::Metrics;
 
 /// Which clock drives the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,7 +357,7 @@ pub async fn recover(
             "redoing the batch a crash interrupted"
         );
         let report = runner.redo(items, at).await?;
-        record(metrics, &report, None);
+        record(&metrics.rules, &report, None);
     }
     if !rec.pending.items.is_empty() {
         let now = match clock {
@@ -363,7 +365,7 @@ pub async fn recover(
             Clock::Events => event_clock(runner.checkpoint().clock_us, &rec.pending.items),
         };
         let report = runner.run(rec.pending.items, &rec.pending.to, now).await?;
-        record(metrics, &report, None);
+        record(&metrics.rules, &report, None);
     }
     Ok((runner, dispatcher))
 }
@@ -377,26 +379,11 @@ fn event_clock(last: i64, items: &[StagedItem]) -> i64 {
         .max(last)
 }
 
-fn record(metrics: &Metrics, report: &TickReport, oldest_received: Option<i64>) {
-    for f in &report.firings {
-        metrics
-            .rule_firings
-            .get_or_create(&RuleLabel {
-                rule: f.rule.clone(),
-            })
-            .inc();
-    }
-    for f in &report.failures {
-        metrics
-            .rule_failures
-            .get_or_create(&RuleLabel {
-                rule: f.rule.clone(),
-            })
-            .inc();
-    }
+fn record(metrics: &RuleMetrics, report: &TickReport, oldest_received: Option<i64>) {
+    metrics.record(report);
     if let Some(r) = oldest_received {
         let secs = (kairos_core::time::now_us() - r).max(0) as f64 / 1e6;
-        metrics.rule_latency_seconds.observe(secs);
+        metrics.latency_seconds.observe(secs);
     }
 }
 
@@ -445,9 +432,10 @@ pub async fn run(mut live: Live) -> anyhow::Result<()> {
             match live.runner.run(items, &positions, now).await {
                 Ok(report) => {
                     live.metrics
-                        .rule_batch_seconds
+                        .rules
+                        .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    record(&live.metrics, &report, oldest);
+                    record(&live.metrics.rules, &report, oldest);
                     if !report.firings.is_empty() || !report.failures.is_empty() {
                         tracing::info!(
                             batch = live.runner.checkpoint().batch,

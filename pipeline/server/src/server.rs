@@ -19,10 +19,11 @@ use tower_http::trace::TraceLayer;
 
 use kairos_core::Config;
 use kairos_core::event::EventTypes;
-use kairos_ingest::{Committer, IngestLimits, IngestState, Metrics, Normalizer, WriteAccess};
+use kairos_ingest::{Committer, IngestLimits, IngestState, Normalizer, WriteAccess};
 use kairos_storage::{ConsumedGate, DataRoot, Publisher, PublisherOptions, StagingLog, WriterId};
 
 use crate::live;
+use crate::metrics::Metrics;
 
 /// A built server: its port is bound, its background work (recovery, the
 /// rules loop, committing, publishing) started; [`Server::run`] serves.
@@ -185,7 +186,7 @@ impl Server {
             log.clone(),
             config.ingest.group_commit_max_bytes,
             Duration::from_millis(config.ingest.group_commit_max_delay_ms),
-            metrics.clone(),
+            metrics.ingest.clone(),
             feed,
         );
         let mut publisher =
@@ -217,7 +218,7 @@ impl Server {
             .with_protected_traits(config.ingest.protected_traits.clone())
             .with_suppression(privacy.suppression.clone()),
             committer,
-            metrics: metrics.clone(),
+            metrics: metrics.ingest.clone(),
             access: WriteAccess {
                 server_keys: config.ingest.write_keys.clone(),
                 client_keys: config.ingest.client_keys.clone(),
@@ -313,6 +314,7 @@ fn metrics_router(
             "/metrics",
             get(move || async move {
                 metrics
+                    .publish
                     .staged_bytes
                     .set(backlog.load(std::sync::atomic::Ordering::Relaxed) as i64);
                 (
@@ -469,10 +471,11 @@ async fn publish_loop(
         match publisher.publish().await {
             Ok(s) if s.items > 0 || s.redone > 0 => {
                 metrics
-                    .published_rows
+                    .publish
+                    .rows
                     .inc_by((s.events + s.profiles + s.changes + s.identities) as u64);
-                metrics.duplicates.inc_by(s.duplicates as u64);
-                metrics.publish_lag_seconds.set(s.oldest_age.as_secs_f64());
+                metrics.publish.duplicates.inc_by(s.duplicates as u64);
+                metrics.publish.lag_seconds.set(s.oldest_age.as_secs_f64());
                 tracing::info!(
                     segments = s.segments,
                     items = s.items,
@@ -494,7 +497,7 @@ async fn publish_loop(
                 );
             }
             Err(e) => {
-                metrics.store_error("publish");
+                metrics.ingest.store_error("publish");
                 tracing::error!(error = %e, "publish failed; staged events are kept and retried next interval");
             }
         }
