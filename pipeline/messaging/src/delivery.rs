@@ -191,6 +191,10 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Per channel: messages per second (none: unlimited).
     pub rate_per_second: HashMap<Channel, f64>,
+    /// Per channel: how long one attempt may take before it counts as a
+    /// retryable timeout (none: [`DEFAULT_ATTEMPT_TIMEOUT`]). A guard over
+    /// the adapter's own timeouts (HTTP, SMTP), for what they do not cover.
+    pub attempt_timeout: HashMap<Channel, Duration>,
     /// Per channel: what a crash leaves in doubt becomes.
     pub in_doubt: HashMap<Channel, InDoubt>,
     /// Base URL of this server, for unsubscribe links.
@@ -212,6 +216,7 @@ impl Default for Settings {
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
             rate_per_second: HashMap::default(),
+            attempt_timeout: HashMap::default(),
             in_doubt: HashMap::default(),
             public_url: "http://127.0.0.1:8080".into(),
             link_key: Vec::new(),
@@ -908,16 +913,24 @@ impl Worker {
     }
 }
 
+/// The attempt timeout of a channel without its own (the outbox).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Every attempt at one message, until sent, permanently failed or out of
 /// attempts.
 async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<DeliveryRow> {
     let mut rows = Vec::new();
+    let limit = s
+        .attempt_timeout
+        .get(&m.channel)
+        .copied()
+        .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
     for attempt in 1..=s.max_attempts.max(1) {
         let t = Instant::now();
-        let result = match tokio::time::timeout(Duration::from_secs(30), adapter.send(m)).await {
+        let result = match tokio::time::timeout(limit, adapter.send(m)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Retryable {
-                reason: "timed out after 30 s".into(),
+                reason: format!("timed out after {limit:?}"),
                 retry_after: None,
             }),
         };
@@ -1135,6 +1148,38 @@ mod tests {
         let rows = attempt_all(&always, &outgoing(), &s).await;
         assert_eq!(rows.len(), 4, "max_attempts");
         assert_eq!(rows[3].status, "failed");
+    }
+
+    /// A provider that never answers.
+    struct Hangs;
+
+    #[async_trait::async_trait]
+    impl Adapter for Hangs {
+        fn provider(&self) -> &str {
+            "hangs"
+        }
+        async fn send(&self, _: &Outgoing) -> Result<crate::Receipt, Failure> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_hangs_times_out_at_the_channels_limit() {
+        let m = outgoing();
+        let s = Settings {
+            max_attempts: 2,
+            base_backoff: Duration::from_millis(1),
+            attempt_timeout: [(m.channel, Duration::from_millis(50))]
+                .into_iter()
+                .collect(),
+            ..Settings::default()
+        };
+        let rows = tokio::time::timeout(Duration::from_secs(5), attempt_all(&Hangs, &m, &s))
+            .await
+            .expect("the channel's limit, not the 30 s default");
+        let got: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        assert_eq!(got, ["retry", "failed"]);
+        assert_eq!(rows[0].error.as_deref(), Some("timed out after 50ms"));
     }
 
     /// A provider that says every address is dead.

@@ -59,6 +59,15 @@ pub fn computed_traits(
     Ok(out)
 }
 
+/// A channel's provider request timeout: `timeout_ms`, 10 s when unset.
+pub fn request_timeout(c: &kairos_core::config::ChannelConfig) -> std::time::Duration {
+    std::time::Duration::from_millis(if c.timeout_ms == 0 {
+        10_000
+    } else {
+        c.timeout_ms
+    })
+}
+
 /// A `[messaging.channels.NAME]` setting no adapter can be made from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {reason}")]
@@ -101,11 +110,7 @@ pub fn adapter(
             c.base_url.clone()
         }
     };
-    let timeout = std::time::Duration::from_millis(if c.timeout_ms == 0 {
-        10_000
-    } else {
-        c.timeout_ms
-    });
+    let timeout = request_timeout(c);
     let client = http::client(timeout).map_err(|e| {
         bad(
             "provider",

@@ -191,6 +191,14 @@ pub async fn messaging_stage(
         status_updates: updates.clone(),
         ..Default::default()
     };
+    // One attempt may take the channel's request timeout (HTTP, SMTP) and
+    // a little more (DNS, connection set-up) before delivery gives up on it.
+    for (name, c) in &m.channels {
+        settings.attempt_timeout.insert(
+            channel(name, "channels")?,
+            kairos_messaging::request_timeout(c) + Duration::from_secs(5),
+        );
+    }
     for (name, rate) in &m.rate_per_second {
         settings
             .rate_per_second
