@@ -617,7 +617,19 @@ pub async fn recover(
     }
     // Intents whose deliveries file was never written: in doubt.
     let sends = kairos_policy::tables::read_sends(root, skip).await?;
-    let by_id: HashMap<&str, &SendRow> = sends.iter().map(|s| (s.send_id.as_str(), s)).collect();
+    // The batch being redone handed its due sends to the workers before the
+    // crash, so its intents are in doubt like any other: its sends/ file
+    // (when it was written) names their channels. The redo decides them
+    // again, and one dropped here is then finished and not sent twice.
+    let redone = match skip {
+        Some(batch) => kairos_policy::tables::read_batch_sends(root, batch).await?,
+        None => Vec::new(),
+    };
+    let by_id: HashMap<&str, &SendRow> = sends
+        .iter()
+        .chain(&redone)
+        .map(|s| (s.send_id.as_str(), s))
+        .collect();
     let mut dropped_rows = Vec::new();
     let now = chrono::Utc::now().timestamp_micros();
     let intents = root.list(&ObjectPath::from(INTENTS_DIR)).await?;
@@ -1228,6 +1240,60 @@ mod tests {
         assert_eq!(r.unreachable, vec![u.clone()]);
         assert!(r.finished.contains("r:0:c:k"));
         assert_eq!(r.unreachable[0].calls(), u.calls());
+    }
+
+    /// Found by reading for issue 19 (H1): an intent naming a send of the
+    /// batch a restart redoes was skipped and deleted, so the redo sent it
+    /// again, even on an at-most-once channel.
+    #[tokio::test]
+    async fn a_send_in_doubt_from_the_batch_being_redone_is_dropped_not_sent_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let batch = kairos_rules::firings::batch_id(7);
+        let row = SendRow {
+            send_id: "r:0:c:k".into(),
+            rule: "r".into(),
+            step: 0,
+            customer_id: "c".into(),
+            dedupe_key: "k".into(),
+            arm: kairos_experiments::Arm::Triggered,
+            variant: None,
+            channel: Some(Channel::Email),
+            decision: Decision::Send,
+            reason: None,
+            send_at: Some(1_000),
+            decided_at: 1_000,
+            new_assignment: true,
+        };
+        kairos_rules::firings::write_table(
+            &root,
+            kairos_policy::tables::SENDS,
+            &kairos_policy::tables::sends_batch(std::slice::from_ref(&row)).expect("batch"),
+            &batch,
+            1_000,
+        )
+        .await
+        .expect("sends");
+        let intent = dir.path().join(INTENTS_DIR).join("p-email-00000001.json");
+        std::fs::create_dir_all(intent.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&intent, br#"["r:0:c:k"]"#).expect("intent");
+        let settings = Settings {
+            in_doubt: [(Channel::Email, InDoubt::Drop)].into_iter().collect(),
+            ..Settings::default()
+        };
+        let r = recover(&root, Some(&batch), &settings)
+            .await
+            .expect("recover");
+        assert_eq!(r.dropped, 1, "counted as in doubt and dropped");
+        assert!(
+            r.finished.contains("r:0:c:k"),
+            "finished, so the redo's decision does not send it again"
+        );
+        // A second start finds the dropped row in deliveries/.
+        let again = recover(&root, Some(&batch), &settings)
+            .await
+            .expect("recover");
+        assert!(again.finished.contains("r:0:c:k"));
     }
 
     #[tokio::test]

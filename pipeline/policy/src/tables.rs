@@ -190,6 +190,21 @@ pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendR
     Ok(rows)
 }
 
+/// The rows of batch `batch`'s `sends/` file; none when it was not written.
+pub async fn read_batch_sends(root: &DataRoot, batch: &str) -> Result<Vec<SendRow>, StorageError> {
+    let name = format!("{batch}.parquet");
+    let mut rows = Vec::new();
+    for path in kairos_rules::firings::batch_files(root, SENDS, None).await? {
+        if path.filename() != Some(name.as_str()) {
+            continue;
+        }
+        for b in read_parquet(root, &path, None).await? {
+            rows.extend(send_rows(&b)?);
+        }
+    }
+    Ok(rows)
+}
+
 /// The rows of one `sends/` record batch (as written, or as read back).
 pub fn send_rows(b: &RecordBatch) -> Result<Vec<SendRow>, StorageError> {
     let s = |n: &str| columns::strings(b, SENDS, n);
