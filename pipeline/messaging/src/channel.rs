@@ -62,6 +62,14 @@ pub enum Failure {
         /// What the provider said.
         reason: String,
     },
+    /// The request may have reached the provider and its answer was lost
+    /// (a timeout or a connection dropped after sending): retried or
+    /// dropped per `messaging.in_doubt`, as after a crash.
+    #[error("in doubt: {reason}")]
+    InDoubt {
+        /// What happened.
+        reason: String,
+    },
     /// Never retried, and the customer cannot be reached on this channel
     /// any more (dead push token, hard bounce, recipient blocked us): their
     /// consent for it is withdrawn.

@@ -941,10 +941,24 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
         let t = Instant::now();
         let result = match tokio::time::timeout(limit, adapter.send(m)).await {
             Ok(r) => r,
-            Err(_) => Err(Failure::Retryable {
+            // The provider may have the message: in doubt, not retryable.
+            Err(_) => Err(Failure::InDoubt {
                 reason: format!("timed out after {limit:?}"),
-                retry_after: None,
             }),
+        };
+        let in_doubt = s
+            .in_doubt
+            .get(&m.channel)
+            .copied()
+            .unwrap_or(InDoubt::Retry);
+        let result = match result {
+            Err(Failure::InDoubt { reason }) if in_doubt == InDoubt::Retry => {
+                Err(Failure::Retryable {
+                    reason: format!("{reason} (in doubt; retried: messaging.in_doubt = retry)"),
+                    retry_after: None,
+                })
+            }
+            other => other,
         };
         let latency_ms = t.elapsed().as_secs_f64() * 1000.0;
         let row = |status: &'static str, id: Option<String>, error: Option<String>| DeliveryRow {
@@ -972,6 +986,16 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
             }
             Err(Failure::Unreachable { reason }) => {
                 rows.push(row("unreachable", None, Some(reason)));
+                break;
+            }
+            Err(Failure::InDoubt { reason }) => {
+                rows.push(row(
+                    "in_doubt_dropped",
+                    None,
+                    Some(format!(
+                        "{reason}; not sent again: messaging.in_doubt = drop"
+                    )),
+                ));
                 break;
             }
             Err(Failure::Retryable {
@@ -1176,7 +1200,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_attempt_that_hangs_times_out_at_the_channels_limit() {
+    async fn a_timed_out_attempt_is_in_doubt_retried_or_dropped_per_channel() {
         let m = outgoing();
         let s = Settings {
             max_attempts: 2,
@@ -1190,8 +1214,23 @@ mod tests {
             .await
             .expect("the channel's limit, not the 30 s default");
         let got: Vec<&str> = rows.iter().map(|r| r.status).collect();
-        assert_eq!(got, ["retry", "failed"]);
-        assert_eq!(rows[0].error.as_deref(), Some("timed out after 50ms"));
+        assert_eq!(got, ["retry", "failed"], "in_doubt = retry (the default)");
+        assert!(
+            rows[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("timed out after 50ms (in doubt")),
+            "{:?}",
+            rows[0].error
+        );
+        // On an at-most-once channel the provider may have it: never twice.
+        let drop = Settings {
+            in_doubt: [(m.channel, InDoubt::Drop)].into_iter().collect(),
+            ..s
+        };
+        let rows = attempt_all(&Hangs, &m, &drop).await;
+        let got: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        assert_eq!(got, ["in_doubt_dropped"]);
     }
 
     /// A provider that says every address is dead.

@@ -48,9 +48,16 @@ fn network(e: &reqwest::Error) -> Failure {
         reason.push_str(&format!(": {s}"));
         source = s.source();
     }
-    Failure::Retryable {
-        reason,
-        retry_after: None,
+    // A connection that never opened carried nothing: safe to retry. Any
+    // other failure (a timeout, a reset after the request went out) may
+    // have delivered it.
+    if e.is_connect() {
+        Failure::Retryable {
+            reason,
+            retry_after: None,
+        }
+    } else {
+        Failure::InDoubt { reason }
     }
 }
 
@@ -563,7 +570,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_provider_that_hangs_times_out_as_retryable() {
+    async fn a_provider_that_accepts_then_hangs_leaves_the_send_in_doubt_and_a_refused_one_is_retryable()
+     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -584,6 +592,20 @@ mod tests {
             .send(&message(Channel::Webhook, "", &[], "x"))
             .await
             .expect_err("timeout");
+        assert!(matches!(e, Failure::InDoubt { .. }), "{e:?}");
+        // Nothing listens: the request never left, so a retry is safe.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let refused = Webhook {
+            url: format!("http://{closed}/x"),
+            ..hook
+        };
+        let e = refused
+            .send(&message(Channel::Webhook, "", &[], "x"))
+            .await
+            .expect_err("refused");
         assert!(matches!(e, Failure::Retryable { .. }), "{e:?}");
     }
 
