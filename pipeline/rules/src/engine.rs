@@ -496,7 +496,7 @@ impl Engine {
         if everyone {
             self.clocks.insert(name.clone(), clock);
         }
-        let rows = match self.evaluate_variants(i, clock, applied, tables).await {
+        let mut rows = match self.evaluate_variants(i, clock, applied, tables).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(rule = %name, %error, "rule failed; the other rules keep firing");
@@ -507,6 +507,17 @@ impl Engine {
         report
             .evaluated
             .push((name.clone(), started.elapsed(), rows.len()));
+        // The state tables are built from hash maps whose order changes with
+        // each process's hash seed; the policy decides firings in order
+        // (caps, priority), so a redo in a new process must see the same
+        // order as the first attempt.
+        rows.sort_unstable_by(|a, b| {
+            (a.due_at, &a.customer_id, &a.dedupe_key).cmp(&(
+                b.due_at,
+                &b.customer_id,
+                &b.dedupe_key,
+            ))
+        });
         let floor = clock - self.opts.catch_up_us;
         let since = if sweep {
             last.unwrap_or(clock).max(floor)
@@ -943,6 +954,35 @@ mod tests {
             ctx(&rows[0]).expect("json"),
             serde_json::json!({"n": 1, "total": 1.5, "vip": true, "sku": "a"})
         );
+    }
+
+    /// Found by reading for issue 19 (H4): a rule's rows came in the order
+    /// of the state's hash maps, which changes with each process's seed, so
+    /// a redo after a restart could decide caps and priority differently.
+    #[tokio::test]
+    async fn a_rules_firings_come_in_one_order_whatever_the_hash_seed() {
+        let rule = crate::rule::parse(
+            std::path::Path::new("sql/all.sql"),
+            "-- name: all\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'k' AS dedupe_key FROM customers\n",
+        )
+        .expect("valid");
+        let mut engine = Engine::new(
+            vec![rule],
+            &BTreeMap::new(),
+            State::default(),
+            EngineOptions::default(),
+        )
+        .expect("engine");
+        let report = engine.tick((0..300).map(event).collect(), 2_000_000).await;
+        let who: Vec<&str> = report
+            .firings
+            .iter()
+            .map(|f| f.customer_id.as_str())
+            .collect();
+        assert_eq!(who.len(), 300);
+        let mut sorted = who.clone();
+        sorted.sort_unstable();
+        assert_eq!(who, sorted, "sorted by (due_at, customer, key)");
     }
 
     #[tokio::test]
