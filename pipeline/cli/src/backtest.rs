@@ -47,8 +47,7 @@ pub struct BacktestArgs {
 pub async fn run(mut config: Config, args: BacktestArgs) -> anyhow::Result<()> {
     config.storage.data = args.data.unwrap_or(config.storage.data);
     config.rules.dir = args.rules_dir.unwrap_or(config.rules.dir);
-    let span = kairos_core::time::parse_duration(&args.batch_span)
-        .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
+    let span_us = crate::replay::batch_span_us(&args.batch_span)?;
     let day = 86_400_000_000i64;
     let (from, to) = (&args.from, &args.to);
     let from_us = kairos_rules::state::parse_time(from)
@@ -63,7 +62,7 @@ pub async fn run(mut config: Config, args: BacktestArgs) -> anyhow::Result<()> {
         rules: args.rules,
         from_us,
         to_us,
-        span_us: span.max(1) as i64 * 1_000_000,
+        span_us,
     };
     backtest(config, bt).await
 }

@@ -31,9 +31,7 @@ pub async fn compact(config: Config, args: CompactArgs) -> anyhow::Result<()> {
             "a server is running on {data}; it compacts on its own schedule (publish.compact_every_secs), so stop it or leave compaction to it"
         );
     }
-    let settle = kairos_core::time::parse_duration(&args.settle)
-        .map_err(|e| anyhow::anyhow!("--settle: {e}"))? as i64
-        * 1_000_000;
+    let settle = kairos_core::time::parse_duration_us(&args.settle).context("--settle")?;
     let started = Instant::now();
     let s = run(&root, settle, config.publish.row_group_rows).await?;
     for why in &s.skipped {

@@ -94,9 +94,7 @@ pub fn demo(
         "{} not found: run `kairos demo` from the repository root, or set rules.dir in the config",
         library.display()
     );
-    let span = kairos_core::time::parse_duration(&args.batch_span)
-        .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
-    anyhow::ensure!(span > 0, "--batch-span must be positive");
+    let span_us = crate::replay::batch_span_us(&args.batch_span)?;
 
     fresh_dir(&args.dir)?;
     config.rules.dir = rules_with_delay_variants(&config.rules.dir, &args.dir.join("rules"))?;
@@ -113,11 +111,7 @@ pub fn demo(
         args.customers,
         data.display()
     );
-    rt.block_on(crate::replay::replay(
-        config.clone(),
-        &inputs,
-        span as i64 * 1_000_000,
-    ))?;
+    rt.block_on(crate::replay::replay(config.clone(), &inputs, span_us))?;
     println!("Replay done in {:.1} s.\n", started.elapsed().as_secs_f64());
 
     rt.block_on(summary(&config, &data))?;

@@ -89,10 +89,15 @@ pub struct ReplayArgs {
 pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     config.storage.data = args.data.unwrap_or(config.storage.data);
     config.rules.dir = args.rules.unwrap_or(config.rules.dir);
-    let span = kairos_core::time::parse_duration(&args.batch_span)
-        .map_err(|e| anyhow::anyhow!("--batch-span: {e}"))?;
-    anyhow::ensure!(span > 0, "--batch-span must be positive");
-    replay(config, &args.input, span as i64 * 1_000_000).await
+    let span_us = batch_span_us(&args.batch_span)?;
+    replay(config, &args.input, span_us).await
+}
+
+/// `--batch-span` (replay, backtest, demo) in µs.
+pub fn batch_span_us(text: &str) -> anyhow::Result<i64> {
+    let us = kairos_core::time::parse_duration_us(text).context("--batch-span")?;
+    anyhow::ensure!(us > 0, "--batch-span must be longer than 0 (e.g. 30m)");
+    Ok(us)
 }
 
 /// Replays `inputs` into the configured data root.

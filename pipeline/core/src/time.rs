@@ -25,6 +25,9 @@ pub enum DurationError {
     /// A fraction of a second: every Kairos duration is whole seconds.
     #[error("{0:?}: durations are whole seconds")]
     Fractional(String),
+    /// Longer than an instant in µs can hold (about 292,000 years).
+    #[error("{0:?}: too long; write at most a few years")]
+    TooLong(String),
 }
 
 /// Parses a duration in whole seconds, as every setting and rule header
@@ -40,6 +43,15 @@ pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
         return Err(DurationError::Fractional(s.to_string()));
     }
     Ok(d.as_secs())
+}
+
+/// [`parse_duration`] in µs, as Kairos keeps instants.
+pub fn parse_duration_us(s: &str) -> Result<i64, DurationError> {
+    let secs = parse_duration(s)?;
+    i64::try_from(secs)
+        .ok()
+        .and_then(|secs| secs.checked_mul(1_000_000))
+        .ok_or_else(|| DurationError::TooLong(s.to_string()))
 }
 
 /// Parses an RFC 3339 / ISO 8601 timestamp with an offset into µs.
@@ -79,6 +91,11 @@ mod tests {
         assert_eq!(
             parse_duration("1.5s"),
             Err(DurationError::Fractional("1.5s".into()))
+        );
+        assert_eq!(parse_duration_us("90s"), Ok(90_000_000));
+        assert_eq!(
+            parse_duration_us("400000y"),
+            Err(DurationError::TooLong("400000y".into()))
         );
     }
 

@@ -209,6 +209,17 @@ pub struct Settings {
     pub status_updates: Option<mpsc::UnboundedSender<StatusUpdate>>,
 }
 
+impl Settings {
+    /// What a send in doubt on `channel` becomes: `messaging.in_doubt`,
+    /// whose default is `retry` (at-least-once) for every channel.
+    pub fn in_doubt_for(&self, channel: Channel) -> InDoubt {
+        self.in_doubt
+            .get(&channel)
+            .copied()
+            .unwrap_or(InDoubt::Retry)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -661,12 +672,7 @@ pub async fn recover(
                     reason: format!("the send {id} has no channel"),
                 });
             };
-            match settings
-                .in_doubt
-                .get(&channel)
-                .copied()
-                .unwrap_or(InDoubt::Retry)
-            {
+            match settings.in_doubt_for(channel) {
                 InDoubt::Retry => r.retried += 1,
                 InDoubt::Drop => {
                     r.dropped += 1;
@@ -937,6 +943,7 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
         .get(&m.channel)
         .copied()
         .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+    let in_doubt = s.in_doubt_for(m.channel);
     for attempt in 1..=s.max_attempts.max(1) {
         let t = Instant::now();
         let result = match tokio::time::timeout(limit, adapter.send(m)).await {
@@ -946,11 +953,6 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
                 reason: format!("timed out after {limit:?}"),
             }),
         };
-        let in_doubt = s
-            .in_doubt
-            .get(&m.channel)
-            .copied()
-            .unwrap_or(InDoubt::Retry);
         let result = match result {
             Err(Failure::InDoubt { reason }) if in_doubt == InDoubt::Retry => {
                 Err(Failure::Retryable {

@@ -437,12 +437,13 @@ pub fn parse_cap(s: &str) -> Result<Cap, SettingError> {
     Ok(Cap { max, scope, window })
 }
 
-/// A duration in the rules' syntax (`24h`, `7d`, `1h30m`), in µs.
+/// A window in the rules' syntax (`24h`, `7d`, `1h30m`), in µs; any
+/// problem (not a duration, 0, too long) makes the cap's shape error,
+/// which shows the form to write.
 fn parse_duration_us(s: &str) -> Option<i64> {
-    kairos_core::time::parse_duration(s)
+    kairos_core::time::parse_duration_us(s)
         .ok()
-        .filter(|secs| *secs > 0)
-        .and_then(|secs| i64::try_from(secs).ok()?.checked_mul(1_000_000))
+        .filter(|us| *us > 0)
 }
 
 #[cfg(test)]

@@ -180,12 +180,8 @@ pub async fn restore(
 /// Every `sends/` row in decision order, leaving out the file of batch
 /// `skip` (being redone).
 pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendRow>, StorageError> {
-    let mut rows = Vec::new();
-    for path in kairos_rules::firings::batch_files(root, SENDS, skip).await? {
-        for b in read_parquet(root, &path, None).await? {
-            rows.extend(send_rows(&b)?);
-        }
-    }
+    let paths = kairos_rules::firings::batch_files(root, SENDS, skip).await?;
+    let mut rows = read_send_files(root, &paths).await?;
     rows.sort_by_key(|r| r.decided_at);
     Ok(rows)
 }
@@ -193,12 +189,18 @@ pub async fn read_sends(root: &DataRoot, skip: Option<&str>) -> Result<Vec<SendR
 /// The rows of batch `batch`'s `sends/` file; none when it was not written.
 pub async fn read_batch_sends(root: &DataRoot, batch: &str) -> Result<Vec<SendRow>, StorageError> {
     let name = format!("{batch}.parquet");
+    let mut paths = kairos_rules::firings::batch_files(root, SENDS, None).await?;
+    paths.retain(|p| p.filename() == Some(name.as_str()));
+    read_send_files(root, &paths).await
+}
+
+async fn read_send_files(
+    root: &DataRoot,
+    paths: &[object_store::path::Path],
+) -> Result<Vec<SendRow>, StorageError> {
     let mut rows = Vec::new();
-    for path in kairos_rules::firings::batch_files(root, SENDS, None).await? {
-        if path.filename() != Some(name.as_str()) {
-            continue;
-        }
-        for b in read_parquet(root, &path, None).await? {
+    for path in paths {
+        for b in read_parquet(root, path, None).await? {
             rows.extend(send_rows(&b)?);
         }
     }

@@ -496,7 +496,7 @@ impl Engine {
         if everyone {
             self.clocks.insert(name.clone(), clock);
         }
-        let mut rows = match self.evaluate_variants(i, clock, applied, tables).await {
+        let rows = match self.evaluate_variants(i, clock, applied, tables).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(rule = %name, %error, "rule failed; the other rules keep firing");
@@ -507,46 +507,54 @@ impl Engine {
         report
             .evaluated
             .push((name.clone(), started.elapsed(), rows.len()));
-        // The state tables are built from hash maps whose order changes with
-        // each process's hash seed; the policy decides firings in order
-        // (caps, priority), so a redo in a new process must see the same
-        // order as the first attempt.
-        rows.sort_unstable_by(|a, b| {
-            (a.due_at, &a.customer_id, &a.dedupe_key).cmp(&(
-                b.due_at,
-                &b.customer_id,
-                &b.dedupe_key,
-            ))
-        });
         let floor = clock - self.opts.catch_up_us;
         let since = if sweep {
             last.unwrap_or(clock).max(floor)
         } else {
             floor
         };
+        // Blocked by a firing inside the horizon of this evaluation's clock,
+        // whether or not older ones were dropped from memory yet: a redo
+        // decides as the first attempt did.
+        let horizon_start = clock.saturating_sub(self.opts.dedupe_horizon_us);
+        let blocked = |fired: &HashMap<u128, i64>, key: &u128| {
+            fired.get(key).is_some_and(|at| *at >= horizon_start)
+        };
+        let mut due = Vec::new();
         for row in rows {
-            let due_at = row.due_at;
-            let due_at_us = due_at.unwrap_or(clock);
             let in_window = if sweep {
-                due_at.is_some_and(|d| d > since && d <= clock)
+                row.due_at.is_some_and(|d| d > since && d <= clock)
             } else {
-                due_at_us >= since
+                row.due_at.unwrap_or(clock) >= since
             };
             if !in_window {
                 report.stale += 1;
                 continue;
             }
             let key = fired_key(&name, &row.customer_id, &row.dedupe_key);
-            // Blocked by a firing inside the horizon of this evaluation's
-            // clock, whether or not older ones were dropped from memory
-            // yet: a redo decides as the first attempt did.
-            let horizon_start = clock.saturating_sub(self.opts.dedupe_horizon_us);
-            if self.fired.get(&key).is_some_and(|at| *at >= horizon_start) {
+            if !blocked(&self.fired, &key) {
+                due.push((key, row));
+            }
+        }
+        // The state tables come from hash maps whose order changes with each
+        // process's hash seed, and the policy decides firings in order (caps,
+        // priority): sorted, a redo in a new process sees the first attempt's
+        // order. Only the rows that fire are sorted: a sweep returns every
+        // eligible customer at each boundary, nearly all of them fired before.
+        due.sort_unstable_by(|(_, a), (_, b)| {
+            (a.due_at, &a.customer_id, &a.dedupe_key).cmp(&(
+                b.due_at,
+                &b.customer_id,
+                &b.dedupe_key,
+            ))
+        });
+        for (key, row) in due {
+            // Two rows of one evaluation with the same key: the first fires.
+            if blocked(&self.fired, &key) {
                 continue;
             }
-            // The context is read only for a row that fires: a sweep
-            // returns every eligible customer at each boundary, nearly
-            // all of them fired before.
+            let due_at_us = row.due_at.unwrap_or(clock);
+            // The context is read only for a row that fires.
             let context = match row.context() {
                 Ok(context) => context,
                 Err(error) => {
@@ -918,6 +926,13 @@ mod tests {
         })
     }
 
+    /// An engine over one rule, the text of `sql/NAME.sql`.
+    fn engine(name: &str, text: &str, opts: EngineOptions) -> Engine {
+        let path = format!("sql/{name}.sql");
+        let rule = crate::rule::parse(std::path::Path::new(&path), text).expect("valid");
+        Engine::new(vec![rule], &BTreeMap::new(), State::default(), opts).expect("engine")
+    }
+
     #[test]
     fn a_rows_context_is_its_own_other_columns() {
         use datafusion::arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
@@ -961,18 +976,11 @@ mod tests {
     /// a redo after a restart could decide caps and priority differently.
     #[tokio::test]
     async fn a_rules_firings_come_in_one_order_whatever_the_hash_seed() {
-        let rule = crate::rule::parse(
-            std::path::Path::new("sql/all.sql"),
+        let mut engine = engine(
+            "all",
             "-- name: all\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'k' AS dedupe_key FROM customers\n",
-        )
-        .expect("valid");
-        let mut engine = Engine::new(
-            vec![rule],
-            &BTreeMap::new(),
-            State::default(),
             EngineOptions::default(),
-        )
-        .expect("engine");
+        );
         let report = engine.tick((0..300).map(event).collect(), 2_000_000).await;
         let who: Vec<&str> = report
             .firings
@@ -987,23 +995,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_firing_is_remembered_for_the_dedupe_horizon_then_forgotten() {
-        let rule = crate::rule::parse(
-            std::path::Path::new("sql/once.sql"),
-            "-- name: once\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'k' AS dedupe_key FROM batch_events\n",
-        )
-        .expect("valid");
         let day = 86_400_000_000i64;
-        let mut engine = Engine::new(
-            vec![rule],
-            &BTreeMap::new(),
-            State::default(),
+        let mut engine = engine(
+            "once",
+            "-- name: once\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'k' AS dedupe_key FROM batch_events\n",
             EngineOptions {
                 catch_up_us: i64::MAX / 4,
                 dedupe_horizon_us: 10 * day,
                 ..EngineOptions::default()
             },
-        )
-        .expect("engine");
+        );
         // The same customer and key, each time in a new event.
         let at = |n: usize, t: i64| {
             let StagedItem::Event(mut e) = event(1) else {
@@ -1036,20 +1037,13 @@ mod tests {
 
     #[tokio::test]
     async fn each_variant_runs_with_its_parameters_for_its_customers() {
-        let rule = crate::rule::parse(
-            std::path::Path::new("sql/promo.sql"),
-            "-- name: promo\n-- description: d\n-- channel: email\n-- split: holdout=20 triggered=80\n-- param n: 0\n-- variant one: n=1\n-- variant two: n=2 weight=3\n\nSELECT customer_id, CAST(${n} AS VARCHAR) AS dedupe_key FROM batch_events\n",
-        )
-        .expect("valid");
         let design = kairos_experiments::Design::from_percent("promo", 20, 0)
             .with_variants(vec![("one".into(), 1), ("two".into(), 3)]);
-        let mut engine = Engine::new(
-            vec![rule],
-            &BTreeMap::new(),
-            State::default(),
+        let mut engine = engine(
+            "promo",
+            "-- name: promo\n-- description: d\n-- channel: email\n-- split: holdout=20 triggered=80\n-- param n: 0\n-- variant one: n=1\n-- variant two: n=2 weight=3\n\nSELECT customer_id, CAST(${n} AS VARCHAR) AS dedupe_key FROM batch_events\n",
             EngineOptions::default(),
-        )
-        .expect("engine");
+        );
         let report = engine.tick((0..400).map(event).collect(), 2_000_000).await;
         assert_eq!(
             report.firings.len(),

@@ -178,7 +178,9 @@ pub async fn load(
     Ok(out)
 }
 
-/// The start (µs) of the `date=YYYY-MM-DD/hour=HH` partition `path` is in.
+/// The start (µs) of the `date=YYYY-MM-DD/hour=HH` partition `path` is in;
+/// `None` for a path without one, which [`load`] then reads whole (never
+/// skips): a file it cannot place may hold firings inside the horizon.
 fn partition_hour_us(path: &ObjectPath) -> Option<i64> {
     let mut date = None;
     let mut hour = None;

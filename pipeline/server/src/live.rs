@@ -61,25 +61,22 @@ pub async fn load_rules(config: &Config) -> anyhow::Result<Vec<kairos_rules::Rul
 
 /// Engine options from `[rules]`.
 pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
-    let secs = kairos_core::time::parse_duration(&config.rules.catch_up)
-        .map_err(|e| anyhow::anyhow!("rules.catch_up: {e}"))?;
-    let horizon = kairos_core::time::parse_duration(&config.rules.dedupe_horizon)
+    let catch_up_us =
+        kairos_core::time::parse_duration_us(&config.rules.catch_up).context("rules.catch_up")?;
+    let dedupe_horizon_us = kairos_core::time::parse_duration_us(&config.rules.dedupe_horizon)
         .context("rules.dedupe_horizon")?;
     // Rows built from stored state can repeat for as long as catch_up
     // reaches back: a shorter horizon would let them fire twice.
     anyhow::ensure!(
-        horizon > secs,
+        dedupe_horizon_us > catch_up_us,
         "rules.dedupe_horizon ({}) must be longer than rules.catch_up ({}), or a trigger inside catch-up could fire twice",
         config.rules.dedupe_horizon,
         config.rules.catch_up
     );
     Ok(EngineOptions {
-        catch_up_us: secs as i64 * 1_000_000,
+        catch_up_us,
         event_clock: Clock::parse(&config.rules.clock)? == Clock::Events,
-        dedupe_horizon_us: i64::try_from(horizon)
-            .ok()
-            .and_then(|s| s.checked_mul(1_000_000))
-            .context("rules.dedupe_horizon is too long")?,
+        dedupe_horizon_us,
     })
 }
 
