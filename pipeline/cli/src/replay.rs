@@ -150,8 +150,14 @@ pub async fn replay(config: Config, inputs: &[PathBuf], span_us: i64) -> anyhow:
     )
     .await?;
     let mut runner = rec.runner;
-    let dispatcher =
-        live::add_stages(&config, &mut runner, &root, rec.redo_batch.as_deref(), None).await?;
+    let dispatcher = live::add_stages(
+        &config,
+        &mut runner,
+        &root,
+        rec.redo_batch.as_deref(),
+        live::Wiring::default(),
+    )
+    .await?;
     if let Some((redo, at)) = rec.redo {
         runner.redo(redo, at).await?;
     }

@@ -11,6 +11,44 @@ pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
 
+/// Where the loop reads the time: the machine's clock, or one a simulation
+/// sets (so a seeded run reads the same instants every time, and can step
+/// the clock back or forward at will). Cheap to clone; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Option<std::sync::Arc<std::sync::atomic::AtomicI64>>);
+
+impl Clock {
+    /// The machine's clock.
+    pub fn system() -> Clock {
+        Clock(None)
+    }
+
+    /// A clock that reads `start_us` until [`Clock::set`] moves it.
+    pub fn manual(start_us: i64) -> Clock {
+        Clock(Some(std::sync::Arc::new(start_us.into())))
+    }
+
+    /// Now, in µs since the epoch.
+    pub fn now_us(&self) -> i64 {
+        match &self.0 {
+            None => now_us(),
+            Some(t) => t.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock to `us` (backwards too). The machine's clock
+    /// cannot be set: returns false and changes nothing.
+    pub fn set(&self, us: i64) -> bool {
+        match &self.0 {
+            None => false,
+            Some(t) => {
+                t.store(us, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+        }
+    }
+}
+
 /// A duration that does not parse (see [`parse_duration`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DurationError {
@@ -74,6 +112,18 @@ pub fn hour_bucket(us: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_manual_clock_moves_only_when_set_and_clones_share_it() {
+        let c = Clock::manual(5);
+        let d = c.clone();
+        assert_eq!(c.now_us(), 5);
+        assert!(d.set(-3));
+        assert_eq!(c.now_us(), -3);
+        assert!(!Clock::system().set(1));
+        assert!(Clock::system().now_us() > 1_700_000_000_000_000);
+    }
+
     use super::*;
 
     #[test]

@@ -207,6 +207,14 @@ pub struct Settings {
     /// bounce, recipient blocked) reports it, to withdraw consent; none:
     /// only logged.
     pub status_updates: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    /// The clock delivery rows are stamped with: the machine's, or a
+    /// simulation's.
+    pub wall: kairos_core::time::Clock,
+    /// Names this process's intent and deliveries files; unique per
+    /// process sharing the data root (the server's staging writer id). A
+    /// restart under the same name would overwrite the files of the run
+    /// before it.
+    pub instance: String,
 }
 
 impl Settings {
@@ -233,6 +241,8 @@ impl Default for Settings {
             link_key: Vec::new(),
             max_sms_segments: 3,
             status_updates: None,
+            wall: kairos_core::time::Clock::system(),
+            instance: format!("{:016x}", rand::random::<u64>()),
         }
     }
 }
@@ -642,7 +652,7 @@ pub async fn recover(
         .map(|s| (s.send_id.as_str(), s))
         .collect();
     let mut dropped_rows = Vec::new();
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = settings.wall.now_us();
     let intents = root.list(&ObjectPath::from(INTENTS_DIR)).await?;
     for m in &intents {
         let Some(bytes) = root.read(&m.location).await? else {
@@ -702,7 +712,7 @@ pub async fn recover(
             root,
             DELIVERIES,
             &deliveries_batch(&dropped_rows)?,
-            &format!("recovered-{now}"),
+            &format!("recovered-{}", settings.instance),
             now,
         )
         .await?;
@@ -773,8 +783,6 @@ impl Dispatcher {
     ) -> Dispatcher {
         let mut senders = HashMap::default();
         let mut handles = Vec::new();
-        // Unique per process: names this process's intent and deliveries files.
-        let process = format!("{:x}", chrono::Utc::now().timestamp_micros());
         for (channel, adapter) in adapters {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.insert(channel, tx);
@@ -783,7 +791,7 @@ impl Dispatcher {
                 adapter,
                 channel,
                 settings: settings.clone(),
-                name: format!("{process}-{}", channel.as_str()),
+                name: format!("{}-{}", settings.instance, channel.as_str()),
                 seq: 0,
             };
             handles.push(tokio::spawn(w.run(rx)));
@@ -898,7 +906,7 @@ impl Worker {
         }
         drop(calls);
         // 3. The outcome, then the intent can go.
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.settings.wall.now_us();
         kairos_rules::firings::write_table(
             &self.root,
             DELIVERIES,
@@ -975,7 +983,7 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
             provider_message_id: id,
             error,
             latency_ms,
-            at: chrono::Utc::now().timestamp_micros(),
+            at: s.wall.now_us(),
         };
         match result {
             Ok(receipt) => {
@@ -1016,8 +1024,8 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
                 // A provider's Retry-After is honoured up to the longest
                 // backoff: a day's Retry-After would stall the channel's
                 // worker, and every message queued behind this one, a day.
-                let wait =
-                    retry_after.map_or_else(|| backoff(s, attempt), |d| d.min(s.max_backoff));
+                let wait = retry_after
+                    .map_or_else(|| backoff(s, &m.send_id, attempt), |d| d.min(s.max_backoff));
                 tokio::time::sleep(wait).await;
             }
         }
@@ -1026,16 +1034,21 @@ async fn attempt_all(adapter: &dyn Adapter, m: &Outgoing, s: &Settings) -> Vec<D
     rows
 }
 
-/// Exponential backoff with full jitter: uniform in [d/2, d] where d
-/// doubles per attempt up to the maximum.
-fn backoff(s: &Settings, attempt: u32) -> Duration {
-    use rand::Rng as _;
+/// Exponential backoff with jitter: in [d/2, d] where d doubles per
+/// attempt up to the maximum. The jitter is a hash of the send and the
+/// attempt, so retries of different sends spread out while a seeded
+/// simulation waits exactly as long every run.
+fn backoff(s: &Settings, send_id: &str, attempt: u32) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
     let d = s
         .base_backoff
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(s.max_backoff);
+    // SipHash with fixed keys: the same on every run.
+    let mut h = std::hash::DefaultHasher::new();
+    (send_id, attempt).hash(&mut h);
     let half = d / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    half + half.mul_f64(h.finish() as f64 / u64::MAX as f64)
 }
 
 #[cfg(test)]
@@ -1064,11 +1077,14 @@ mod tests {
     fn backoff_doubles_within_jitter_and_caps() {
         let s = Settings::default();
         for attempt in 1..6 {
-            let d = backoff(&s, attempt);
+            let d = backoff(&s, "send-1", attempt);
             let full = s.base_backoff * (1 << (attempt - 1));
             assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
         }
-        assert!(backoff(&s, 30) <= s.max_backoff);
+        assert!(backoff(&s, "send-1", 30) <= s.max_backoff);
+        // Spread over sends, the same for one send.
+        assert_ne!(backoff(&s, "send-1", 3), backoff(&s, "send-2", 3));
+        assert_eq!(backoff(&s, "send-2", 3), backoff(&s, "send-2", 3));
     }
 
     struct Flaky {

@@ -55,6 +55,9 @@ pub struct EngineOptions {
     /// is remembered: it never fires again within this, and is forgotten
     /// after, so memory and restart time do not grow with all of history.
     pub dedupe_horizon_us: i64,
+    /// The clock firings are stamped with (`fired_at`): the machine's, or
+    /// a simulation's.
+    pub wall: kairos_core::time::Clock,
 }
 
 /// The default [`EngineOptions::dedupe_horizon_us`]: 400 days, over a
@@ -71,6 +74,7 @@ impl Default for EngineOptions {
             catch_up_us: 3_600_000_000,
             event_clock: false,
             dedupe_horizon_us: DEDUPE_HORIZON_US,
+            wall: kairos_core::time::Clock::system(),
         }
     }
 }
@@ -206,6 +210,11 @@ impl Engine {
             plans: Plans::new()?,
             planned: HashMap::default(),
         })
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
     }
 
     /// The rules, in load order.

@@ -82,14 +82,15 @@ pub fn firings_path(batch: &str, clock_us: i64) -> ObjectPath {
     ))
 }
 
-/// Writes one batch's firings in one PUT; `fired_at` is now.
+/// Writes one batch's firings in one PUT, stamped `fired_at_us`.
 pub async fn write(
     root: &DataRoot,
     firings: &[Firing],
     batch: &str,
     clock_us: i64,
+    fired_at_us: i64,
 ) -> Result<ObjectPath, StorageError> {
-    let data = firings_batch(firings, batch, kairos_core::time::now_us())?;
+    let data = firings_batch(firings, batch, fired_at_us)?;
     write_table(root, FIRINGS, &data, batch, clock_us).await
 }
 
@@ -234,13 +235,14 @@ mod tests {
         let (old, new) = (5 * day, 20 * day);
         // A batch's file sits in its batch clock's hour; its rows' clocks
         // are at or before it.
-        write(&root, &[firing("a", old)], &batch_id(1), old)
+        write(&root, &[firing("a", old)], &batch_id(1), old, old)
             .await
             .expect("write");
         write(
             &root,
             &[firing("b", new - HOUR_US), firing("c", new)],
             &batch_id(2),
+            new,
             new,
         )
         .await

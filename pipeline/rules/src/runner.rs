@@ -359,7 +359,15 @@ impl Runner {
         }
         let batch = firings::batch_id(planned.batch);
         if !report.firings.is_empty() {
-            firings::write(&self.root, &report.firings, &batch, planned.clock_us).await?;
+            let fired_at = self.engine.options().wall.now_us();
+            firings::write(
+                &self.root,
+                &report.firings,
+                &batch,
+                planned.clock_us,
+                fired_at,
+            )
+            .await?;
         }
         let mut outputs = Outputs::default();
         for stage in &mut self.stages {

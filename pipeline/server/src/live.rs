@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use kairos_core::Config;
 use kairos_core::event::StagedItem;
+use kairos_core::time::Clock;
 use kairos_ingest::Committed;
 use kairos_rules::metrics::RuleMetrics;
 use kairos_rules::runner::Runner;
@@ -24,19 +25,19 @@ use crate::metrics::Metrics;
 
 /// Which clock drives the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Clock {
+pub enum RuleClock {
     /// The machine's clock.
     Wall,
     /// The latest event time seen (tests and demos posting old events).
     Events,
 }
 
-impl Clock {
+impl RuleClock {
     /// From `rules.clock`.
-    pub fn parse(s: &str) -> anyhow::Result<Clock> {
+    pub fn parse(s: &str) -> anyhow::Result<RuleClock> {
         match s {
-            "wall" => Ok(Clock::Wall),
-            "events" => Ok(Clock::Events),
+            "wall" => Ok(RuleClock::Wall),
+            "events" => Ok(RuleClock::Events),
             other => anyhow::bail!("rules.clock = {other:?}: use \"wall\" or \"events\""),
         }
     }
@@ -75,8 +76,9 @@ pub fn engine_options(config: &Config) -> anyhow::Result<EngineOptions> {
     );
     Ok(EngineOptions {
         catch_up_us,
-        event_clock: Clock::parse(&config.rules.clock)? == Clock::Events,
+        event_clock: RuleClock::parse(&config.rules.clock)? == RuleClock::Events,
         dedupe_horizon_us,
+        wall: Clock::system(),
     })
 }
 
@@ -107,14 +109,14 @@ pub async fn add_stages(
     runner: &mut Runner,
     root: &DataRoot,
     skip: Option<&str>,
-    updates: Option<Updates>,
+    wiring: Wiring,
 ) -> anyhow::Result<Option<kairos_messaging::Dispatcher>> {
     add_policy_stage(config, runner, root, skip).await?;
     if !config.messaging.enabled {
         return Ok(None);
     }
     let rules: Vec<kairos_rules::Rule> = runner.engine.rules().cloned().collect();
-    let (stage, dispatcher) = messaging_stage(config, &rules, root, skip, updates).await?;
+    let (stage, dispatcher) = messaging_stage(config, &rules, root, skip, wiring).await?;
     runner.add_stage(Box::new(stage));
     Ok(Some(dispatcher))
 }
@@ -158,6 +160,23 @@ pub async fn load_templates(
 /// records them as consent changes; see `callbacks::forward`).
 pub type Updates = tokio::sync::mpsc::UnboundedSender<kairos_messaging::callbacks::StatusUpdate>;
 
+/// How delivery is wired into this process. The default: the providers
+/// `[messaging.channels]` configures, the machine's clock, a fresh instance
+/// name and no consent feedback.
+#[derive(Default, Clone)]
+pub struct Wiring {
+    /// Where unreachable customers are reported.
+    pub updates: Option<Updates>,
+    /// The clock the loop and delivery read.
+    pub wall: Clock,
+    /// Names this process's delivery files (unique per process; the
+    /// server's staging writer id). None: a random one.
+    pub instance: Option<String>,
+    /// Providers to deliver through instead of the configured ones (the
+    /// simulator's, which fail on purpose).
+    pub providers: Option<Vec<(kairos_core::Channel, Arc<dyn kairos_messaging::Adapter>)>>,
+}
+
 /// The delivery stage and its channel workers (the outbox for every
 /// channel), recovered from `deliveries/`, leftover intents and `sends/`.
 pub async fn messaging_stage(
@@ -165,7 +184,7 @@ pub async fn messaging_stage(
     rules: &[kairos_rules::Rule],
     root: &DataRoot,
     skip: Option<&str>,
-    updates: Option<Updates>,
+    wiring: Wiring,
 ) -> anyhow::Result<(kairos_messaging::Messaging, kairos_messaging::Dispatcher)> {
     use kairos_messaging::delivery::InDoubt;
     use kairos_policy::Channel;
@@ -185,9 +204,13 @@ pub async fn messaging_stage(
             .await
             .context("reading or storing _kairos/link-key")?,
         max_sms_segments: m.max_sms_segments.max(1),
-        status_updates: updates.clone(),
+        status_updates: wiring.updates.clone(),
+        wall: wiring.wall.clone(),
         ..Default::default()
     };
+    if let Some(instance) = &wiring.instance {
+        settings.instance = instance.clone();
+    }
     // One attempt may take the channel's request timeout (HTTP, SMTP) and
     // a little more (DNS, connection set-up) before delivery gives up on it.
     for (name, c) in &m.channels {
@@ -217,14 +240,17 @@ pub async fn messaging_stage(
     for name in m.channels.keys() {
         channel(name, "channels")?;
     }
-    let adapters = Channel::ALL
-        .into_iter()
-        .map(|c| {
-            kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
-                .map(|a| (c, a))
-                .map_err(anyhow::Error::from)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let adapters = match wiring.providers {
+        Some(providers) => providers,
+        None => Channel::ALL
+            .into_iter()
+            .map(|c| {
+                kairos_messaging::adapter(c, m.channels.get(c.as_str()), &outbox, &m.from)
+                    .map(|a| (c, a))
+                    .map_err(anyhow::Error::from)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
     let recovered = kairos_messaging::delivery::recover(root, skip, &settings)
         .await
         .context("rebuilding delivery state from deliveries/ and sends/")?;
@@ -235,7 +261,7 @@ pub async fn messaging_stage(
             "sends left in doubt by a crash"
         );
     }
-    if let Some(tx) = &updates {
+    if let Some(tx) = &wiring.updates {
         for u in &recovered.unreachable {
             let _ = tx.send(u.clone());
         }
@@ -306,8 +332,10 @@ pub struct Live {
     pub feed: mpsc::UnboundedReceiver<Committed>,
     /// Tick interval.
     pub interval: Duration,
-    /// Clock mode.
-    pub clock: Clock,
+    /// Which clock drives the rules.
+    pub clock: RuleClock,
+    /// The clock the loop reads.
+    pub wall: Clock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Delivery workers: finished (every handed message delivered and
@@ -321,32 +349,31 @@ pub async fn recover(
     config: &Config,
     root: &DataRoot,
     gate: ConsumedGate,
-    clock: Clock,
+    clock: RuleClock,
     metrics: &Metrics,
     writer: &WriterId,
-    updates: Option<Updates>,
+    mut wiring: Wiring,
 ) -> anyhow::Result<(Runner, Option<kairos_messaging::Dispatcher>)> {
     let rules = load_rules(config).await?;
     let started = Instant::now();
+    let wall = wiring.wall.clone();
+    wiring.instance.get_or_insert_with(|| writer.0.clone());
     let rec = Runner::recover(
         root.clone(),
         rules,
         &BTreeMap::new(),
-        engine_options(config)?,
+        EngineOptions {
+            wall: wall.clone(),
+            ..engine_options(config)?
+        },
         gate,
         Some(writer),
     )
     .await
     .context("rebuilding the rule engine's state from the data root")?;
     let mut runner = rec.runner;
-    let dispatcher = add_stages(
-        config,
-        &mut runner,
-        root,
-        rec.redo_batch.as_deref(),
-        updates,
-    )
-    .await?;
+    let dispatcher =
+        add_stages(config, &mut runner, root, rec.redo_batch.as_deref(), wiring).await?;
     tracing::info!(
         events = rec.rebuilt_events,
         customers = runner.engine.state.len(),
@@ -362,15 +389,15 @@ pub async fn recover(
             "redoing the batch a crash interrupted"
         );
         let report = runner.redo(items, at).await?;
-        record(&metrics.rules, &report, None);
+        record(&metrics.rules, &report, None, &wall);
     }
     if !rec.pending.items.is_empty() {
         let now = match clock {
-            Clock::Wall => kairos_core::time::now_us(),
-            Clock::Events => event_clock(runner.checkpoint().clock_us, &rec.pending.items),
+            RuleClock::Wall => wall.now_us(),
+            RuleClock::Events => event_clock(runner.checkpoint().clock_us, &rec.pending.items),
         };
         let report = runner.run(rec.pending.items, &rec.pending.to, now).await?;
-        record(&metrics.rules, &report, None);
+        record(&metrics.rules, &report, None, &wall);
     }
     Ok((runner, dispatcher))
 }
@@ -384,10 +411,10 @@ fn event_clock(last: i64, items: &[StagedItem]) -> i64 {
         .max(last)
 }
 
-fn record(metrics: &RuleMetrics, report: &TickReport, oldest_received: Option<i64>) {
+fn record(metrics: &RuleMetrics, report: &TickReport, oldest_received: Option<i64>, wall: &Clock) {
     metrics.record(report);
     if let Some(r) = oldest_received {
-        let secs = (kairos_core::time::now_us() - r).max(0) as f64 / 1e6;
+        let secs = (wall.now_us() - r).max(0) as f64 / 1e6;
         metrics.latency_seconds.observe(secs);
     }
 }
@@ -417,10 +444,10 @@ pub async fn run(mut live: Live) -> anyhow::Result<()> {
         }
         let last = live.runner.checkpoint().clock_us;
         let now = match live.clock {
-            Clock::Wall => kairos_core::time::now_us(),
-            Clock::Events => event_clock(last, &items),
+            RuleClock::Wall => live.wall.now_us(),
+            RuleClock::Events => event_clock(last, &items),
         };
-        let idle_events_clock = live.clock == Clock::Events && items.is_empty();
+        let idle_events_clock = live.clock == RuleClock::Events && items.is_empty();
         if !idle_events_clock {
             let oldest = items
                 .iter()
@@ -440,7 +467,7 @@ pub async fn run(mut live: Live) -> anyhow::Result<()> {
                         .rules
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    record(&live.metrics.rules, &report, oldest);
+                    record(&live.metrics.rules, &report, oldest, &live.wall);
                     if !report.firings.is_empty() || !report.failures.is_empty() {
                         tracing::info!(
                             batch = live.runner.checkpoint().batch,

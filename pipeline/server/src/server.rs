@@ -132,7 +132,7 @@ impl Server {
             // Rules are checked before the server answers (the port is
             // bound, nothing is served): a bad rule set stops the start. The state is rebuilt in the background, so intake answers
             // at once; what arrives meanwhile waits in the feed (and staging).
-            let clock = live::Clock::parse(&config.rules.clock)?;
+            let clock = live::RuleClock::parse(&config.rules.clock)?;
             let rules = live::load_rules(&config).await?;
             if config.messaging.enabled {
                 live::load_templates(&config, &rules).await?;
@@ -156,7 +156,10 @@ impl Server {
                         clock,
                         &metrics,
                         &writer,
-                        Some(updates),
+                        live::Wiring {
+                            updates: Some(updates),
+                            ..Default::default()
+                        },
                     )
                     .await?;
                     runner.engine.state.set_suppression(suppression);
@@ -167,6 +170,7 @@ impl Server {
                         feed: rx,
                         interval: Duration::from_millis(config.rules.interval_ms.max(1)),
                         clock,
+                        wall: kairos_core::time::Clock::system(),
                         metrics,
                     })
                     .await
