@@ -316,8 +316,15 @@ impl Stage {
 
     /// Rebuilds history, pending messages and sequences from past `sends/`
     /// rows, in decision order.
-    pub fn restore(&mut self, rows: Vec<SendRow>) {
+    pub fn restore(&mut self, mut rows: Vec<SendRow>) {
         let last = rows.iter().map(|r| r.decided_at).max().unwrap_or(i64::MIN);
+        // A cancellation is final, and it carries the time of the event
+        // that caused it: a late purchase can date it before the decision
+        // it cancels. Applied in time order it would come first and find
+        // nothing to cancel, and the message would go after a restart. So
+        // sequences start first (step 0), their steps follow, and
+        // cancellations come last.
+        rows.sort_by_key(|r| (r.decision == Decision::Cancelled, r.step > 0));
         for row in rows {
             let rule = self.rules.get(&row.rule).cloned();
             if let Some(rule) = &rule
@@ -809,8 +816,11 @@ impl Stage {
 /// A step 0 suppressed for consent or priority still starts it; later
 /// steps may go on other channels.
 fn starts_sequence(row: &SendRow) -> bool {
-    !(row.decision == Decision::Suppressed
-        && matches!(row.reason.as_deref(), Some("duplicate" | "cooldown")))
+    // A step 0 cancelled later was started by its own decision row; the
+    // cancellation row starts nothing (restored, it made a second run).
+    row.decision != Decision::Cancelled
+        && !(row.decision == Decision::Suppressed
+            && matches!(row.reason.as_deref(), Some("duplicate" | "cooldown")))
 }
 
 fn past_message(
@@ -1053,6 +1063,48 @@ mod tests {
         );
         assert_eq!(s.steps_waiting(), 0);
         assert_eq!(s.next_step_due(), None);
+    }
+
+    /// Found by the simulator (kairos-sim seed 115): a purchase arriving
+    /// late cancels a scheduled welcome and its sequence with rows dated
+    /// at the purchase, before the welcome's own decision. Restored in
+    /// time order, the cancellations came first and were lost: the welcome
+    /// was pending again and its steps due.
+    #[test]
+    fn a_late_purchase_s_cancellations_survive_a_restart() {
+        let mut sequence = welcome_sequence();
+        sequence.design = Design::from_percent("welcome", 0, 100);
+        let new_stage = || {
+            Stage::new(
+                vec![sequence.clone()],
+                Policy::default(),
+                None,
+                chrono_tz::UTC,
+            )
+        };
+        let mut s = new_stage();
+        let t = profiles();
+        let decided = DAY0 + 12 * H;
+        let mut rows = s.decide(&[fired("welcome", "c1")], decided, &t);
+        assert_eq!(s.pending(), 1, "scheduled for 10:00 tomorrow");
+        // The purchase happened an hour before the decision, and arrives now.
+        let cancelled = s.observe("c1", "purchase", decided - H, decided - H);
+        assert_eq!(
+            steps(&cancelled),
+            vec![(0, Decision::Cancelled, Some("cancel_on:purchase"))]
+        );
+        rows.extend(cancelled);
+        rows.sort_by_key(|r| r.decided_at); // as read back from sends/
+        let mut restarted = new_stage();
+        restarted.restore(rows.clone());
+        assert_eq!(restarted.pending(), 0, "the welcome stays cancelled");
+        assert!(restarted.due(DAY0 + 40 * 24 * H).is_empty());
+        // A later purchase ends the sequence once, as without the restart.
+        let exit = DAY0 + 20 * H;
+        let once = s.observe("c1", "purchase", exit, exit);
+        let again = restarted.observe("c1", "purchase", exit, exit);
+        assert_eq!(steps(&again), steps(&once));
+        assert_eq!(restarted.steps_waiting(), s.steps_waiting());
     }
 
     #[test]

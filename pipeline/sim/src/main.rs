@@ -200,4 +200,36 @@ fn print_trace(o: &Outcome) {
         println!("  process {} stopped: {s}", i + 1);
     }
     println!("faults by kind: {:?}", o.faults);
+    // KAIROS_SIM_DUMP=c3: that customer's items, decisions and deliveries.
+    if let Ok(who) = std::env::var("KAIROS_SIM_DUMP") {
+        for (i, s) in r.workload.steps.iter().enumerate() {
+            for item in s
+                .items
+                .iter()
+                .filter(|i| i.customer_ids().contains(&who.as_str()))
+            {
+                println!(
+                    "  step {i:3} at {}: {}",
+                    s.at_us,
+                    serde_json::to_string(item).unwrap_or_default()
+                );
+            }
+        }
+        for s in r.sends.iter().filter(|s| s.customer_id == who) {
+            println!(
+                "  send {} {} {:?} at {:?} decided {}",
+                s.send_id,
+                s.decision.as_str(),
+                s.reason,
+                s.send_at,
+                s.decided_at
+            );
+        }
+        for a in r.accepted.iter().filter(|a| a.customer_id == who) {
+            println!(
+                "  provider took {} at {} answered {}",
+                a.send_id, a.at, a.answered
+            );
+        }
+    }
 }
