@@ -280,6 +280,8 @@ pub fn verify_unsubscribe_token(key: &[u8], token: &str) -> Option<(String, Chan
 /// Templates of a rule: (variant or step) -> template name.
 #[derive(Debug, Clone, Default)]
 struct RuleTemplates {
+    /// Transactional messages need no marketing consent.
+    transactional: bool,
     template: String,
     variants: HashMap<String, String>,
     steps: HashMap<u32, String>,
@@ -319,6 +321,7 @@ impl Messaging {
                 (
                     r.name.clone(),
                     RuleTemplates {
+                        transactional: r.transactional,
                         template: r.template.clone(),
                         variants: r
                             .variants
@@ -385,6 +388,27 @@ impl Messaging {
     }
 
     /// Renders and addresses a due send.
+    /// Whether the customer still lets `row` go on `channel`, by their
+    /// traits and opt-out events as of now.
+    fn consent_now(
+        &self,
+        row: &SendRow,
+        channel: Channel,
+        state: &State,
+    ) -> Result<(), kairos_policy::NoChannel> {
+        let transactional = self.rules.get(&row.rule).is_some_and(|r| r.transactional);
+        let mut consent = state
+            .traits(&row.customer_id)
+            .map(kairos_policy::Consent::from_traits)
+            .unwrap_or_default();
+        for e in state.opt_outs(&row.customer_id) {
+            consent.apply_event(e);
+        }
+        consent
+            .choose(Some(channel), None, transactional)
+            .map(|_| ())
+    }
+
     fn prepare(&self, row: &SendRow, state: &State) -> Result<Outgoing, String> {
         let channel = row.channel.ok_or("no channel chosen")?;
         let name = self
@@ -529,6 +553,27 @@ impl BatchStage for Messaging {
                 self.finished.insert(row.send_id);
                 continue;
             };
+            // Consent again as the message goes: an opt-out made durable
+            // since the decision (while the server was down, or in this
+            // very batch, dated after the message was due) stops it.
+            if let Err(why) = self.consent_now(&row, channel, state) {
+                self.finished.insert(row.send_id.clone());
+                failed.push(DeliveryRow {
+                    send_id: row.send_id,
+                    rule: row.rule,
+                    step: row.step,
+                    customer_id: row.customer_id,
+                    channel,
+                    provider: "kairos".into(),
+                    attempt: 0,
+                    status: "opted_out",
+                    provider_message_id: None,
+                    error: Some(why.reason()),
+                    latency_ms: 0.0,
+                    at: clock_us,
+                });
+                continue;
+            }
             let result = self.prepare(&row, state).and_then(|m| {
                 self.workers
                     .get(&channel)

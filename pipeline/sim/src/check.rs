@@ -28,7 +28,13 @@ fn v(kind: &'static str, detail: String) -> Violation {
 }
 
 /// Statuses that end a send's delivery.
-const FINAL: [&str; 4] = ["sent", "failed", "unreachable", "in_doubt_dropped"];
+const FINAL: [&str; 5] = [
+    "sent",
+    "failed",
+    "unreachable",
+    "in_doubt_dropped",
+    "opted_out",
+];
 
 /// The invariants of one run on its own (`label` names it in details).
 pub fn invariants(run: &Run, label: &str) -> Vec<Violation> {
@@ -127,17 +133,20 @@ pub fn invariants(run: &Run, label: &str) -> Vec<Violation> {
         }
         if !transactional.contains(a.rule.as_str()) {
             for scope in [a.channel.as_str(), "all"] {
-                if let Some(t) = run
+                // Delivered in the step that made the opt-out durable, or
+                // later: the batch that took the opt-out (or a later one)
+                // handed the message over.
+                if let Some(k) = run
                     .workload
                     .opt_outs
                     .get(&(a.customer_id.clone(), scope.to_string()))
                 {
-                    if a.at > *t {
+                    if a.step >= *k {
                         out.push(v(
                             "sent_after_opt_out",
                             format!(
-                                "{label}: {} to {} at {} after opting out of {scope} at {t}",
-                                a.send_id, a.customer_id, a.at
+                                "{label}: {} to {} at step {} after opting out of {scope} at step {k}",
+                                a.send_id, a.customer_id, a.step
                             ),
                         ));
                     }

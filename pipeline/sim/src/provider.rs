@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub struct Accepted {
     pub channel: Channel,
     /// Simulated time it arrived, µs.
     pub at: i64,
+    /// The workload step during which it arrived (the clock can step
+    /// back, so time alone cannot order it against the workload).
+    pub step: usize,
     /// Whether the sender got the answer (false: in doubt).
     pub answered: bool,
 }
@@ -120,6 +124,7 @@ pub struct Provider {
     seed: u64,
     weather: Weather,
     clock: Clock,
+    step: Arc<AtomicUsize>,
     log: Arc<Mutex<ProviderLog>>,
 }
 
@@ -131,6 +136,7 @@ impl Provider {
         seed: u64,
         weather: Weather,
         clock: &Clock,
+        step: &Arc<AtomicUsize>,
         log: &Arc<Mutex<ProviderLog>>,
     ) -> Vec<(Channel, Arc<dyn Adapter>)> {
         Channel::ALL
@@ -141,6 +147,7 @@ impl Provider {
                     seed,
                     weather,
                     clock: clock.clone(),
+                    step: step.clone(),
                     log: log.clone(),
                 });
                 (channel, p)
@@ -202,6 +209,7 @@ impl Adapter for Provider {
                     customer_id: m.customer_id.clone(),
                     channel: self.channel,
                     at: self.clock.now_us(),
+                    step: self.step.load(Ordering::SeqCst),
                     answered: answer == Answer::Accepted,
                 });
             }

@@ -144,7 +144,8 @@ pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> 
     };
     let clock = Clock::manual(workload.steps[0].at_us);
     let log = Arc::new(Mutex::new(ProviderLog::default()));
-    let providers = Provider::all(seed, Weather::STORMY, &clock, &log);
+    let step = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let providers = Provider::all(seed, Weather::STORMY, &clock, &step, &log);
 
     let mut cursor = Cursor::default();
     let mut processes = 0;
@@ -171,6 +172,7 @@ pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> 
             providers: &providers,
             writer: WriterId(format!("sim-{processes:04}")),
             store: &store,
+            step: &step,
         };
         let result = rt.block_on(process.run(&workload, &mut cursor));
         // kill -9: every task of the process goes with its runtime.
@@ -250,6 +252,7 @@ struct Process<'a> {
     providers: &'a [(kairos_core::Channel, Arc<dyn kairos_messaging::Adapter>)],
     writer: WriterId,
     store: &'a FaultStore,
+    step: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl Process<'_> {
@@ -298,6 +301,8 @@ impl Process<'_> {
         while cursor.next < steps.len() {
             let step = &steps[cursor.next];
             self.clock.set(step.at_us);
+            self.step
+                .store(cursor.next, std::sync::atomic::Ordering::SeqCst);
             let mut to = BTreeMap::new();
             if !step.items.is_empty() {
                 let payload = encode(&step.items)?;

@@ -53,9 +53,9 @@ pub struct Workload {
     pub steps: Vec<Step>,
     /// Every customer.
     pub customers: Vec<Customer>,
-    /// Per customer: when an opt-out (by channel name, or `all`) became
-    /// durable, µs of simulated time.
-    pub opt_outs: BTreeMap<(String, String), i64>,
+    /// Per customer: the step at which an opt-out (by channel name, or
+    /// `all`) became durable.
+    pub opt_outs: BTreeMap<(String, String), usize>,
 }
 
 /// How big a workload to make.
@@ -205,7 +205,7 @@ impl Workload {
                         };
                         opt_outs
                             .entry((id.clone(), channel.to_string()))
-                            .or_insert(now);
+                            .or_insert(steps.len());
                         g.event(&id, what, at, now)
                     }
                     // A client retry: an earlier item again, same message id.
