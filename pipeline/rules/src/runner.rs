@@ -178,7 +178,8 @@ impl Runner {
             }
             None => Checkpoint::default(),
         };
-        let skip = publishing_ids(&root).await?;
+        let interrupted = kairos_storage::publish::interrupted(&root).await?;
+        let skip = interrupted.unfinished;
         let mut state = State::with_profiles(ProfileState::load(&root, &skip).await?);
         for link in read_identities(&root, &skip).await? {
             state.apply_identity(&link);
@@ -216,7 +217,11 @@ impl Runner {
         let mut redo_items = Vec::new();
         let mut pending = Pending::default();
         for seg in list_segments(&root).await? {
-            if live_writer == Some(&seg.writer) {
+            // A live writer's frames come through its feed; a published
+            // segment's items through the lake.
+            if live_writer == Some(&seg.writer)
+                || interrupted.published_segments.contains(seg.path.as_ref())
+            {
                 continue;
             }
             let Some(bytes) = root.read(&seg.path).await? else {
@@ -415,34 +420,6 @@ fn publish_gate(gate: &ConsumedGate, to: &BTreeMap<String, Position>) {
     }
 }
 
-/// Publishes in progress: their files are skipped, their segments are
-/// still staged and read from there.
-async fn publishing_ids(root: &DataRoot) -> Result<Vec<String>, StorageError> {
-    let mut out = Vec::new();
-    let dir = ObjectPath::from(kairos_storage::publish::PUBLISHING_DIR);
-    for m in root.list(&dir).await? {
-        // Finished intents are deleted between list and read.
-        let Some(bytes) = root.read(&m.location).await? else {
-            continue;
-        };
-        // An intent that does not read cannot say which files to skip:
-        // folding them and their still-staged segments counts events twice.
-        #[derive(Deserialize)]
-        struct Named {
-            publish_id: String,
-        }
-        let named: Named = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
-            path: m.location.to_string(),
-            reason: format!(
-                "a publish intent without a readable publish_id ({e}); it names the files \
-                 recovery must skip: inspect it (the publisher refuses it too)"
-            ),
-        })?;
-        out.push(named.publish_id);
-    }
-    Ok(out)
-}
-
 fn published_files(
     metas: Vec<object_store::ObjectMeta>,
     skip: &[String],
@@ -591,7 +568,7 @@ async fn fold_events(
 /// profile) and identity links. For backtests over stored history.
 pub async fn read_history(root: &DataRoot) -> Result<Vec<StagedItem>, StorageError> {
     use kairos_core::event::{Commerce, EventRecord, Json, ProfileUpdate};
-    let skip = publishing_ids(root).await?;
+    let skip = kairos_storage::publish::interrupted(root).await?.unfinished;
     let mut out: Vec<StagedItem> = read_identities(root, &skip)
         .await?
         .into_iter()
@@ -943,6 +920,58 @@ mod tests {
             self.seen.lock().expect("lock").push(*n);
             Ok(())
         }
+    }
+
+    /// Found by the simulator (kairos-sim seed 196): a crash while a
+    /// publish deleted its segments left its intent, so recovery skipped
+    /// its (whole) files while some of its segments were already gone:
+    /// their customers vanished from the rebuilt state (an order
+    /// confirmation then found no email address).
+    #[tokio::test]
+    async fn a_crash_while_a_publish_deletes_its_segments_loses_no_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let log = Arc::new(tokio::sync::Mutex::new(log));
+        for (id, customer) in [("e1", "c1"), ("e2", "c2")] {
+            let mut l = log.lock().await;
+            stage(&mut l, &[signup(id, customer, T0)]).await;
+            l.rotate();
+        }
+        let second = dir.path().join("_staging/w1/0000000000000001.log");
+        let kept = std::fs::read(&second).expect("segment 1");
+        let mut publisher = kairos_storage::Publisher::new(
+            root.clone(),
+            log.clone(),
+            kairos_storage::PublisherOptions {
+                row_group_rows: 1024,
+                dedupe_window_hours: 24,
+                max_publish_bytes: 1 << 30,
+                orphan_after: std::time::Duration::from_secs(3600),
+            },
+        )
+        .await;
+        assert_eq!(publisher.publish().await.expect("publish").events, 2);
+        // The crash: segment 0 deleted, segment 1 and the intent not yet.
+        std::fs::write(&second, kept).expect("segment 1 back");
+        let intent = dir
+            .path()
+            .join(kairos_storage::publish::PUBLISHING_DIR)
+            .join("w1-000001.json");
+        std::fs::create_dir_all(intent.parent().expect("dir")).expect("mkdir");
+        std::fs::write(
+            &intent,
+            br#"{"publish_id": "w1-000001", "segments": ["_staging/w1/0000000000000000.log", "_staging/w1/0000000000000001.log"]}"#,
+        )
+        .expect("intent");
+        let rec = recover(&root).await;
+        assert_eq!(rec.rebuilt_events, 2, "the publish's files are whole: read");
+        assert_eq!(rec.runner.engine.state.len(), 2, "c1 and c2");
+        assert!(
+            rec.pending.items.is_empty(),
+            "segment 1 was published: not taken again"
+        );
     }
 
     #[tokio::test]

@@ -191,7 +191,10 @@ impl Publisher {
         let mut stats = PublishStats::default();
         let intents = self.pending_intents().await?;
         if self.profiles.is_none() {
-            let skip: Vec<String> = intents.iter().map(|i| i.publish_id.clone()).collect();
+            // The unfinished publishes are redone below and apply their
+            // updates then; one whose segments were being deleted has
+            // whole files, and redoing it only finishes the deletes.
+            let skip = interrupted(&self.root).await?.unfinished;
             self.profiles = Some(ProfileState::load(&self.root, &skip).await?);
         }
         let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -494,6 +497,57 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// Publishes a crash interrupted, as readers of the lake must take them.
+/// A publish writes every file, then deletes its segments, then its
+/// intent; so while any of its segments is gone its files are whole.
+#[derive(Debug, Default)]
+pub struct Interrupted {
+    /// Publishes whose files may be partial: readers skip their files
+    /// (every segment of theirs is still staged; read them from there).
+    pub unfinished: Vec<String>,
+    /// Segments still staged of publishes whose files are whole (the crash
+    /// came while the segments were being deleted): readers take the files
+    /// and skip these segments, or would count their items twice.
+    pub published_segments: std::collections::HashSet<String>,
+}
+
+/// The publishes a crash interrupted, from their intents.
+pub async fn interrupted(root: &DataRoot) -> Result<Interrupted> {
+    let mut out = Interrupted::default();
+    let intents = root.list(&ObjectPath::from(PUBLISHING_DIR)).await?;
+    if intents.is_empty() {
+        return Ok(out);
+    }
+    let staged: std::collections::HashSet<String> = list_segments(root)
+        .await?
+        .into_iter()
+        .map(|s| s.path.to_string())
+        .collect();
+    for m in intents {
+        // Finished intents are deleted between list and read.
+        let Some(bytes) = root.read(&m.location).await? else {
+            continue;
+        };
+        // An intent that does not read cannot say which files to skip:
+        // folding them and their still-staged segments counts events twice.
+        let intent: Intent = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+            path: m.location.to_string(),
+            reason: format!(
+                "a publish intent without a readable publish_id and segments ({e}); it names \
+                 the files and segments readers must skip: inspect it (the publisher refuses \
+                 it too)"
+            ),
+        })?;
+        if intent.segments.iter().all(|s| staged.contains(s)) {
+            out.unfinished.push(intent.publish_id);
+        } else {
+            out.published_segments
+                .extend(intent.segments.into_iter().filter(|s| staged.contains(s)));
+        }
+    }
+    Ok(out)
 }
 
 async fn fetch(root: DataRoot, path: ObjectPath) -> Result<Option<Bytes>> {
