@@ -901,7 +901,7 @@ impl Worker {
                 }
             }
             if let Err(e) = self.deliver(chunk).await {
-                tracing::error!(channel = self.channel.as_str(), error = %e, "delivery records could not be written; the sends stay in doubt until restart");
+                tracing::error!(channel = self.channel.as_str(), error = %e, "a chunk's delivery records could not be made; its sends are resolved at the next start");
             }
         }
     }
@@ -916,14 +916,19 @@ impl Worker {
             path: intent.to_string(),
             reason: format!("the delivery intent does not serialise: {e}"),
         })?;
-        self.root
-            .store
-            .put(&intent, Bytes::from(body).into())
-            .await
-            .map_err(|source| StorageError::ObjectStore {
-                path: intent.to_string(),
-                source,
-            })?;
+        let body = Bytes::from(body);
+        until_written(&intent.to_string(), || async {
+            self.root
+                .store
+                .put(&intent, body.clone().into())
+                .await
+                .map(|_| ())
+                .map_err(|source| StorageError::ObjectStore {
+                    path: intent.to_string(),
+                    source,
+                })
+        })
+        .await;
         // 2. The calls, rate-limited, each retried on its own.
         let pace = self
             .settings
@@ -952,14 +957,13 @@ impl Worker {
         drop(calls);
         // 3. The outcome, then the intent can go.
         let now = self.settings.wall.now_us();
-        kairos_rules::firings::write_table(
-            &self.root,
-            DELIVERIES,
-            &deliveries_batch(&rows)?,
-            &id,
-            now,
-        )
-        .await?;
+        let batch = deliveries_batch(&rows)?;
+        until_written(&format!("the deliveries of {id}"), || async {
+            kairos_rules::firings::write_table(&self.root, DELIVERIES, &batch, &id, now)
+                .await
+                .map(|_| ())
+        })
+        .await;
         if let Err(e) = self.root.store.delete(&intent).await {
             tracing::warn!(intent = %intent, error = %e, "a finished delivery intent could not be deleted; the next start resolves it");
         }
@@ -981,6 +985,29 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Retries a write the worker cannot go on without, backing off to 30 s,
+/// for as long as the process lives. Giving up would leave its sends
+/// unattempted (the intent) or in doubt (the outcome) until a restart,
+/// while the worker went on with later ones (found by kairos-sim seed 41:
+/// one failed intent PUT and an order confirmation never went).
+async fn until_written<F, Fut>(what: &str, write: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StorageError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(what, error = %e, retry_in_ms = wait.as_millis() as u64, "a delivery record could not be written; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -130,6 +130,7 @@ pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> 
         crash_at.dedup();
         FaultPlan {
             crash_at,
+            fail_at: Vec::new(),
             write_error: opts.write_error,
             read_error: opts.read_error,
         }

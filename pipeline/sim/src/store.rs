@@ -71,6 +71,8 @@ pub struct FaultPlan {
     /// Writes (1-based, counted over the whole run) at which the process
     /// crashes, ascending.
     pub crash_at: Vec<u64>,
+    /// Writes that fail transiently without happening (targeted tests).
+    pub fail_at: Vec<u64>,
     /// Chance that a write fails transiently.
     pub write_error: f64,
     /// Chance that a read fails.
@@ -184,6 +186,10 @@ impl FaultStore {
                 fault(&mut i, FaultKind::CrashBeforeWrite);
                 Verdict::Fail
             });
+        }
+        if i.plan.fail_at.contains(&op) {
+            fault(&mut i, FaultKind::WriteFailed);
+            return Ok(Verdict::Fail);
         }
         let p = i.plan.write_error;
         if p > 0.0 && i.rng.random_bool(p) {
