@@ -323,13 +323,25 @@ impl Runner {
             clocks_after: BTreeMap::new(),
         };
         if items.is_empty() {
-            // A tick without input changes nothing a restart could not
-            // recompute: unless it fired or a later stage has work due,
-            // record nothing (no object-store writes while idle).
-            // Otherwise it is recorded like any batch, and a redo (no
-            // input, same clock and rule clocks) does the same.
+            // A tick without input that fired nothing and left no stage
+            // work writes nothing, unless a sweep ran and moved its clock:
+            // then only the checkpoint (one small write per cadence
+            // boundary while idle). Unrecorded, a restart would evaluate
+            // the window again and fire what a late event put in it since,
+            // which this process never fires: the firings would depend on
+            // whether it crashed (found by kairos-sim seed 157). A tick
+            // that fired is recorded like any batch, and a redo (no input,
+            // same clock and rule clocks) does the same.
+            let before = self.engine.clocks().clone();
             let report = self.engine.tick(Vec::new(), clock_us).await;
             if report.firings.is_empty() && self.next_work().is_none_or(|w| w > clock_us) {
+                if *self.engine.clocks() != before {
+                    let mut done = planned;
+                    done.done = true;
+                    done.clocks_after = self.engine.clocks().clone();
+                    self.put(&done).await?;
+                    self.checkpoint = done;
+                }
                 return Ok(report);
             }
             self.put(&planned).await?;
@@ -726,6 +738,71 @@ mod tests {
             "-- name: welcome\n-- description: d\n-- channel: email\n\nSELECT customer_id, 'welcome' AS dedupe_key FROM batch_events WHERE event_type = 'signup'\n",
         )
         .expect("valid rule")
+    }
+
+    /// Found by kairos-sim seed 157: an idle tick ran a sweep and moved
+    /// its clock in memory only. A cart whose deadline that tick passed,
+    /// arriving late, then never fired in this process but fired after a
+    /// restart (which evaluated the window again).
+    #[tokio::test]
+    async fn an_idle_tick_that_runs_a_sweep_records_its_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let sweep = crate::rule::parse(
+            std::path::Path::new("sql/signup_reminder.sql"),
+            "-- name: signup_reminder\n-- description: d\n-- channel: email\n-- cadence: 5m\n\nSELECT customer_id, 'k' AS dedupe_key, signed_up_at + INTERVAL '1 hour' AS due_at FROM customers WHERE signed_up_at + INTERVAL '1 hour' <= ${now}\n",
+        )
+        .expect("valid rule");
+        let recover = |root: DataRoot| {
+            let sweep = sweep.clone();
+            async move {
+                Runner::recover(
+                    root,
+                    vec![sweep],
+                    &BTreeMap::new(),
+                    EngineOptions::default(),
+                    ConsumedGate::default(),
+                    None,
+                )
+                .await
+                .expect("recover")
+                .runner
+            }
+        };
+        let mut runner = recover(root.clone()).await;
+        let mut log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let to = stage(&mut log, &[signup("e0", "c0", T0)]).await;
+        runner
+            .run(vec![signup("e0", "c0", T0)], &to, T0 + 60_000_000)
+            .await
+            .expect("batch 1");
+        // Idle past c0's deadline.
+        let idle = T0 + H + 10 * 60_000_000;
+        let report = runner
+            .run(Vec::new(), &BTreeMap::new(), idle)
+            .await
+            .expect("idle");
+        assert_eq!(report.firings.len(), 1, "c0's reminder");
+        assert_eq!(runner.checkpoint().clock_us, idle);
+        let report = runner
+            .run(Vec::new(), &BTreeMap::new(), idle + 10 * 60_000_000)
+            .await
+            .expect("idle without firings");
+        assert!(report.firings.is_empty());
+        let recorded = runner.checkpoint().clocks_after.clone();
+        assert_eq!(
+            recorded,
+            runner.engine.clocks().clone(),
+            "the sweep's clock is recorded"
+        );
+        drop(runner);
+        let restarted = recover(root.clone()).await;
+        assert_eq!(
+            restarted.engine.clocks(),
+            &recorded,
+            "a restart starts from it"
+        );
     }
 
     async fn stage(log: &mut StagingLog, items: &[StagedItem]) -> BTreeMap<String, Position> {

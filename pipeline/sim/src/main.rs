@@ -203,6 +203,7 @@ fn print_trace(o: &Outcome) {
     // KAIROS_SIM_DUMP=c3: that customer's items, decisions and deliveries.
     if let Ok(who) = std::env::var("KAIROS_SIM_DUMP") {
         for (i, s) in r.workload.steps.iter().enumerate() {
+            println!("  step {i:3} at {} ({} items)", s.at_us, s.items.len());
             for item in s
                 .items
                 .iter()
