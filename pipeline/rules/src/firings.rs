@@ -182,7 +182,7 @@ pub async fn load(
 /// The start (µs) of the `date=YYYY-MM-DD/hour=HH` partition `path` is in;
 /// `None` for a path without one, which [`load`] then reads whole (never
 /// skips): a file it cannot place may hold firings inside the horizon.
-fn partition_hour_us(path: &ObjectPath) -> Option<i64> {
+pub(crate) fn partition_hour_us(path: &ObjectPath) -> Option<i64> {
     let mut date = None;
     let mut hour = None;
     for part in path.parts() {

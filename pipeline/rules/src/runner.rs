@@ -180,11 +180,42 @@ impl Runner {
         };
         let interrupted = kairos_storage::publish::interrupted(&root).await?;
         let skip = interrupted.unfinished;
+        // Staged frames, read first: an event staged again (a client's
+        // retry) after its first copy was published must not count twice.
+        let mut staged = Vec::new();
+        for seg in list_segments(&root).await? {
+            // A live writer's frames come through its feed; a published
+            // segment's items through the lake.
+            if live_writer == Some(&seg.writer)
+                || interrupted.published_segments.contains(seg.path.as_ref())
+            {
+                continue;
+            }
+            let Some(bytes) = root.read(&seg.path).await? else {
+                continue;
+            };
+            let mut end = 0u64;
+            let (frames, torn) = kairos_storage::staging::decode_frames(&bytes);
+            if torn > 0 {
+                tracing::warn!(segment = %seg.path, bytes = torn, "ignored a torn tail of a staged segment");
+            }
+            let mut decoded = Vec::new();
+            for frame in frames {
+                end += (FRAME_HEADER + frame.len()) as u64;
+                let items = decode_payload(frame).map_err(|e| StorageError::Corrupt {
+                    path: seg.path.to_string(),
+                    reason: e.to_string(),
+                })?;
+                decoded.push((Position { seq: seg.seq, end }, items));
+            }
+            staged.push((seg, decoded));
+        }
+        let retried = StagedEvents::of(staged.iter().flat_map(|(_, f)| f).flat_map(|(_, i)| i));
         let mut state = State::with_profiles(ProfileState::load(&root, &skip).await?);
         for link in read_identities(&root, &skip).await? {
             state.apply_identity(&link);
         }
-        let rebuilt_events = fold_events(&root, &skip, &mut state).await?;
+        let rebuilt_events = fold_events(&root, &skip, &mut state, &retried).await?;
         let engine_horizon = opts.dedupe_horizon_us;
         let mut engine = Engine::new(rules, overrides, state, opts).map_err(|e| {
             StorageError::Unsupported(format!("starting the rule engine's session: {e}"))
@@ -216,29 +247,8 @@ impl Runner {
         // range, then everything after it.
         let mut redo_items = Vec::new();
         let mut pending = Pending::default();
-        for seg in list_segments(&root).await? {
-            // A live writer's frames come through its feed; a published
-            // segment's items through the lake.
-            if live_writer == Some(&seg.writer)
-                || interrupted.published_segments.contains(seg.path.as_ref())
-            {
-                continue;
-            }
-            let Some(bytes) = root.read(&seg.path).await? else {
-                continue;
-            };
-            let mut end = 0u64;
-            let (frames, torn) = kairos_storage::staging::decode_frames(&bytes);
-            if torn > 0 {
-                tracing::warn!(segment = %seg.path, bytes = torn, "ignored a torn tail of a staged segment");
-            }
-            for frame in frames {
-                end += (FRAME_HEADER + frame.len()) as u64;
-                let at = Position { seq: seg.seq, end };
-                let items = decode_payload(frame).map_err(|e| StorageError::Corrupt {
-                    path: seg.path.to_string(),
-                    reason: e.to_string(),
-                })?;
+        for (seg, frames) in staged {
+            for (at, items) in frames {
                 let covered = |m: &BTreeMap<String, Position>| {
                     m.get(&seg.writer.0)
                         .is_some_and(|p| p.covers(at.seq, at.end))
@@ -481,10 +491,34 @@ async fn read_identities(
 }
 
 /// Folds every published event into `state`; returns how many.
+/// The events staged and not published: their ids, and the hours their
+/// event times fall in (a retry has its first copy's time, so only those
+/// hours of the lake can hold a first copy).
+#[derive(Default)]
+struct StagedEvents {
+    ids: std::collections::HashSet<(String, String)>,
+    hours: std::collections::HashSet<i64>,
+}
+
+impl StagedEvents {
+    fn of<'a>(items: impl Iterator<Item = &'a StagedItem>) -> StagedEvents {
+        let mut out = StagedEvents::default();
+        for item in items {
+            if let StagedItem::Event(e) = item {
+                out.ids.insert((e.source.clone(), e.event_id.clone()));
+                out.hours
+                    .insert(e.timestamp_us - e.timestamp_us.rem_euclid(kairos_core::time::HOUR_US));
+            }
+        }
+        out
+    }
+}
+
 async fn fold_events(
     root: &DataRoot,
     skip: &[String],
     state: &mut State,
+    staged: &StagedEvents,
 ) -> Result<usize, StorageError> {
     const COLUMNS: [&str; 11] = [
         "order_id",
@@ -502,11 +536,33 @@ async fn fold_events(
     let mut n = 0;
     let metas = root.list(&ObjectPath::from(tables::EVENTS)).await?;
     for path in published_files(metas, skip) {
-        for b in read_parquet(root, &path, Some(&COLUMNS)).await? {
+        // In an hour a staged event falls in, the ids too: a staged copy
+        // of a published event is then a retry the state already holds.
+        let check =
+            crate::firings::partition_hour_us(&path).is_some_and(|h| staged.hours.contains(&h));
+        let with_ids: Vec<&str> = COLUMNS
+            .iter()
+            .copied()
+            .chain(["source", "event_id"])
+            .collect();
+        let columns: &[&str] = if check { &with_ids } else { &COLUMNS };
+        for b in read_parquet(root, &path, Some(columns)).await? {
             let corrupt = || StorageError::Corrupt {
                 path: path.to_string(),
                 reason: "unexpected events schema".into(),
             };
+            if check {
+                let (source, id) = (
+                    kairos_storage::columns::strings(&b, tables::EVENTS, "source")?,
+                    kairos_storage::columns::strings(&b, tables::EVENTS, "event_id")?,
+                );
+                for i in 0..b.num_rows() {
+                    let key = (source.value(i).to_string(), id.value(i).to_string());
+                    if staged.ids.contains(&key) {
+                        state.remember_event(&key.0, &key.1);
+                    }
+                }
+            }
             let s = |n: &str| {
                 b.column_by_name(n)
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -1049,6 +1105,48 @@ mod tests {
             rec.pending.items.is_empty(),
             "segment 1 was published: not taken again"
         );
+    }
+
+    /// Found by kairos-sim seed 259: the lake rebuild did not remember
+    /// event ids, so a client's retry staged after the first copy was
+    /// published counted twice after a restart (a product "viewed" twice
+    /// and a browse reminder the live run never sent).
+    #[tokio::test]
+    async fn a_retry_staged_after_its_first_copy_was_published_counts_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let log = Arc::new(tokio::sync::Mutex::new(log));
+        stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
+        let mut publisher = kairos_storage::Publisher::new(
+            root.clone(),
+            log.clone(),
+            kairos_storage::PublisherOptions {
+                row_group_rows: 1024,
+                dedupe_window_hours: 24,
+                max_publish_bytes: 1 << 30,
+                orphan_after: std::time::Duration::from_secs(3600),
+            },
+        )
+        .await;
+        assert_eq!(publisher.publish().await.expect("publish").events, 1);
+        // The client did not hear back and sends it again.
+        stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
+        drop(log);
+        let rec = recover(&root).await;
+        assert_eq!(rec.rebuilt_events, 1);
+        let mut runner = rec.runner;
+        runner
+            .run(rec.pending.items, &rec.pending.to, T0 + H)
+            .await
+            .expect("batch");
+        let b = runner.engine.state.customers_table(None).expect("table");
+        let events = b
+            .column_by_name("events")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("events");
+        assert_eq!(events.value(0), 1, "the retry is not a second signup");
     }
 
     #[tokio::test]

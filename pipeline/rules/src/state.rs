@@ -166,6 +166,77 @@ struct Customer {
     order_lines: Vec<u64>,
 }
 
+impl Customer {
+    /// Takes in the history of an anonymous visitor now linked to this
+    /// customer, as if its events had been folded here: a restart folds
+    /// them here (it applies every link before any event), so the live
+    /// state must too.
+    fn absorb(&mut self, o: Customer) {
+        let later = |a: &Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(a), Some(b)) => Some((*a).max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = o.first_seen {
+            self.first_seen = min_opt(self.first_seen, t);
+        }
+        self.last_seen = later(&self.last_seen, o.last_seen);
+        self.events += o.events;
+        if let Some(t) = o.signed_up {
+            self.signed_up = min_opt(self.signed_up, t);
+        }
+        self.last_purchase = later(&self.last_purchase, o.last_purchase);
+        // Orders without an id count each; with one, once across both.
+        self.orders += o.orders - o.order_ids.len() as i64;
+        for id in o.order_ids {
+            if !self.order_ids.contains(&id) {
+                self.order_ids.push(id);
+                self.orders += 1;
+            }
+        }
+        for line in o.order_lines {
+            if !self.order_lines.contains(&line) {
+                self.order_lines.push(line);
+            }
+        }
+        self.revenue += o.revenue;
+        for (cat, n) in o.categories {
+            match self.categories.iter_mut().find(|(k, _)| *k == cat) {
+                Some((_, m)) => *m += n,
+                None => self.categories.push((cat, n)),
+            }
+        }
+        // The latest by event time wins, as in the fold (ties: this one's).
+        if o.subscription
+            .as_ref()
+            .is_some_and(|(t, _, _)| self.subscription.as_ref().is_none_or(|(s, _, _)| t > s))
+        {
+            self.subscription = o.subscription;
+        }
+        if o.ticket
+            .as_ref()
+            .is_some_and(|(t, _)| self.ticket.as_ref().is_none_or(|(s, _)| t > s))
+        {
+            self.ticket = o.ticket;
+        }
+        if o.timezone
+            .as_ref()
+            .is_some_and(|(t, _)| self.timezone.as_ref().is_none_or(|(s, _)| t > s))
+        {
+            self.timezone = o.timezone;
+        }
+        self.opt_outs |= o.opt_outs;
+        for a in o.cart_adds {
+            insert_sorted(&mut self.cart_adds, a, |a| a.at);
+        }
+        for p in o.purchases {
+            insert_sorted(&mut self.purchases, p, |t| *t);
+        }
+        for v in o.views {
+            insert_sorted(&mut self.views, v, |v| v.0);
+        }
+    }
+}
+
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
     Some(a.map_or(b, |a| a.min(b)))
 }
@@ -302,6 +373,12 @@ impl State {
     }
 
     /// False when this (source, id) was applied already (a client retry).
+    /// Marks event `(source, id)` as applied (folded from the lake, where
+    /// ids are not read), so a staged copy of it is taken as the retry it is.
+    pub fn remember_event(&mut self, source: &str, id: &str) {
+        self.first_time("event", source, id);
+    }
+
     fn first_time(&mut self, kind: &str, source: &str, id: &str) -> bool {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for part in [kind, source, id] {
@@ -327,10 +404,17 @@ impl State {
             return false;
         }
         // The first link wins, as in docs/tables.md's canonical id.
-        if link.anonymous_id != link.user_id {
+        if link.anonymous_id != link.user_id && !self.identities.contains_key(&link.anonymous_id) {
             self.identities
-                .entry(link.anonymous_id.clone())
-                .or_insert_with(|| link.user_id.clone());
+                .insert(link.anonymous_id.clone(), link.user_id.clone());
+            // What the visitor did before the link is the customer's now
+            // (found by kairos-sim seed 259: a restart counted an anonymous
+            // product view for the customer and a browse reminder fired
+            // that the live run never fired).
+            if let Some(visitor) = self.customers.remove(&link.anonymous_id) {
+                let user = self.canonical(&link.user_id).to_string();
+                self.customers.entry(user).or_default().absorb(visitor);
+            }
         }
         true
     }
@@ -916,6 +1000,52 @@ mod tests {
     use datafusion::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
 
     const H: i64 = 3_600_000_000;
+
+    /// Found by kairos-sim seed 259: a restart applies every identity
+    /// link before any event, so an anonymous visitor's views counted for
+    /// the customer; the live state kept them under the anonymous id when
+    /// the link came after them, and a browse reminder fired only after a
+    /// crash. Either order now gives the same state.
+    #[test]
+    fn a_visitor_s_history_is_the_customer_s_whether_the_link_comes_first_or_last() {
+        let link = IdentityLink {
+            event_id: "i".into(),
+            source: "s".into(),
+            anonymous_id: "anon".into(),
+            user_id: "c1".into(),
+            call: "alias".into(),
+            timestamp_us: 3 * H,
+            received_at_us: 3 * H,
+        };
+        let visitor = [
+            ev("v1", "anon", "product_view", H),
+            ev("v2", "anon", "cart_add", H + 1),
+            ev("v3", "anon", "purchase", H + 2),
+        ];
+        let own = [
+            ev("o1", "c1", "product_view", 2 * H),
+            ev("o2", "c1", "purchase", 2 * H + 5),
+        ];
+        let tables = |s: &State| {
+            (
+                s.customers_table(None).expect("customers"),
+                s.views_table(None, 4 * H).expect("views"),
+                s.carts_table(None, 4 * H).expect("carts"),
+            )
+        };
+        let mut link_last = State::default();
+        for e in visitor.iter().chain(&own) {
+            link_last.apply_event(e);
+        }
+        link_last.apply_identity(&link);
+        let mut link_first = State::default();
+        link_first.apply_identity(&link);
+        for e in visitor.iter().chain(&own) {
+            link_first.apply_event(e);
+        }
+        assert_eq!(link_last.len(), 1, "the visitor is the customer now");
+        assert_eq!(tables(&link_last), tables(&link_first));
+    }
 
     fn ev(id: &str, customer: &str, kind: &str, at: i64) -> EventRecord {
         EventRecord {
