@@ -17,7 +17,7 @@
 //! to redo are always still in staging.
 
 use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
@@ -210,7 +210,7 @@ impl Runner {
             }
             staged.push((seg, decoded));
         }
-        let retried = StagedEvents::of(staged.iter().flat_map(|(_, f)| f).flat_map(|(_, i)| i));
+        let retried = staged_hours(staged.iter().flat_map(|(_, f)| f).flat_map(|(_, i)| i));
         let mut state = State::with_profiles(ProfileState::load(&root, &skip).await?);
         for link in read_identities(&root, &skip).await? {
             state.apply_identity(&link);
@@ -491,34 +491,28 @@ async fn read_identities(
 }
 
 /// Folds every published event into `state`; returns how many.
-/// The events staged and not published: their ids, and the hours their
-/// event times fall in (a retry has its first copy's time, so only those
-/// hours of the lake can hold a first copy).
-#[derive(Default)]
-struct StagedEvents {
-    ids: std::collections::HashSet<(String, String)>,
-    hours: std::collections::HashSet<i64>,
-}
+/// How far back from the newest published hour a restart reads event ids.
+const RECENT_EVENT_IDS_US: i64 = 24 * kairos_core::time::HOUR_US;
 
-impl StagedEvents {
-    fn of<'a>(items: impl Iterator<Item = &'a StagedItem>) -> StagedEvents {
-        let mut out = StagedEvents::default();
-        for item in items {
-            if let StagedItem::Event(e) = item {
-                out.ids.insert((e.source.clone(), e.event_id.clone()));
-                out.hours
-                    .insert(e.timestamp_us - e.timestamp_us.rem_euclid(kairos_core::time::HOUR_US));
+/// The hours the event times of staged, unpublished events fall in: a
+/// staged retry has its first copy's time, so only those hours of the lake
+/// can hold a first copy.
+fn staged_hours<'a>(items: impl Iterator<Item = &'a StagedItem>) -> HashSet<i64> {
+    items
+        .filter_map(|item| match item {
+            StagedItem::Event(e) => {
+                Some(e.timestamp_us - e.timestamp_us.rem_euclid(kairos_core::time::HOUR_US))
             }
-        }
-        out
-    }
+            _ => None,
+        })
+        .collect()
 }
 
 async fn fold_events(
     root: &DataRoot,
     skip: &[String],
     state: &mut State,
-    staged: &StagedEvents,
+    staged_hours: &HashSet<i64>,
 ) -> Result<usize, StorageError> {
     const COLUMNS: [&str; 11] = [
         "order_id",
@@ -535,11 +529,24 @@ async fn fold_events(
     ];
     let mut n = 0;
     let metas = root.list(&ObjectPath::from(tables::EVENTS)).await?;
-    for path in published_files(metas, skip) {
-        // In an hour a staged event falls in, the ids too: a staged copy
-        // of a published event is then a retry the state already holds.
-        let check =
-            crate::firings::partition_hour_us(&path).is_some_and(|h| staged.hours.contains(&h));
+    let files: Vec<ObjectPath> = published_files(metas, skip).collect();
+    // The live state remembers the ids of the events it applied, so a
+    // client's retry counts once; a restart must remember them too, or a
+    // retry arriving after it counts twice (found by kairos-sim seed 419:
+    // a purchase retried after a restart cancelled a welcome again). The
+    // ids of the last day of event time are read (a retry has its first
+    // copy's time, and the publisher keeps a retry out of the lake only
+    // within `dedupe.window_hours`, 24 by default), and those of any hour
+    // a staged event falls in.
+    let newest = files
+        .iter()
+        .filter_map(crate::firings::partition_hour_us)
+        .max()
+        .unwrap_or(i64::MIN);
+    let recent_from = newest.saturating_sub(RECENT_EVENT_IDS_US);
+    for path in files {
+        let check = crate::firings::partition_hour_us(&path)
+            .is_some_and(|h| h >= recent_from || staged_hours.contains(&h));
         let with_ids: Vec<&str> = COLUMNS
             .iter()
             .copied()
@@ -557,10 +564,7 @@ async fn fold_events(
                     kairos_storage::columns::strings(&b, tables::EVENTS, "event_id")?,
                 );
                 for i in 0..b.num_rows() {
-                    let key = (source.value(i).to_string(), id.value(i).to_string());
-                    if staged.ids.contains(&key) {
-                        state.remember_event(&key.0, &key.1);
-                    }
+                    state.remember_event(source.value(i), id.value(i));
                 }
             }
             let s = |n: &str| {
@@ -1147,6 +1151,43 @@ mod tests {
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
             .expect("events");
         assert_eq!(events.value(0), 1, "the retry is not a second signup");
+    }
+
+    /// Found by kairos-sim seed 419: a purchase retried after a restart
+    /// (its first copy published before it) was applied again and
+    /// cancelled a welcome a second time.
+    #[tokio::test]
+    async fn a_retry_arriving_after_a_restart_counts_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = DataRoot::open(dir.path().to_str().expect("utf8")).expect("root");
+        let log =
+            StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
+        let log = Arc::new(tokio::sync::Mutex::new(log));
+        stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
+        let mut publisher = kairos_storage::Publisher::new(
+            root.clone(),
+            log.clone(),
+            kairos_storage::PublisherOptions {
+                row_group_rows: 1024,
+                dedupe_window_hours: 24,
+                max_publish_bytes: 1 << 30,
+                orphan_after: std::time::Duration::from_secs(3600),
+            },
+        )
+        .await;
+        publisher.publish().await.expect("publish");
+        let mut runner = recover(&root).await.runner;
+        let report = runner
+            .run(vec![signup("e1", "c1", T0)], &BTreeMap::new(), T0 + H)
+            .await
+            .expect("batch");
+        assert!(report.firings.is_empty(), "the retry is no new signup");
+        let b = runner.engine.state.customers_table(None).expect("table");
+        let events = b
+            .column_by_name("events")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("events");
+        assert_eq!(events.value(0), 1);
     }
 
     #[tokio::test]
