@@ -19,7 +19,7 @@ fn seeds_per_test() -> u64 {
     std::env::var("KAIROS_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(25)
+        .unwrap_or(75)
 }
 
 fn run_block(block: u64) {
