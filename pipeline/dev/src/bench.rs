@@ -214,7 +214,7 @@ pub async fn bench_policy(
             .to_str()
             .unwrap_or("/tmp"),
     )?;
-    let mut stage = kairos_server::live::policy_stage(&config, metas, &root, None).await?;
+    let mut stage = kairos_server::live::policy_stage(&config, metas, &root, None, None).await?;
     let mut rng = SmallRng::seed_from_u64(11);
     let started = Instant::now();
     // Three messages per customer over the last week.

@@ -316,8 +316,12 @@ impl Stage {
 
     /// Rebuilds history, pending messages and sequences from past `sends/`
     /// rows, in decision order.
-    pub fn restore(&mut self, mut rows: Vec<SendRow>) {
-        let last = rows.iter().map(|r| r.decided_at).max().unwrap_or(i64::MIN);
+    /// `released_by`: the clock of the last finished batch (messages due
+    /// by it went to delivery and no longer wait); without it, the latest
+    /// decision's time.
+    pub fn restore(&mut self, mut rows: Vec<SendRow>, released_by: Option<i64>) {
+        let last = released_by
+            .unwrap_or_else(|| rows.iter().map(|r| r.decided_at).max().unwrap_or(i64::MIN));
         // A cancellation is final, and it carries the time of the event
         // that caused it: a late purchase can date it before the decision
         // it cancels. Applied in time order it would come first and find
@@ -522,6 +526,18 @@ impl Stage {
             runs.retain(|r| !r.left.is_empty());
         }
         cancelled
+    }
+
+    /// Forgets the waiting messages due by `now`: the batch at `now` handed
+    /// them to delivery, and a late event can no longer cancel them (found
+    /// by kairos-sim seed 100603: a purchase dated before a welcome's time,
+    /// arriving after the welcome went, recorded it cancelled; a restart,
+    /// which no longer held it, did not).
+    pub fn release(&mut self, now: i64) {
+        self.pending.retain(|_, waiting| {
+            waiting.retain(|p| p.row.send_at.is_none_or(|s| s > now));
+            !waiting.is_empty()
+        });
     }
 
     /// Pending messages whose time has come by `now` (for delivery).
@@ -1096,7 +1112,7 @@ mod tests {
         rows.extend(cancelled);
         rows.sort_by_key(|r| r.decided_at); // as read back from sends/
         let mut restarted = new_stage();
-        restarted.restore(rows.clone());
+        restarted.restore(rows.clone(), None);
         assert_eq!(restarted.pending(), 0, "the welcome stays cancelled");
         assert!(restarted.due(DAY0 + 40 * 24 * H).is_empty());
         // A later purchase ends the sequence once, as without the restart.
@@ -1105,6 +1121,28 @@ mod tests {
         let again = restarted.observe("c1", "purchase", exit, exit);
         assert_eq!(steps(&again), steps(&once));
         assert_eq!(restarted.steps_waiting(), s.steps_waiting());
+    }
+
+    /// Found by kairos-sim seed 100603: a purchase dated before a
+    /// scheduled message's time but arriving after the message went
+    /// recorded it cancelled (the stage still held it); a restart did not.
+    #[test]
+    fn a_message_that_went_is_not_cancelled_by_a_late_purchase() {
+        let mut s = Stage::new(
+            vec![rule("cart", 0, 0, 100)],
+            Policy::default(),
+            None,
+            chrono_tz::UTC,
+        );
+        let t = profiles();
+        let now = DAY0 + 12 * H;
+        let rows = s.decide(&[fired("cart", "c1")], now, &t);
+        let due = rows[0].send_at.expect("scheduled");
+        // The batch at the message's time hands it to delivery.
+        s.release(due);
+        assert_eq!(s.pending(), 0);
+        // A purchase dated before that time arrives afterwards.
+        assert!(s.observe("c1", "purchase", due - H, due + H).is_empty());
     }
 
     #[test]
@@ -1146,7 +1184,7 @@ mod tests {
 
         // A new stage from the recorded rows knows step 2 is still to come.
         let mut again = Stage::new(vec![r], Policy::default(), None, chrono_tz::UTC);
-        again.restore(all);
+        again.restore(all, None);
         assert_eq!(again.steps_waiting(), 1);
         assert!(again.decide(&[], DAY0 + 100 * H, &t).is_empty());
         let rows = again.decide(&[], DAY0 + 7 * 24 * H, &t);

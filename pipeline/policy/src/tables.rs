@@ -150,6 +150,7 @@ pub async fn restore(
     stage: &mut Stage,
     root: &DataRoot,
     skip: Option<&str>,
+    released_by: Option<i64>,
 ) -> Result<(), StorageError> {
     for path in kairos_rules::firings::batch_files(root, ASSIGNMENTS, skip).await? {
         for b in read_parquet(root, &path, None).await? {
@@ -173,7 +174,7 @@ pub async fn restore(
             }
         }
     }
-    stage.restore(read_sends(root, skip).await?);
+    stage.restore(read_sends(root, skip).await?, released_by);
     Ok(())
 }
 
@@ -346,6 +347,7 @@ impl BatchStage for Stage {
         }
         // Sequence steps come due by the batch's clock.
         rows.extend(self.decide(&[], clock_us, state));
+        self.release(clock_us);
         outputs.write(SENDS, sends_batch(&rows)?);
         outputs.write(ASSIGNMENTS, assignments_batch(&rows)?);
         outputs.pass_on(Decided(rows));

@@ -58,6 +58,22 @@ pub struct Checkpoint {
     pub clocks_before: BTreeMap<String, i64>,
     /// Rule clocks after it (when done).
     pub clocks_after: BTreeMap<String, i64>,
+    /// The clock of the last batch done before it (none: no batch yet, or
+    /// a checkpoint written before this was kept).
+    #[serde(default)]
+    pub clock_before_us: Option<i64>,
+}
+
+impl Checkpoint {
+    /// The clock of the last finished batch: the stages handed on what
+    /// came due by it (a message due by then went to delivery).
+    pub fn released_by(&self) -> Option<i64> {
+        if self.done && self.batch > 0 {
+            Some(self.clock_us)
+        } else {
+            self.clock_before_us
+        }
+    }
 }
 
 /// Staged items not yet consumed, with the positions they end at.
@@ -331,6 +347,7 @@ impl Runner {
             to: next_to,
             clocks_before: self.engine.clocks().clone(),
             clocks_after: BTreeMap::new(),
+            clock_before_us: self.checkpoint.released_by(),
         };
         if items.is_empty() {
             // A tick without input that fired nothing and left no stage

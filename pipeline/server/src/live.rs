@@ -96,7 +96,8 @@ pub async fn add_policy_stage(
         .rules()
         .map(kairos_policy::tables::rule_meta)
         .collect();
-    let stage = policy_stage(config, rules, root, skip).await?;
+    let released_by = runner.checkpoint().released_by();
+    let stage = policy_stage(config, rules, root, skip, released_by).await?;
     runner.add_stage(Box::new(stage));
     Ok(())
 }
@@ -279,6 +280,7 @@ pub async fn policy_stage(
     rules: Vec<kairos_policy::stage::RuleMeta>,
     root: &DataRoot,
     skip: Option<&str>,
+    released_by: Option<i64>,
 ) -> anyhow::Result<kairos_policy::stage::Stage> {
     let p = &config.policy;
     let caps = p
@@ -316,7 +318,7 @@ pub async fn policy_stage(
         global,
         zone,
     );
-    kairos_policy::tables::restore(&mut stage, root, skip)
+    kairos_policy::tables::restore(&mut stage, root, skip, released_by)
         .await
         .context("rebuilding the policy stage from sends/ and assignments/")?;
     Ok(stage)

@@ -133,19 +133,19 @@ pub fn invariants(run: &Run, label: &str) -> Vec<Violation> {
         }
         if !transactional.contains(a.rule.as_str()) {
             for scope in [a.channel.as_str(), "all"] {
-                // Delivered in the step that made the opt-out durable, or
-                // later: the batch that took the opt-out (or a later one)
-                // handed the message over.
+                // Delivered once the step carrying the opt-out was
+                // durable: the batch that took it, or a later one, handed
+                // the message over.
                 if let Some(k) = run
                     .workload
                     .opt_outs
                     .get(&(a.customer_id.clone(), scope.to_string()))
                 {
-                    if a.step >= *k {
+                    if a.step > *k {
                         out.push(v(
                             "sent_after_opt_out",
                             format!(
-                                "{label}: {} to {} at step {} after opting out of {scope} at step {k}",
+                                "{label}: {} to {} with {} steps durable, after opting out of {scope} in step {k}",
                                 a.send_id, a.customer_id, a.step
                             ),
                         ));

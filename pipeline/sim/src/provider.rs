@@ -61,8 +61,9 @@ pub struct Accepted {
     pub channel: Channel,
     /// Simulated time it arrived, µs.
     pub at: i64,
-    /// The workload step during which it arrived (the clock can step
-    /// back, so time alone cannot order it against the workload).
+    /// How many workload steps had their input durable when it arrived
+    /// (the clock can step back, so time alone cannot order it against
+    /// the workload).
     pub step: usize,
     /// Whether the sender got the answer (false: in doubt).
     pub answered: bool,

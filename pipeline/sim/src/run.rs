@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -263,6 +264,10 @@ impl Process<'_> {
         // The clock reads where the workload is (a restart is instant).
         self.clock
             .set(steps[cursor.next.min(steps.len() - 1)].at_us);
+        // Steps whose input is durable: what providers take is stamped
+        // with it (an opt-out binds once its step's append is durable).
+        let durable = |cursor: &Cursor| cursor.next + usize::from(cursor.staged);
+        self.step.store(durable(cursor), Ordering::SeqCst);
         let metrics = kairos_server::metrics::Metrics::new();
         let gate: ConsumedGate = Arc::default();
         let (mut runner, dispatcher) = live::recover(
@@ -280,6 +285,13 @@ impl Process<'_> {
         )
         .await
         .context("recovery")?;
+        // Delivery works through what recovery's redo handed it before the
+        // workload goes on, as after every step.
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        anyhow::ensure!(
+            !self.store.crashed(),
+            "crashed in a delivery worker after recovery"
+        );
         // Recovery ran what was staged and not consumed: that step is done.
         if cursor.staged {
             cursor.staged = false;
@@ -302,8 +314,7 @@ impl Process<'_> {
         while cursor.next < steps.len() {
             let step = &steps[cursor.next];
             self.clock.set(step.at_us);
-            self.step
-                .store(cursor.next, std::sync::atomic::Ordering::SeqCst);
+            self.step.store(durable(cursor), Ordering::SeqCst);
             let mut to = BTreeMap::new();
             if !step.items.is_empty() {
                 let payload = encode(&step.items)?;
@@ -316,6 +327,7 @@ impl Process<'_> {
                 cursor.staged = true;
                 to.insert(self.writer.0.clone(), at);
             }
+            self.step.store(cursor.next + 1, Ordering::SeqCst);
             runner
                 .run(step.items.clone(), &to, step.at_us)
                 .await
