@@ -58,20 +58,25 @@ pub struct Checkpoint {
     pub clocks_before: BTreeMap<String, i64>,
     /// Rule clocks after it (when done).
     pub clocks_after: BTreeMap<String, i64>,
-    /// The clock of the last batch done before it (none: no batch yet, or
-    /// a checkpoint written before this was kept).
+    /// The latest clock of the batches done before it (none: no batch
+    /// yet, or a checkpoint written before this was kept). The latest, not
+    /// the last: a clock that stepped back does not take back what a batch
+    /// at a later clock handed on.
     #[serde(default)]
-    pub clock_before_us: Option<i64>,
+    pub latest_done_clock_us: Option<i64>,
 }
 
 impl Checkpoint {
-    /// The clock of the last finished batch: the stages handed on what
-    /// came due by it (a message due by then went to delivery).
+    /// The latest clock of the finished batches: the stages handed on
+    /// what came due by it (a message due by then went to delivery).
     pub fn released_by(&self) -> Option<i64> {
         if self.done && self.batch > 0 {
-            Some(self.clock_us)
+            Some(
+                self.latest_done_clock_us
+                    .map_or(self.clock_us, |c| c.max(self.clock_us)),
+            )
         } else {
-            self.clock_before_us
+            self.latest_done_clock_us
         }
     }
 }
@@ -347,7 +352,7 @@ impl Runner {
             to: next_to,
             clocks_before: self.engine.clocks().clone(),
             clocks_after: BTreeMap::new(),
-            clock_before_us: self.checkpoint.released_by(),
+            latest_done_clock_us: self.checkpoint.released_by(),
         };
         if items.is_empty() {
             // A tick without input that fired nothing and left no stage
