@@ -1212,6 +1212,31 @@ mod tests {
         assert_eq!(events.value(0), 1);
     }
 
+    /// Found by kairos-sim seed 63: after the clock stepped back, a
+    /// restart took the last batch's clock for what had been handed to
+    /// delivery, and a message a later-clocked batch had sent was waiting
+    /// again (a late opt-out then recorded it cancelled).
+    #[test]
+    fn what_was_handed_on_follows_the_latest_clock_not_the_last() {
+        let mut c = Checkpoint {
+            batch: 4,
+            done: true,
+            clock_us: 10,
+            latest_done_clock_us: Some(20),
+            ..Checkpoint::default()
+        };
+        assert_eq!(c.released_by(), Some(20));
+        c.clock_us = 30;
+        assert_eq!(c.released_by(), Some(30));
+        c.done = false;
+        assert_eq!(
+            c.released_by(),
+            Some(20),
+            "a batch not done handed on nothing yet"
+        );
+        assert_eq!(Checkpoint::default().released_by(), None);
+    }
+
     #[tokio::test]
     async fn an_unreadable_publish_intent_stops_recovery() {
         let dir = tempfile::tempdir().expect("tempdir");

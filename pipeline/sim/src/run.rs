@@ -348,6 +348,14 @@ impl Process<'_> {
             anyhow::ensure!(!self.store.crashed(), "crashed in a delivery worker");
         }
         if !cursor.drained {
+            // serve's next tick: a process restarted after the last step
+            // releases what recovery found due (sends put back in the
+            // queue) only in a batch.
+            let end = steps[steps.len() - 1].at_us;
+            runner
+                .run(Vec::new(), &BTreeMap::new(), end)
+                .await
+                .context("the last tick")?;
             drop(runner);
             if let Some(d) = dispatcher {
                 tokio::time::timeout(Duration::from_secs(24 * 3600), d.finish())
