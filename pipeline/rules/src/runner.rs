@@ -355,25 +355,22 @@ impl Runner {
             latest_done_clock_us: self.checkpoint.released_by(),
         };
         if items.is_empty() {
-            // A tick without input that fired nothing and left no stage
-            // work writes nothing, unless a sweep ran and moved its clock:
-            // then only the checkpoint (one small write per cadence
-            // boundary while idle). Unrecorded, a restart would evaluate
-            // the window again and fire what a late event put in it since,
-            // which this process never fires: the firings would depend on
-            // whether it crashed (found by kairos-sim seed 157). A tick
-            // that fired is recorded like any batch, and a redo (no input,
-            // same clock and rule clocks) does the same.
+            // A tick without input that fired nothing, left no stage work
+            // and moved no sweep's clock writes nothing (no object-store
+            // writes while idle). One that moved a sweep's clock is
+            // recorded like a batch (a few small writes per cadence
+            // boundary): unrecorded, a restart would evaluate the window
+            // again and fire what a late event put in it since, which this
+            // process never fires (found by kairos-sim seed 157). Recorded,
+            // its stages run too, so what a restart takes as handed on is
+            // what was (seed 102096). A redo (no input, same clock and
+            // rule clocks) does the same.
             let before = self.engine.clocks().clone();
             let report = self.engine.tick(Vec::new(), clock_us).await;
-            if report.firings.is_empty() && self.next_work().is_none_or(|w| w > clock_us) {
-                if *self.engine.clocks() != before {
-                    let mut done = planned;
-                    done.done = true;
-                    done.clocks_after = self.engine.clocks().clone();
-                    self.put(&done).await?;
-                    self.checkpoint = done;
-                }
+            if report.firings.is_empty()
+                && self.next_work().is_none_or(|w| w > clock_us)
+                && *self.engine.clocks() == before
+            {
                 return Ok(report);
             }
             self.put(&planned).await?;
