@@ -140,16 +140,15 @@ pub fn invariants(run: &Run, label: &str) -> Vec<Violation> {
                     .workload
                     .opt_outs
                     .get(&(a.customer_id.clone(), scope.to_string()))
+                    && a.step > *k
                 {
-                    if a.step > *k {
-                        out.push(v(
+                    out.push(v(
                             "sent_after_opt_out",
                             format!(
                                 "{label}: {} to {} with {} steps durable, after opting out of {scope} in step {k}",
                                 a.send_id, a.customer_id, a.step
                             ),
                         ));
-                    }
                 }
             }
         }
@@ -171,13 +170,13 @@ pub fn invariants(run: &Run, label: &str) -> Vec<Violation> {
     // Assignments: a customer's arm never changes.
     let mut arms = BTreeMap::<(&str, &str), &str>::new();
     for (e, c, a) in &run.assignments {
-        if let Some(before) = arms.insert((e, c), a) {
-            if before != a {
-                out.push(v(
-                    "arm_changed",
-                    format!("{label}: {c} in {e}: {before} then {a}"),
-                ));
-            }
+        if let Some(before) = arms.insert((e, c), a)
+            && before != a
+        {
+            out.push(v(
+                "arm_changed",
+                format!("{label}: {c} in {e}: {before} then {a}"),
+            ));
         }
     }
 
@@ -223,15 +222,14 @@ fn timeline(
             .get(s.customer_id.as_str())
             .copied()
             .unwrap_or(chrono_tz::UTC);
-        if s.decision == Decision::Send {
-            if let (Some(q), Some(t)) = (&quiet, DateTime::<Utc>::from_timestamp_micros(at)) {
-                if q.defer(t, zone).is_some() {
-                    out.push(v(
-                        "sent_in_quiet_hours",
-                        format!("{label}: {} at {} local", s.send_id, t.with_timezone(&zone)),
-                    ));
-                }
-            }
+        if s.decision == Decision::Send
+            && let (Some(q), Some(t)) = (&quiet, DateTime::<Utc>::from_timestamp_micros(at))
+            && q.defer(t, zone).is_some()
+        {
+            out.push(v(
+                "sent_in_quiet_hours",
+                format!("{label}: {} at {} local", s.send_id, t.with_timezone(&zone)),
+            ));
         }
         by_customer.entry(&s.customer_id).or_default().push((at, s));
     }
@@ -256,7 +254,7 @@ fn timeline(
             let over = |n: usize, what: String| {
                 v(
                     "cap_exceeded",
-                    format!("{label}: {customer}: {n} messages {what}, cap {} ", cap.max),
+                    format!("{label}: {customer}: {n} messages {what}, cap {}", cap.max),
                 )
             };
             match cap.window {

@@ -43,8 +43,8 @@ pub struct Outcome {
 
 /// Runs `seed` without store faults, then with them, and checks both.
 pub fn check_seed(seed: u64, opts: &Options) -> anyhow::Result<Outcome> {
-    let oracle = simulate(seed, opts, false)?;
-    let faulty = simulate(seed, opts, true)?;
+    let oracle = simulate(seed, opts, None)?;
+    let faulty = simulate(seed, opts, Some(oracle.writes))?;
     let mut violations = check::invariants(&oracle, "oracle");
     violations.extend(check::invariants(&faulty, "faulty"));
     violations.extend(check(&oracle, &faulty));

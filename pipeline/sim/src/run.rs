@@ -112,8 +112,11 @@ pub struct Run {
     pub writes: u64,
 }
 
-/// Runs `seed`, with store faults or without (the oracle).
-pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> {
+/// Runs `seed`: without store faults (the oracle) when `oracle_writes` is
+/// None; else with them, its crashes drawn among that many writes (the
+/// oracle's count).
+pub fn simulate(seed: u64, opts: &Options, oracle_writes: Option<u64>) -> anyhow::Result<Run> {
+    let faulty = oracle_writes.is_some();
     let workload = Workload::generate(seed, opts.size);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5345_5455_5000_0000);
     let rules_dir = tempfile::tempdir().context("a folder for the run's rules")?;
@@ -121,8 +124,7 @@ pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> 
     let config = config(&setup, rules_dir.path(), &opts.templates_dir)?;
 
     // The oracle counts its writes; the faulty run crashes at some of them.
-    let plan = if faulty {
-        let budget = oracle_writes(seed, opts)?;
+    let plan = if let Some(budget) = oracle_writes {
         let crashes = rng.random_range(0..=opts.max_crashes);
         let mut crash_at: Vec<u64> = (0..crashes)
             .map(|_| rng.random_range(1..=budget.max(1)))
@@ -227,10 +229,6 @@ pub fn simulate(seed: u64, opts: &Options, faulty: bool) -> anyhow::Result<Run> 
         clock_jumps: jumps,
         writes: store.writes(),
     })
-}
-
-fn oracle_writes(seed: u64, opts: &Options) -> anyhow::Result<u64> {
-    Ok(simulate(seed, opts, false)?.writes)
 }
 
 /// How far the workload got, kept across processes (it is the world

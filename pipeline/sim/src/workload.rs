@@ -130,7 +130,7 @@ impl Workload {
         let customers: Vec<Customer> = (0..n)
             .map(|i| Customer {
                 id: format!("c{i}"),
-                zone: *ZONES.choose(&mut g.rng).unwrap_or(&"UTC"),
+                zone: ZONES.choose(&mut g.rng).unwrap_or(&"UTC"),
             })
             .collect();
         let mut signed_up = vec![false; n];
