@@ -558,20 +558,13 @@ impl BatchStage for Messaging {
             // very batch, dated after the message was due) stops it.
             if let Err(why) = self.consent_now(&row, channel, state) {
                 self.finished.insert(row.send_id.clone());
-                failed.push(DeliveryRow {
-                    send_id: row.send_id,
-                    rule: row.rule,
-                    step: row.step,
-                    customer_id: row.customer_id,
+                failed.push(not_attempted(
+                    row,
                     channel,
-                    provider: "kairos".into(),
-                    attempt: 0,
-                    status: "opted_out",
-                    provider_message_id: None,
-                    error: Some(why.reason()),
-                    latency_ms: 0.0,
-                    at: clock_us,
-                });
+                    "opted_out",
+                    why.reason(),
+                    clock_us,
+                ));
                 continue;
             }
             let result = self.prepare(&row, state).and_then(|m| {
@@ -583,26 +576,37 @@ impl BatchStage for Messaging {
             });
             if let Err(reason) = result {
                 self.finished.insert(row.send_id.clone());
-                failed.push(DeliveryRow {
-                    send_id: row.send_id,
-                    rule: row.rule,
-                    step: row.step,
-                    customer_id: row.customer_id,
-                    channel,
-                    provider: "kairos".into(),
-                    attempt: 0,
-                    status: "failed",
-                    provider_message_id: None,
-                    error: Some(reason),
-                    latency_ms: 0.0,
-                    at: clock_us,
-                });
+                failed.push(not_attempted(row, channel, "failed", reason, clock_us));
             }
         }
         if !failed.is_empty() {
             outputs.write(DELIVERIES, deliveries_batch(&failed)?);
         }
         Ok(())
+    }
+}
+
+/// The final row of a send Kairos ended without calling a provider.
+fn not_attempted(
+    row: SendRow,
+    channel: Channel,
+    status: &'static str,
+    reason: String,
+    at: i64,
+) -> DeliveryRow {
+    DeliveryRow {
+        send_id: row.send_id,
+        rule: row.rule,
+        step: row.step,
+        customer_id: row.customer_id,
+        channel,
+        provider: "kairos".into(),
+        attempt: 0,
+        status,
+        provider_message_id: None,
+        error: Some(reason),
+        latency_ms: 0.0,
+        at,
     }
 }
 

@@ -255,6 +255,10 @@ pub struct Stage {
     history: HashMap<String, Vec<PastMessage>>,
     /// Waiting messages by customer: an event looks only at its customer's.
     pending: HashMap<String, Vec<Pending>>,
+    /// No waiting message is due before this (it may be earlier than the
+    /// earliest left, after a cancellation): [`Stage::release`] walks the
+    /// waiting messages only once a batch's clock reaches it.
+    earliest_waiting: i64,
     /// Sequences under way by customer.
     sequences: HashMap<String, Vec<Running>>,
     /// (next step due, customer): which sequences to look at, in time
@@ -298,6 +302,7 @@ impl Stage {
             assigner: Assigner::default(),
             history: HashMap::default(),
             pending: HashMap::default(),
+            earliest_waiting: i64::MAX,
             sequences: HashMap::default(),
             steps_due: BTreeSet::new(),
             priority_wait_us: 3_600_000_000,
@@ -355,14 +360,11 @@ impl Stage {
                             .map(|r| r.cancel_on.clone())
                             .unwrap_or_default();
                         let transactional = rule.is_some_and(|r| r.transactional);
-                        self.pending
-                            .entry(row.customer_id.clone())
-                            .or_default()
-                            .push(Pending {
-                                row,
-                                cancel_on,
-                                transactional,
-                            });
+                        self.wait(Pending {
+                            row,
+                            cancel_on,
+                            transactional,
+                        });
                     }
                 }
                 (Decision::Cancelled, ..) => {
@@ -534,10 +536,34 @@ impl Stage {
     /// arriving after the welcome went, recorded it cancelled; a restart,
     /// which no longer held it, did not).
     pub fn release(&mut self, now: i64) {
+        // Every batch calls this: walk the waiting messages only when one
+        // may be due.
+        if now < self.earliest_waiting {
+            return;
+        }
+        let mut earliest = i64::MAX;
         self.pending.retain(|_, waiting| {
-            waiting.retain(|p| p.row.send_at.is_none_or(|s| s > now));
+            waiting.retain(|p| match p.row.send_at {
+                Some(s) if s <= now => false,
+                s => {
+                    earliest = earliest.min(s.unwrap_or(i64::MAX));
+                    true
+                }
+            });
             !waiting.is_empty()
         });
+        self.earliest_waiting = earliest;
+    }
+
+    /// A message waits for its time (cancellable until then).
+    fn wait(&mut self, p: Pending) {
+        if let Some(s) = p.row.send_at {
+            self.earliest_waiting = self.earliest_waiting.min(s);
+        }
+        self.pending
+            .entry(p.row.customer_id.clone())
+            .or_default()
+            .push(p);
     }
 
     /// Pending messages whose time has come by `now` (for delivery).
@@ -813,14 +839,11 @@ impl Stage {
                 at,
             ));
             if at > now {
-                self.pending
-                    .entry(row.customer_id.clone())
-                    .or_default()
-                    .push(Pending {
-                        row: row.clone(),
-                        cancel_on: rule.cancel_on.clone(),
-                        transactional: rule.transactional,
-                    });
+                self.wait(Pending {
+                    row: row.clone(),
+                    cancel_on: rule.cancel_on.clone(),
+                    transactional: rule.transactional,
+                });
             }
         }
         row

@@ -890,6 +890,23 @@ mod tests {
         );
     }
 
+    async fn publisher(
+        root: &DataRoot,
+        log: &Arc<tokio::sync::Mutex<StagingLog>>,
+    ) -> kairos_storage::Publisher {
+        kairos_storage::Publisher::new(
+            root.clone(),
+            log.clone(),
+            kairos_storage::PublisherOptions {
+                row_group_rows: 1024,
+                dedupe_window_hours: 24,
+                max_publish_bytes: 1 << 30,
+                orphan_after: std::time::Duration::from_secs(3600),
+            },
+        )
+        .await
+    }
+
     async fn stage(log: &mut StagingLog, items: &[StagedItem]) -> BTreeMap<String, Position> {
         let mut frame = Vec::new();
         for i in items {
@@ -1103,17 +1120,7 @@ mod tests {
         }
         let second = dir.path().join("_staging/w1/0000000000000001.log");
         let kept = std::fs::read(&second).expect("segment 1");
-        let mut publisher = kairos_storage::Publisher::new(
-            root.clone(),
-            log.clone(),
-            kairos_storage::PublisherOptions {
-                row_group_rows: 1024,
-                dedupe_window_hours: 24,
-                max_publish_bytes: 1 << 30,
-                orphan_after: std::time::Duration::from_secs(3600),
-            },
-        )
-        .await;
+        let mut publisher = publisher(&root, &log).await;
         assert_eq!(publisher.publish().await.expect("publish").events, 2);
         // The crash: segment 0 deleted, segment 1 and the intent not yet.
         std::fs::write(&second, kept).expect("segment 1 back");
@@ -1148,17 +1155,7 @@ mod tests {
             StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
         let log = Arc::new(tokio::sync::Mutex::new(log));
         stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
-        let mut publisher = kairos_storage::Publisher::new(
-            root.clone(),
-            log.clone(),
-            kairos_storage::PublisherOptions {
-                row_group_rows: 1024,
-                dedupe_window_hours: 24,
-                max_publish_bytes: 1 << 30,
-                orphan_after: std::time::Duration::from_secs(3600),
-            },
-        )
-        .await;
+        let mut publisher = publisher(&root, &log).await;
         assert_eq!(publisher.publish().await.expect("publish").events, 1);
         // The client did not hear back and sends it again.
         stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
@@ -1189,17 +1186,7 @@ mod tests {
             StagingLog::open(root.clone(), kairos_storage::WriterId("w1".into())).expect("log");
         let log = Arc::new(tokio::sync::Mutex::new(log));
         stage(&mut *log.lock().await, &[signup("e1", "c1", T0)]).await;
-        let mut publisher = kairos_storage::Publisher::new(
-            root.clone(),
-            log.clone(),
-            kairos_storage::PublisherOptions {
-                row_group_rows: 1024,
-                dedupe_window_hours: 24,
-                max_publish_bytes: 1 << 30,
-                orphan_after: std::time::Duration::from_secs(3600),
-            },
-        )
-        .await;
+        let mut publisher = publisher(&root, &log).await;
         publisher.publish().await.expect("publish");
         let mut runner = recover(&root).await.runner;
         let report = runner

@@ -192,16 +192,35 @@ fn timeline(
     cancelled: &BTreeSet<&str>,
 ) -> Vec<Violation> {
     let mut out = Vec::new();
-    let zone_of: HashMap<&str, chrono_tz::Tz> = run
-        .workload
-        .customers
-        .iter()
-        .map(|c| (c.id.as_str(), c.zone.parse().unwrap_or(chrono_tz::UTC)))
-        .collect();
+    // A setting the checker cannot read fails the run: skipping it would
+    // pass what was never checked.
+    let unreadable = |what: String| v("checker_setup", format!("{label}: {what}"));
+    let mut zone_of: HashMap<&str, chrono_tz::Tz> = HashMap::new();
+    for c in &run.workload.customers {
+        match c.zone.parse() {
+            Ok(z) => {
+                zone_of.insert(c.id.as_str(), z);
+            }
+            Err(e) => out.push(unreadable(format!("zone {:?}: {e}", c.zone))),
+        }
+    }
     let quiet = match run.setup.quiet_hours.as_str() {
         "" => None,
-        q => QuietHours::parse_range(q).ok(),
+        q => match QuietHours::parse_range(q) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                out.push(unreadable(format!("quiet hours: {e}")));
+                None
+            }
+        },
     };
+    let mut caps = Vec::new();
+    for c in &run.setup.caps {
+        match kairos_policy::caps::parse_cap(c) {
+            Ok(cap) => caps.push(cap),
+            Err(e) => out.push(unreadable(format!("cap {c:?}: {e}"))),
+        }
+    }
     let tags: HashMap<&str, &[String]> = run
         .rules
         .iter()
@@ -233,12 +252,7 @@ fn timeline(
         }
         by_customer.entry(&s.customer_id).or_default().push((at, s));
     }
-    for cap in run
-        .setup
-        .caps
-        .iter()
-        .filter_map(|c| kairos_policy::caps::parse_cap(c).ok())
-    {
+    for cap in caps {
         for (customer, sends) in &by_customer {
             let zone = zone_of.get(customer).copied().unwrap_or(chrono_tz::UTC);
             let mut times: Vec<i64> = sends

@@ -212,7 +212,8 @@ fn print_trace(o: &Outcome) {
                 println!(
                     "  step {i:3} at {}: {}",
                     s.at_us,
-                    serde_json::to_string(item).unwrap_or_default()
+                    serde_json::to_string(item)
+                        .unwrap_or_else(|e| format!("(does not print: {e})"))
                 );
             }
         }

@@ -380,11 +380,17 @@ fn encode(items: &[kairos_core::event::StagedItem]) -> anyhow::Result<Vec<u8>> {
 /// Copies a random subset of the rule library (at least three) with
 /// random splits, and draws the policy and delivery settings.
 fn write_rules(rng: &mut StdRng, from: &Path, to: &Path) -> anyhow::Result<Setup> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(from)
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(from)
         .with_context(|| format!("reading the rule library {}", from.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
+    {
+        let path = entry
+            .with_context(|| format!("listing the rule library {}", from.display()))?
+            .path();
+        if path.extension().is_some_and(|x| x == "sql") {
+            files.push(path);
+        }
+    }
     files.sort();
     files.shuffle(rng);
     let keep = rng.random_range(3..=files.len().max(3)).min(files.len());
@@ -407,23 +413,18 @@ fn write_rules(rng: &mut StdRng, from: &Path, to: &Path) -> anyhow::Result<Setup
         let name = f.file_name().context("a rule file name")?;
         std::fs::write(to.join(name), out)?;
     }
-    let caps = [
-        vec!["2 per 24h", "5 per 7d", "1 sms per day"],
-        vec!["1 per 24h"],
-        vec!["3 per day", "1 push per 6h"],
-        vec![],
-    ]
-    .choose(rng)
-    .cloned()
-    .unwrap_or_default()
-    .into_iter()
-    .map(String::from)
-    .collect();
-    let quiet_hours = ["21:00-08:00", "", "22:00-07:30"]
-        .choose(rng)
-        .copied()
-        .unwrap_or_default()
-        .to_string();
+    let cap_sets: [&[&str]; 4] = [
+        &["2 per 24h", "5 per 7d", "1 sms per day"],
+        &["1 per 24h"],
+        &["3 per day", "1 push per 6h"],
+        &[],
+    ];
+    let caps = cap_sets[rng.random_range(0..cap_sets.len())]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let quiets = ["21:00-08:00", "", "22:00-07:30"];
+    let quiet_hours = quiets[rng.random_range(0..quiets.len())].to_string();
     let at_most_once = ["email", "sms", "whatsapp", "push", "webhook"]
         .into_iter()
         .filter(|_| rng.random_bool(0.5))
@@ -434,7 +435,7 @@ fn write_rules(rng: &mut StdRng, from: &Path, to: &Path) -> anyhow::Result<Setup
         quiet_hours,
         at_most_once,
         max_attempts: rng.random_range(1..=5),
-        global_control: *[0.0, 0.0, 10.0].choose(rng).unwrap_or(&0.0),
+        global_control: if rng.random_ratio(1, 3) { 10.0 } else { 0.0 },
     })
 }
 
