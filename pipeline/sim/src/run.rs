@@ -17,7 +17,7 @@ use kairos_storage::publish::{Publisher, PublisherOptions};
 use kairos_storage::staging::StagingLog;
 use kairos_storage::{ConsumedGate, DataRoot, WriterId};
 use rand::rngs::StdRng;
-use rand::seq::{IndexedRandom as _, SliceRandom as _};
+use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::provider::{Accepted, Answer, Provider, ProviderLog, Weather};
